@@ -1,0 +1,1 @@
+"""Side-by-side benchmarks of Ballast against peers; each prints a ratio."""

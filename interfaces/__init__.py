@@ -1,0 +1,1 @@
+"""Ballast's protocol adapters (S3, FUSE, NBD, Docker) and the ``ballast`` command."""
