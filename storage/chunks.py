@@ -1,0 +1,213 @@
+"""Immutable chunks: client-side encryption, content addressing and erasure-coded fragments.
+
+Theory of operation
+-------------------
+A chunk of plaintext leaves the client only as ciphertext: it is sealed with a fresh random
+SecretBox key (XSalsa20-Poly1305), and the key stays in the referencing metadata (a file
+header, an object record), never with the chunk. Storage nodes therefore never see plaintext.
+
+Every stored thing is verifiable from its address alone, so a reader detects a node that serves
+altered bytes without trusting it:
+
+* **Replicated chunk** (``Redundancy(replicas=r)``): the stored payload is the ciphertext and
+  ``address = BLAKE2b-256(b"ballast-chunk\\0" + ciphertext)``. Each replica holds the same bytes.
+* **Erasure-coded chunk** (``Redundancy(data=k, parity=m)``): the ciphertext is split into ``k``
+  data fragments and ``m`` parity fragments (native Reed-Solomon). A *manifest* lists ``k``,
+  ``m``, the ciphertext length and the BLAKE2b-256 of every fragment;
+  ``address = BLAKE2b-256(b"ballast-manifest\\0" + manifest)``. Fragment ``i`` is stored on its
+  own node together with the manifest, so a reader fetching any fragment first checks the
+  manifest against the address, then the fragment against the manifest: a bad fragment is
+  identified individually and another holder is asked instead.
+
+The two domain-separation prefixes make a replicated chunk and a manifest unable to collide.
+Everything here is pure and synchronous; callers run the CPU-heavy parts (sealing a 4 MiB chunk,
+encoding) in worker threads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import msgpack
+import nacl.exceptions
+import nacl.secret
+import nacl.utils
+
+import native
+
+from .errors import Corrupt, InvalidArgument
+from .ids import BLOCK_ADDRESS_BYTES, BlockAddress
+
+KEY_BYTES = nacl.secret.SecretBox.KEY_SIZE
+_CHUNK_DOMAIN = b"ballast-chunk\0"
+_MANIFEST_DOMAIN = b"ballast-manifest\0"
+_MANIFEST_VERSION = 1
+
+
+def chunk_address(ciphertext: bytes | memoryview) -> BlockAddress:
+    """Return the address of a replicated chunk: BLAKE2b-256 of its stored bytes."""
+    digest = hashlib.blake2b(_CHUNK_DOMAIN, digest_size=BLOCK_ADDRESS_BYTES)
+    digest.update(ciphertext)
+    return BlockAddress(digest.digest())
+
+
+def _fragment_hash(fragment: bytes | memoryview) -> bytes:
+    return hashlib.blake2b(fragment, digest_size=BLOCK_ADDRESS_BYTES).digest()
+
+
+@dataclass(frozen=True)
+class SealedChunk:
+    """A chunk ready to store: its ciphertext and the key that the metadata must keep."""
+
+    key: bytes
+    ciphertext: bytes
+
+
+def seal(plaintext: bytes | memoryview, key: bytes | None = None) -> SealedChunk:
+    """Encrypt ``plaintext`` with ``key`` (a fresh random key when omitted)."""
+    if key is None:
+        key = nacl.utils.random(KEY_BYTES)
+    elif len(key) != KEY_BYTES:
+        raise InvalidArgument(f"chunk key must be {KEY_BYTES} bytes, got {len(key)}")
+    box = nacl.secret.SecretBox(key)
+    return SealedChunk(key=key, ciphertext=bytes(box.encrypt(bytes(plaintext))))
+
+
+def unseal(ciphertext: bytes | memoryview, key: bytes) -> bytes:
+    """Decrypt a chunk; raise :class:`Corrupt` when it does not authenticate under ``key``."""
+    if len(key) != KEY_BYTES:
+        raise InvalidArgument(f"chunk key must be {KEY_BYTES} bytes, got {len(key)}")
+    try:
+        return nacl.secret.SecretBox(key).decrypt(bytes(ciphertext))
+    except nacl.exceptions.CryptoError as error:
+        raise Corrupt("chunk does not authenticate under its key") from error
+
+
+def verify_replica(address: BlockAddress, payload: bytes | memoryview) -> None:
+    """Raise :class:`Corrupt` unless ``payload`` is the replicated chunk at ``address``."""
+    if chunk_address(payload) != address:
+        raise Corrupt(f"replica of {address.hex()[:16]} does not match its address")
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What an erasure-coded chunk is made of; its hash is the chunk's address."""
+
+    data: int
+    parity: int
+    size: int
+    fragment_hashes: tuple[bytes, ...]
+
+    def to_bytes(self) -> bytes:
+        """Encode canonically (the address is computed over exactly these bytes)."""
+        packed: bytes = msgpack.packb(
+            [_MANIFEST_VERSION, self.data, self.parity, self.size, list(self.fragment_hashes)],
+            use_bin_type=True,
+        )
+        return packed
+
+    @classmethod
+    def from_bytes(cls, raw: bytes | memoryview) -> Manifest:
+        """Decode a manifest; raise :class:`Corrupt` on anything malformed."""
+        try:
+            fields = msgpack.unpackb(bytes(raw), raw=False, strict_map_key=True)
+            version, data, parity, size, hashes = fields
+        except (ValueError, TypeError, msgpack.UnpackException) as error:
+            raise Corrupt("malformed chunk manifest") from error
+        if version != _MANIFEST_VERSION:
+            raise Corrupt(f"unknown chunk manifest version {version!r}")
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (data, parity, size)):
+            raise Corrupt("chunk manifest fields must be integers")
+        if not (1 <= data <= 32 and 0 <= parity <= 16 and size >= 0):
+            raise Corrupt("chunk manifest geometry out of range")
+        if not isinstance(hashes, list) or len(hashes) != data + parity:
+            raise Corrupt("chunk manifest lists the wrong number of fragments")
+        if not all(isinstance(h, bytes) and len(h) == BLOCK_ADDRESS_BYTES for h in hashes):
+            raise Corrupt("chunk manifest fragment hashes are malformed")
+        return cls(data=data, parity=parity, size=size, fragment_hashes=tuple(hashes))
+
+    def address(self) -> BlockAddress:
+        """The chunk's address: BLAKE2b-256 of the encoded manifest."""
+        digest = hashlib.blake2b(_MANIFEST_DOMAIN, digest_size=BLOCK_ADDRESS_BYTES)
+        digest.update(self.to_bytes())
+        return BlockAddress(digest.digest())
+
+    @property
+    def fragment_size(self) -> int:
+        """Bytes in each fragment."""
+        return native.fragment_size(self.size, self.data)
+
+
+@dataclass(frozen=True)
+class EncodedChunk:
+    """An erasure-coded chunk: its manifest and its ``data + parity`` fragments, in order."""
+
+    manifest: Manifest
+    fragments: tuple[bytes, ...]
+
+    @property
+    def address(self) -> BlockAddress:
+        """The chunk's address (that of its manifest)."""
+        return self.manifest.address()
+
+
+def encode_fragments(ciphertext: bytes | memoryview, data: int, parity: int) -> EncodedChunk:
+    """Split ``ciphertext`` into ``data`` + ``parity`` fragments and build their manifest."""
+    if not (1 <= data <= 32 and 0 <= parity <= 16):
+        raise InvalidArgument(f"unsupported erasure geometry {data}+{parity}")
+    view = memoryview(ciphertext)
+    data_fragments, parity_fragments = native.encode(view, data, parity)
+    fragments = tuple(bytes(f) for f in (*data_fragments, *parity_fragments))
+    manifest = Manifest(
+        data=data,
+        parity=parity,
+        size=len(view),
+        fragment_hashes=tuple(_fragment_hash(f) for f in fragments),
+    )
+    return EncodedChunk(manifest=manifest, fragments=fragments)
+
+
+def verify_manifest(address: BlockAddress, raw_manifest: bytes | memoryview) -> Manifest:
+    """Decode ``raw_manifest`` and check that it is the one ``address`` names."""
+    manifest = Manifest.from_bytes(raw_manifest)
+    if manifest.address() != address:
+        raise Corrupt(f"manifest does not match chunk address {address.hex()[:16]}")
+    return manifest
+
+
+def verify_fragment(manifest: Manifest, index: int, fragment: bytes | memoryview) -> None:
+    """Raise :class:`Corrupt` unless ``fragment`` is fragment ``index`` of ``manifest``."""
+    if not 0 <= index < manifest.data + manifest.parity:
+        raise Corrupt(f"fragment index {index} out of range for {manifest.data}+{manifest.parity}")
+    if len(fragment) != manifest.fragment_size:
+        raise Corrupt(
+            f"fragment {index} has {len(fragment)} bytes, expected {manifest.fragment_size}"
+        )
+    if _fragment_hash(fragment) != manifest.fragment_hashes[index]:
+        raise Corrupt(f"fragment {index} does not match its manifest")
+
+
+def decode_fragments(manifest: Manifest, fragments: Mapping[int, bytes | memoryview]) -> bytes:
+    """Rebuild the ciphertext from any ``manifest.data`` verified fragments."""
+    if len(fragments) < manifest.data:
+        raise InvalidArgument(f"need {manifest.data} fragments, got {len(fragments)}")
+    for index, fragment in fragments.items():
+        verify_fragment(manifest, index, fragment)
+    chosen = dict(sorted(fragments.items())[: manifest.data])
+    return bytes(native.decode(chosen, manifest.data, manifest.parity, manifest.size))
+
+
+def rebuild_fragments(
+    manifest: Manifest, fragments: Mapping[int, bytes | memoryview], wanted: list[int]
+) -> dict[int, bytes]:
+    """Recompute the fragments ``wanted`` (for repair) from any ``manifest.data`` good ones."""
+    for index, fragment in fragments.items():
+        verify_fragment(manifest, index, fragment)
+    chosen = dict(sorted(fragments.items())[: manifest.data])
+    rebuilt = native.reconstruct(chosen, manifest.data, manifest.parity, wanted)
+    result = {index: bytes(view) for index, view in rebuilt.items()}
+    for index, fragment in result.items():
+        verify_fragment(manifest, index, fragment)
+    return result
