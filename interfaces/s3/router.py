@@ -1,0 +1,404 @@
+"""The S3 request router: a pure function from (method, path, query, headers) to an endpoint.
+
+Theory of operation
+-------------------
+Modelled on Garage's ``Endpoint::from_request``: no I/O, no storage, one table, tested
+against the S3 API reference's request syntax for every supported operation.
+
+1. **Addressing.** The ``Host`` header (port stripped, lower-cased) is compared with the
+   configured base domains: ``BUCKET.BASE`` is virtual-hosted style (the whole path is the
+   key); ``BASE`` itself, or any host that is not under a base domain (an IP address,
+   ``localhost``), is path style (``/BUCKET/KEY``). The path is percent-decoded **once** and
+   must be UTF-8; a literal ``+`` means a space, as in S3; the path is never normalised
+   (``a//b/../c`` is a literal key, as in S3).
+2. **Level.** No bucket: service level. A bucket and an empty key: bucket level. Otherwise
+   object level. ``/bucket/`` is bucket level.
+3. **Sub-resources.** Query parameters that select an operation (``uploads``, ``uploadId``,
+   ``location``, ``versions``, ``list-type``, ``delete``, ``partNumber`` for PUT) decide the
+   endpoint together with the method. Sub-resources we know but do not implement (``acl``,
+   ``tagging``, ``versioning``, ``policy``, …) yield :attr:`Op.UNSUPPORTED`, answered
+   ``NotImplemented`` by the server. Every other query parameter (``prefix``, ``max-keys``,
+   ``x-id``, ``response-*``, ``X-Amz-*``, …) is an argument, kept in :attr:`Endpoint.query`.
+4. **Headers** matter only for ``x-amz-copy-source``, which turns PutObject into CopyObject
+   and UploadPart into UploadPartCopy.
+
+A method that no row accepts is ``MethodNotAllowed``. The router raises only
+:class:`~interfaces.s3.errors.S3Error`.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+from urllib.parse import unquote_to_bytes
+
+from .errors import S3Error
+from .headers import Headers
+from .names import validate_object_key
+
+
+class Op(enum.Enum):
+    """Every S3 operation the router recognises."""
+
+    LIST_BUCKETS = "ListBuckets"
+    CREATE_BUCKET = "CreateBucket"
+    HEAD_BUCKET = "HeadBucket"
+    DELETE_BUCKET = "DeleteBucket"
+    GET_BUCKET_LOCATION = "GetBucketLocation"
+    LIST_OBJECTS = "ListObjects"
+    LIST_OBJECTS_V2 = "ListObjectsV2"
+    LIST_OBJECT_VERSIONS = "ListObjectVersions"
+    LIST_MULTIPART_UPLOADS = "ListMultipartUploads"
+    DELETE_OBJECTS = "DeleteObjects"
+    PUT_OBJECT = "PutObject"
+    GET_OBJECT = "GetObject"
+    HEAD_OBJECT = "HeadObject"
+    DELETE_OBJECT = "DeleteObject"
+    COPY_OBJECT = "CopyObject"
+    CREATE_MULTIPART_UPLOAD = "CreateMultipartUpload"
+    UPLOAD_PART = "UploadPart"
+    UPLOAD_PART_COPY = "UploadPartCopy"
+    COMPLETE_MULTIPART_UPLOAD = "CompleteMultipartUpload"
+    ABORT_MULTIPART_UPLOAD = "AbortMultipartUpload"
+    LIST_PARTS = "ListParts"
+    UNSUPPORTED = "Unsupported"
+
+
+@dataclass(frozen=True)
+class CopySource:
+    """The decoded ``x-amz-copy-source`` header: source bucket, key and optional version."""
+
+    bucket: str
+    key: str
+    version_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A routed request.
+
+    Attributes:
+        op: the operation.
+        bucket: the bucket name, ``None`` at service level.
+        key: the object key (decoded), ``None`` unless object level.
+        upload_id: ``uploadId`` for multipart operations.
+        part_number: ``partNumber`` (1..10000) for UploadPart(Copy), or GetObject/HeadObject.
+        version_id: ``versionId`` if given.
+        copy_source: for CopyObject and UploadPartCopy.
+        subresource: for :attr:`Op.UNSUPPORTED`, what was asked for (e.g. ``"acl"``).
+        query: every query parameter, decoded, in order (first value wins in :meth:`param`).
+        virtual_host: whether the bucket came from the Host header.
+    """
+
+    op: Op
+    bucket: str | None = None
+    key: str | None = None
+    upload_id: str | None = None
+    part_number: int | None = None
+    version_id: str | None = None
+    copy_source: CopySource | None = None
+    subresource: str | None = None
+    query: tuple[tuple[str, str], ...] = ()
+    virtual_host: bool = False
+
+    def param(self, name: str, default: str | None = None) -> str | None:
+        """The first value of query parameter ``name``, or ``default``."""
+        return next((v for k, v in self.query if k == name), default)
+
+    def int_param(
+        self, name: str, default: int, *, minimum: int = 0, maximum: int | None = None
+    ) -> int:
+        """Query parameter ``name`` as an integer, clamped to ``maximum`` (as S3 clamps
+        ``max-keys`` to 1000), or ``default`` when absent.
+
+        Raises:
+            S3Error: ``InvalidArgument`` if it is not an integer >= ``minimum``.
+        """
+        text = self.param(name)
+        if text is None:
+            return default
+        stripped = text.strip()
+        digits = stripped.removeprefix("-")
+        if not (digits.isascii() and digits.isdigit()) or len(digits) > 18:
+            raise S3Error(
+                "InvalidArgument",
+                f"Provided {name} not an integer or within integer range",
+                extra={"ArgumentName": name, "ArgumentValue": text[:64]},
+            )
+        value = int(stripped)
+        if value < minimum:
+            raise S3Error(
+                "InvalidArgument",
+                f"Argument {name} must be an integer >= {minimum}",
+                extra={"ArgumentName": name, "ArgumentValue": text[:64]},
+            )
+        return value if maximum is None else min(value, maximum)
+
+    @property
+    def name(self) -> str:
+        """The S3 operation name, e.g. ``"PutObject"``."""
+        return self.op.value
+
+
+#: Bucket sub-resources S3 defines that we do not implement.
+BUCKET_UNSUPPORTED = frozenset(
+    {
+        "accelerate",
+        "acl",
+        "analytics",
+        "cors",
+        "encryption",
+        "intelligent-tiering",
+        "inventory",
+        "lifecycle",
+        "logging",
+        "metadataConfiguration",
+        "metadataTable",
+        "metrics",
+        "notification",
+        "object-lock",
+        "ownershipControls",
+        "policy",
+        "policyStatus",
+        "publicAccessBlock",
+        "replication",
+        "requestPayment",
+        "session",
+        "tagging",
+        "versioning",
+        "website",
+    }
+)
+#: Object sub-resources S3 defines that we do not implement.
+OBJECT_UNSUPPORTED = frozenset(
+    {
+        "acl",
+        "attributes",
+        "legal-hold",
+        "renameObject",
+        "restore",
+        "retention",
+        "select",
+        "tagging",
+        "torrent",
+    }
+)
+
+
+def route(
+    method: str,
+    raw_path: str,
+    raw_query: str,
+    headers: Headers,
+    *,
+    base_domains: Sequence[str] = (),
+) -> Endpoint:
+    """Map a request to its S3 endpoint.
+
+    Args:
+        method: the HTTP method.
+        raw_path: the path as sent, still percent-encoded.
+        raw_query: the query string as sent, without ``?``.
+        headers: the request headers (``Host``, ``x-amz-copy-source``).
+        base_domains: domains under which ``BUCKET.DOMAIN`` is virtual-hosted addressing.
+
+    Raises:
+        S3Error: ``MethodNotAllowed``, ``InvalidURI``, ``InvalidArgument``,
+            ``KeyTooLongError``, ``InvalidRequest``.
+    """
+    method = method.upper()
+    # S3 reads a literal '+' in the path as a space (its console's object URLs rely on it);
+    # SDKs always send '%2B' for a plus.
+    path = _decode(raw_path.replace("+", " "))
+    if not path.startswith("/"):
+        raise S3Error("InvalidURI")
+    query = _parse_query(raw_query)
+    params: dict[str, str] = {}
+    for name, value in query:
+        params.setdefault(name, value)
+    host_bucket = _host_bucket(headers.get("host"), base_domains)
+    if host_bucket is not None:
+        bucket: str | None = host_bucket
+        key = path[1:]
+    else:
+        bucket, _, key = path[1:].partition("/")
+    base = Endpoint(
+        Op.UNSUPPORTED,
+        bucket=bucket or None,
+        query=query,
+        virtual_host=host_bucket is not None,
+        version_id=params.get("versionId"),
+    )
+    if not bucket:
+        if method == "GET":
+            return replace(base, op=Op.LIST_BUCKETS)
+        raise S3Error("MethodNotAllowed", resource="/")
+    if not key:
+        return _bucket_endpoint(method, params, base)
+    return _object_endpoint(method, key, params, headers, base)
+
+
+def _bucket_endpoint(method: str, params: dict[str, str], base: Endpoint) -> Endpoint:
+    def make(op: Op, **more: Any) -> Endpoint:
+        return replace(base, op=op, **more)
+
+    unsupported = sorted(BUCKET_UNSUPPORTED & params.keys())
+    if unsupported and method in ("GET", "PUT", "DELETE", "POST", "HEAD"):
+        return make(Op.UNSUPPORTED, subresource=unsupported[0])
+    if method == "GET":
+        if "location" in params:
+            return make(Op.GET_BUCKET_LOCATION)
+        if "uploads" in params:
+            return make(Op.LIST_MULTIPART_UPLOADS)
+        if "versions" in params:
+            return make(Op.LIST_OBJECT_VERSIONS)
+        if "list-type" in params:
+            if params["list-type"] != "2":
+                raise S3Error(
+                    "InvalidArgument",
+                    "Invalid List Type specified",
+                    extra={"ArgumentName": "list-type"},
+                )
+            return make(Op.LIST_OBJECTS_V2)
+        return make(Op.LIST_OBJECTS)
+    if method == "HEAD":
+        return make(Op.HEAD_BUCKET)
+    if method == "PUT":
+        return make(Op.CREATE_BUCKET)
+    if method == "DELETE":
+        return make(Op.DELETE_BUCKET)
+    if method == "POST":
+        if "delete" in params:
+            return make(Op.DELETE_OBJECTS)
+        return make(Op.UNSUPPORTED, subresource="PostObject")
+    if method == "OPTIONS":
+        return make(Op.UNSUPPORTED, subresource="cors-preflight")
+    raise S3Error("MethodNotAllowed")
+
+
+def _object_endpoint(
+    method: str,
+    key: str,
+    params: dict[str, str],
+    headers: Headers,
+    base: Endpoint,
+) -> Endpoint:
+    def make(op: Op, **more: Any) -> Endpoint:
+        return replace(base, op=op, key=key, **more)
+
+    unsupported = sorted(OBJECT_UNSUPPORTED & params.keys())
+    if unsupported and method in ("GET", "PUT", "DELETE", "POST", "HEAD"):
+        return make(Op.UNSUPPORTED, subresource=unsupported[0])
+    upload_id = params.get("uploadId")
+    if upload_id is not None and not upload_id:
+        raise S3Error(
+            "InvalidArgument", "uploadId must not be empty", extra={"ArgumentName": "uploadId"}
+        )
+    part = _part_number(params.get("partNumber"))
+    if method in ("GET", "HEAD"):
+        if method == "GET" and upload_id is not None:
+            return make(Op.LIST_PARTS, upload_id=upload_id)
+        op = Op.GET_OBJECT if method == "GET" else Op.HEAD_OBJECT
+        return make(op, part_number=part)
+    if method == "PUT":
+        validate_object_key(key)
+        source = headers.get("x-amz-copy-source")
+        copy = parse_copy_source(source) if source is not None else None
+        if upload_id is not None or part is not None:
+            if upload_id is None or part is None:
+                raise S3Error("InvalidRequest", "UploadPart requires both partNumber and uploadId")
+            op = Op.UPLOAD_PART if copy is None else Op.UPLOAD_PART_COPY
+            return make(op, upload_id=upload_id, part_number=part, copy_source=copy)
+        return make(Op.PUT_OBJECT if copy is None else Op.COPY_OBJECT, copy_source=copy)
+    if method == "DELETE":
+        if upload_id is not None:
+            return make(Op.ABORT_MULTIPART_UPLOAD, upload_id=upload_id)
+        return make(Op.DELETE_OBJECT)
+    if method == "POST":
+        if "uploads" in params:
+            validate_object_key(key)
+            return make(Op.CREATE_MULTIPART_UPLOAD)
+        if upload_id is not None:
+            return make(Op.COMPLETE_MULTIPART_UPLOAD, upload_id=upload_id)
+        raise S3Error("MethodNotAllowed")
+    if method == "OPTIONS":
+        return make(Op.UNSUPPORTED, subresource="cors-preflight")
+    raise S3Error("MethodNotAllowed")
+
+
+def parse_copy_source(value: str) -> CopySource:
+    """Decode ``x-amz-copy-source`` (``[/]bucket/key[?versionId=ID]``, URL-encoded).
+
+    Raises:
+        S3Error: ``InvalidArgument`` if it does not name a bucket and a key.
+    """
+    path, _, qs = value.strip().partition("?")
+    decoded = _decode(path).removeprefix("/")
+    bucket, _, key = decoded.partition("/")
+    if not bucket or not key:
+        raise S3Error(
+            "InvalidArgument",
+            "Copy Source must mention the source bucket and key: sourcebucket/sourcekey",
+            extra={"ArgumentName": "x-amz-copy-source"},
+        )
+    version_id = None
+    for name, val in _parse_query(qs):
+        if name == "versionId":
+            version_id = val
+        else:
+            raise S3Error(
+                "InvalidArgument",
+                "Unsupported copy source parameter",
+                extra={"ArgumentName": "x-amz-copy-source"},
+            )
+    return CopySource(bucket, key, version_id or None)
+
+
+def _part_number(value: str | None) -> int | None:
+    if value is None:
+        return None
+    if (
+        not (value.isascii() and value.isdigit() and len(value) <= 5)
+        or not 1 <= int(value) <= 10000
+    ):
+        raise S3Error(
+            "InvalidArgument",
+            "Part number must be an integer between 1 and 10000, inclusive",
+            extra={"ArgumentName": "partNumber", "ArgumentValue": value[:64]},
+        )
+    return int(value)
+
+
+def _decode(raw: str) -> str:
+    try:
+        return unquote_to_bytes(raw).decode("utf-8")
+    except UnicodeDecodeError:
+        raise S3Error("InvalidURI") from None
+
+
+def _parse_query(raw_query: str) -> tuple[tuple[str, str], ...]:
+    out = []
+    for part in raw_query.split("&"):
+        if part:
+            name, _, value = part.partition("=")
+            out.append((_decode(name), _decode(value)))
+    return tuple(out)
+
+
+def _host_bucket(host: str | None, base_domains: Sequence[str]) -> str | None:
+    if not host or not base_domains:
+        return None
+    host = host.strip().lower()
+    if host.startswith("["):  # IPv6 literal: never virtual-hosted
+        return None
+    host = host.rpartition(":")[0] if ":" in host else host
+    host = host.rstrip(".")
+    for base in base_domains:
+        base = base.lower().rstrip(".")
+        if host == base:
+            return None
+        if host.endswith("." + base):
+            return host[: -len(base) - 1]
+    return None

@@ -1,0 +1,676 @@
+"""S3 XML bodies: response builders and guarded request parsers (sans-IO).
+
+Builders return UTF-8 ``bytes`` with the XML declaration and, except for ``<Error>``, the S3
+namespace ``http://s3.amazonaws.com/doc/2006-03-01/``. Text is escaped by hand: ``& < >``
+and ``\\r`` as usual, and characters XML 1.0 cannot carry as ``&#xN;`` (what S3 sends; clients
+that list such keys ask for ``encoding-type=url``, which percent-encodes keys, prefixes,
+delimiters and markers). Times are ISO 8601 with milliseconds, as S3 writes them.
+
+Parsers accept only what S3 accepts and refuse what could hurt us, in the spirit of
+defusedxml: any DTD (so no entity declarations, no billion laughs, no external entities
+or fetches), bodies above a size limit, nesting deeper than a few levels, and too many
+elements. They run expat directly (``xml.parsers.expat``) and raise only
+:class:`~interfaces.s3.errors.S3Error` (``MalformedXML`` for anything unparseable).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from urllib.parse import quote
+from xml.parsers import expat
+
+from .errors import S3Error
+
+S3_NAMESPACE = "http://s3.amazonaws.com/doc/2006-03-01/"
+_DECLARATION = '<?xml version="1.0" encoding="UTF-8"?>\n'
+_ESCAPE_RE = re.compile("[&<>\r\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+_ESCAPES = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
+
+#: Largest request body each parser reads.
+MAX_XML_BYTES = 2 * 1024 * 1024
+MAX_DELETE_XML_BYTES = 8 * 1024 * 1024
+MAX_DELETE_OBJECTS = 1000
+MAX_PARTS = 10000
+_MAX_DEPTH = 8
+_MAX_ELEMENTS = 100_000
+
+
+# -- serialisation helpers -------------------------------------------------------------------
+
+
+def escape(text: str) -> str:
+    """Escape ``text`` for an XML element's content."""
+    return _ESCAPE_RE.sub(lambda m: _ESCAPES.get(m.group(), f"&#x{ord(m.group()):X};"), text)
+
+
+def iso8601(when: datetime) -> str:
+    """Format ``when`` as S3 does in XML, e.g. ``2009-10-12T17:50:30.000Z``."""
+    when = when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+    return when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z"
+
+
+def _url(text: str, encoding_type: str | None) -> str:
+    return quote(text, safe="/") if encoding_type == "url" else text
+
+
+def _tag(name: str, value: str | int | bool | None) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        value = "true" if value else "false"
+    return f"<{name}>{escape(str(value))}</{name}>"
+
+
+def _doc(root: str, body: Iterable[str], *, namespace: bool = True) -> bytes:
+    attrs = f' xmlns="{S3_NAMESPACE}"' if namespace else ""
+    return (_DECLARATION + f"<{root}{attrs}>" + "".join(body) + f"</{root}>").encode(
+        "utf-8", "surrogatepass"
+    )
+
+
+# -- response records ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Owner:
+    """A bucket or object owner."""
+
+    id: str
+    display_name: str = ""
+
+    def xml(self, tag: str = "Owner") -> str:
+        """The ``<Owner>`` (or ``<Initiator>``) element."""
+        return f"<{tag}>{_tag('ID', self.id)}{_tag('DisplayName', self.display_name)}</{tag}>"
+
+
+@dataclass(frozen=True)
+class BucketInfo:
+    """One bucket in ListBuckets."""
+
+    name: str
+    created: datetime
+    region: str | None = None
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """One object in a listing."""
+
+    key: str
+    last_modified: datetime
+    etag: str
+    size: int
+    storage_class: str = "STANDARD"
+    owner: Owner | None = None
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    """One version or delete marker in ListObjectVersions."""
+
+    key: str
+    version_id: str
+    is_latest: bool
+    last_modified: datetime
+    etag: str = ""
+    size: int = 0
+    delete_marker: bool = False
+    storage_class: str = "STANDARD"
+    owner: Owner | None = None
+
+
+@dataclass(frozen=True)
+class PartInfo:
+    """One uploaded part in ListParts."""
+
+    part_number: int
+    last_modified: datetime
+    etag: str
+    size: int
+
+
+@dataclass(frozen=True)
+class UploadInfo:
+    """One in-progress multipart upload in ListMultipartUploads."""
+
+    key: str
+    upload_id: str
+    initiated: datetime
+    storage_class: str = "STANDARD"
+    owner: Owner | None = None
+
+
+@dataclass(frozen=True)
+class Deleted:
+    """One successfully deleted entry in a DeleteObjects result."""
+
+    key: str
+    version_id: str | None = None
+    delete_marker: bool = False
+    delete_marker_version_id: str | None = None
+
+
+@dataclass(frozen=True)
+class DeleteError:
+    """One failed entry in a DeleteObjects result."""
+
+    key: str
+    code: str
+    message: str
+    version_id: str | None = None
+
+
+# -- builders --------------------------------------------------------------------------------
+
+
+def list_buckets(owner: Owner, buckets: Iterable[BucketInfo]) -> bytes:
+    """The ListAllMyBucketsResult body."""
+    items = "".join(
+        f"<Bucket>{_tag('Name', b.name)}{_tag('CreationDate', iso8601(b.created))}"
+        f"{_tag('BucketRegion', b.region)}</Bucket>"
+        for b in buckets
+    )
+    return _doc("ListAllMyBucketsResult", [owner.xml(), f"<Buckets>{items}</Buckets>"])
+
+
+def _contents(objects: Iterable[ObjectInfo], encoding_type: str | None) -> str:
+    return "".join(
+        f"<Contents>{_tag('Key', _url(o.key, encoding_type))}"
+        f"{_tag('LastModified', iso8601(o.last_modified))}{_tag('ETag', o.etag)}"
+        f"{_tag('Size', o.size)}{o.owner.xml() if o.owner else ''}"
+        f"{_tag('StorageClass', o.storage_class)}</Contents>"
+        for o in objects
+    )
+
+
+def _prefixes(prefixes: Iterable[str], encoding_type: str | None) -> str:
+    return "".join(
+        f"<CommonPrefixes>{_tag('Prefix', _url(p, encoding_type))}</CommonPrefixes>"
+        for p in prefixes
+    )
+
+
+def list_objects(
+    *,
+    bucket: str,
+    prefix: str,
+    marker: str,
+    max_keys: int,
+    is_truncated: bool,
+    contents: Sequence[ObjectInfo],
+    common_prefixes: Sequence[str] = (),
+    delimiter: str | None = None,
+    next_marker: str | None = None,
+    encoding_type: str | None = None,
+) -> bytes:
+    """The ListBucketResult body of ListObjects (v1)."""
+    return _doc(
+        "ListBucketResult",
+        [
+            _tag("Name", bucket),
+            _tag("Prefix", _url(prefix, encoding_type)),
+            _tag("Marker", _url(marker, encoding_type)),
+            _tag("NextMarker", None if next_marker is None else _url(next_marker, encoding_type)),
+            _tag("MaxKeys", max_keys),
+            _tag("Delimiter", None if delimiter is None else _url(delimiter, encoding_type)),
+            _tag("EncodingType", encoding_type),
+            _tag("IsTruncated", is_truncated),
+            _contents(contents, encoding_type),
+            _prefixes(common_prefixes, encoding_type),
+        ],
+    )
+
+
+def list_objects_v2(
+    *,
+    bucket: str,
+    prefix: str,
+    max_keys: int,
+    is_truncated: bool,
+    contents: Sequence[ObjectInfo],
+    common_prefixes: Sequence[str] = (),
+    delimiter: str | None = None,
+    continuation_token: str | None = None,
+    next_continuation_token: str | None = None,
+    start_after: str | None = None,
+    encoding_type: str | None = None,
+) -> bytes:
+    """The ListBucketResult body of ListObjectsV2 (``KeyCount`` counts keys and prefixes)."""
+    return _doc(
+        "ListBucketResult",
+        [
+            _tag("Name", bucket),
+            _tag("Prefix", _url(prefix, encoding_type)),
+            _tag("StartAfter", None if start_after is None else _url(start_after, encoding_type)),
+            _tag("ContinuationToken", continuation_token),
+            _tag("NextContinuationToken", next_continuation_token),
+            _tag("KeyCount", len(contents) + len(common_prefixes)),
+            _tag("MaxKeys", max_keys),
+            _tag("Delimiter", None if delimiter is None else _url(delimiter, encoding_type)),
+            _tag("EncodingType", encoding_type),
+            _tag("IsTruncated", is_truncated),
+            _contents(contents, encoding_type),
+            _prefixes(common_prefixes, encoding_type),
+        ],
+    )
+
+
+def list_object_versions(
+    *,
+    bucket: str,
+    prefix: str,
+    key_marker: str,
+    version_id_marker: str,
+    max_keys: int,
+    is_truncated: bool,
+    versions: Sequence[VersionInfo],
+    common_prefixes: Sequence[str] = (),
+    delimiter: str | None = None,
+    next_key_marker: str | None = None,
+    next_version_id_marker: str | None = None,
+    encoding_type: str | None = None,
+) -> bytes:
+    """The ListVersionsResult body (versions and delete markers in the given order)."""
+    items = []
+    for v in versions:
+        owner = v.owner.xml() if v.owner else ""
+        common = (
+            f"{_tag('Key', _url(v.key, encoding_type))}{_tag('VersionId', v.version_id)}"
+            f"{_tag('IsLatest', v.is_latest)}{_tag('LastModified', iso8601(v.last_modified))}"
+        )
+        if v.delete_marker:
+            items.append(f"<DeleteMarker>{common}{owner}</DeleteMarker>")
+        else:
+            items.append(
+                f"<Version>{common}{_tag('ETag', v.etag)}{_tag('Size', v.size)}{owner}"
+                f"{_tag('StorageClass', v.storage_class)}</Version>"
+            )
+    return _doc(
+        "ListVersionsResult",
+        [
+            _tag("Name", bucket),
+            _tag("Prefix", _url(prefix, encoding_type)),
+            _tag("KeyMarker", _url(key_marker, encoding_type)),
+            _tag("VersionIdMarker", version_id_marker),
+            _tag(
+                "NextKeyMarker",
+                None if next_key_marker is None else _url(next_key_marker, encoding_type),
+            ),
+            _tag("NextVersionIdMarker", next_version_id_marker),
+            _tag("MaxKeys", max_keys),
+            _tag("Delimiter", None if delimiter is None else _url(delimiter, encoding_type)),
+            _tag("EncodingType", encoding_type),
+            _tag("IsTruncated", is_truncated),
+            "".join(items),
+            _prefixes(common_prefixes, encoding_type),
+        ],
+    )
+
+
+def initiate_multipart_upload(bucket: str, key: str, upload_id: str) -> bytes:
+    """The InitiateMultipartUploadResult body."""
+    return _doc(
+        "InitiateMultipartUploadResult",
+        [_tag("Bucket", bucket), _tag("Key", key), _tag("UploadId", upload_id)],
+    )
+
+
+def complete_multipart_upload(location: str, bucket: str, key: str, etag: str) -> bytes:
+    """The CompleteMultipartUploadResult body."""
+    return _doc(
+        "CompleteMultipartUploadResult",
+        [_tag("Location", location), _tag("Bucket", bucket), _tag("Key", key), _tag("ETag", etag)],
+    )
+
+
+def list_parts(
+    *,
+    bucket: str,
+    key: str,
+    upload_id: str,
+    part_number_marker: int,
+    max_parts: int,
+    is_truncated: bool,
+    parts: Sequence[PartInfo],
+    next_part_number_marker: int | None = None,
+    owner: Owner | None = None,
+    storage_class: str = "STANDARD",
+) -> bytes:
+    """The ListPartsResult body."""
+    items = "".join(
+        f"<Part>{_tag('PartNumber', p.part_number)}"
+        f"{_tag('LastModified', iso8601(p.last_modified))}{_tag('ETag', p.etag)}"
+        f"{_tag('Size', p.size)}</Part>"
+        for p in parts
+    )
+    return _doc(
+        "ListPartsResult",
+        [
+            _tag("Bucket", bucket),
+            _tag("Key", key),
+            _tag("UploadId", upload_id),
+            owner.xml("Initiator") if owner else "",
+            owner.xml() if owner else "",
+            _tag("StorageClass", storage_class),
+            _tag("PartNumberMarker", part_number_marker),
+            _tag("NextPartNumberMarker", next_part_number_marker),
+            _tag("MaxParts", max_parts),
+            _tag("IsTruncated", is_truncated),
+            items,
+        ],
+    )
+
+
+def list_multipart_uploads(
+    *,
+    bucket: str,
+    key_marker: str,
+    upload_id_marker: str,
+    max_uploads: int,
+    is_truncated: bool,
+    uploads: Sequence[UploadInfo],
+    prefix: str = "",
+    delimiter: str | None = None,
+    common_prefixes: Sequence[str] = (),
+    next_key_marker: str | None = None,
+    next_upload_id_marker: str | None = None,
+    encoding_type: str | None = None,
+) -> bytes:
+    """The ListMultipartUploadsResult body."""
+    items = "".join(
+        f"<Upload>{_tag('Key', _url(u.key, encoding_type))}{_tag('UploadId', u.upload_id)}"
+        f"{u.owner.xml('Initiator') if u.owner else ''}{u.owner.xml() if u.owner else ''}"
+        f"{_tag('StorageClass', u.storage_class)}{_tag('Initiated', iso8601(u.initiated))}"
+        "</Upload>"
+        for u in uploads
+    )
+    return _doc(
+        "ListMultipartUploadsResult",
+        [
+            _tag("Bucket", bucket),
+            _tag("KeyMarker", _url(key_marker, encoding_type)),
+            _tag("UploadIdMarker", upload_id_marker),
+            _tag(
+                "NextKeyMarker",
+                None if next_key_marker is None else _url(next_key_marker, encoding_type),
+            ),
+            _tag("NextUploadIdMarker", next_upload_id_marker),
+            _tag("Prefix", _url(prefix, encoding_type)),
+            _tag("Delimiter", None if delimiter is None else _url(delimiter, encoding_type)),
+            _tag("MaxUploads", max_uploads),
+            _tag("EncodingType", encoding_type),
+            _tag("IsTruncated", is_truncated),
+            items,
+            _prefixes(common_prefixes, encoding_type),
+        ],
+    )
+
+
+def copy_object_result(etag: str, last_modified: datetime) -> bytes:
+    """The CopyObjectResult body."""
+    return _doc(
+        "CopyObjectResult",
+        [_tag("LastModified", iso8601(last_modified)), _tag("ETag", etag)],
+    )
+
+
+def copy_part_result(etag: str, last_modified: datetime) -> bytes:
+    """The CopyPartResult body (UploadPartCopy)."""
+    return _doc(
+        "CopyPartResult",
+        [_tag("LastModified", iso8601(last_modified)), _tag("ETag", etag)],
+    )
+
+
+def delete_result(
+    deleted: Iterable[Deleted], errors: Iterable[DeleteError], *, quiet: bool = False
+) -> bytes:
+    """The DeleteResult body; in quiet mode only errors are listed."""
+    body = []
+    if not quiet:
+        for d in deleted:
+            body.append(
+                f"<Deleted>{_tag('Key', d.key)}{_tag('VersionId', d.version_id)}"
+                f"{_tag('DeleteMarker', True if d.delete_marker else None)}"
+                f"{_tag('DeleteMarkerVersionId', d.delete_marker_version_id)}</Deleted>"
+            )
+    for e in errors:
+        body.append(
+            f"<Error>{_tag('Key', e.key)}{_tag('VersionId', e.version_id)}"
+            f"{_tag('Code', e.code)}{_tag('Message', e.message)}</Error>"
+        )
+    return _doc("DeleteResult", body)
+
+
+def location_constraint(region: str | None) -> bytes:
+    """The LocationConstraint body; ``us-east-1`` (or ``None``) is sent empty, as S3 does."""
+    value = "" if region in (None, "us-east-1") else escape(region or "")
+    return (
+        _DECLARATION + f'<LocationConstraint xmlns="{S3_NAMESPACE}">{value}</LocationConstraint>'
+    ).encode("utf-8")
+
+
+def error(
+    err: S3Error,
+    *,
+    resource: str | None = None,
+    request_id: str = "",
+    host_id: str = "",
+) -> bytes:
+    """The ``<Error>`` body for ``err`` (no namespace, as S3 sends it)."""
+    extra = "".join(_tag(k, v) for k, v in err.extra.items())
+    return _doc(
+        "Error",
+        [
+            _tag("Code", err.code),
+            _tag("Message", err.message),
+            _tag("Resource", resource if resource is not None else err.resource),
+            extra,
+            _tag("RequestId", request_id),
+            _tag("HostId", host_id),
+        ],
+        namespace=False,
+    )
+
+
+# -- guarded parsing ------------------------------------------------------------------------
+
+
+@dataclass
+class XmlNode:
+    """A parsed element: local tag name (prefix dropped), text pieces and children."""
+
+    tag: str
+    text: list[str] = field(default_factory=list)
+    children: list[XmlNode] = field(default_factory=list)
+
+    def value(self) -> str:
+        """The element's text."""
+        return "".join(self.text)
+
+    def find_all(self, tag: str) -> list[XmlNode]:
+        """Every direct child named ``tag``."""
+        return [c for c in self.children if c.tag == tag]
+
+    def find(self, tag: str) -> XmlNode | None:
+        """The direct child named ``tag``, if any (``MalformedXML`` if repeated)."""
+        found = self.find_all(tag)
+        if len(found) > 1:
+            raise S3Error("MalformedXML")
+        return found[0] if found else None
+
+
+class _Refused(Exception):
+    """Raised inside expat handlers to abort parsing."""
+
+
+def _refuse(*_: object) -> None:
+    raise _Refused
+
+
+def parse_xml(body: bytes, *, max_bytes: int = MAX_XML_BYTES) -> XmlNode:
+    """Parse ``body`` with expat, refusing DTDs, entities and oversized or deep documents.
+
+    Raises:
+        S3Error: ``MalformedXML`` (or ``InvalidRequest`` if larger than ``max_bytes``).
+    """
+    if len(body) > max_bytes:
+        raise S3Error(
+            "InvalidRequest",
+            f"The XML you provided was larger than the maximum {max_bytes} bytes allowed.",
+        )
+    parser = expat.ParserCreate()
+    parser.SetParamEntityParsing(expat.XML_PARAM_ENTITY_PARSING_NEVER)
+    parser.buffer_text = True
+    stack: list[XmlNode] = []
+    roots: list[XmlNode] = []
+    count = 0
+
+    def start(name: str, _attrs: object) -> None:
+        nonlocal count
+        count += 1
+        if count > _MAX_ELEMENTS or len(stack) >= _MAX_DEPTH:
+            raise _Refused
+        node = XmlNode(name.rpartition(":")[2])
+        (stack[-1].children if stack else roots).append(node)
+        stack.append(node)
+
+    def end(_name: str) -> None:
+        stack.pop()
+
+    def data(text: str) -> None:
+        if stack:
+            stack[-1].text.append(text)
+
+    parser.StartElementHandler = start
+    parser.EndElementHandler = end
+    parser.CharacterDataHandler = data
+    parser.StartDoctypeDeclHandler = _refuse
+    parser.EntityDeclHandler = _refuse
+    parser.UnparsedEntityDeclHandler = _refuse
+    parser.ExternalEntityRefHandler = _refuse  # type: ignore[assignment]
+    parser.NotationDeclHandler = _refuse
+    try:
+        parser.Parse(body, True)
+    except (expat.ExpatError, _Refused, ValueError, RecursionError):
+        raise S3Error("MalformedXML") from None
+    if len(roots) != 1:
+        raise S3Error("MalformedXML")
+    return roots[0]
+
+
+@dataclass(frozen=True)
+class CompletedPart:
+    """One ``<Part>`` of a CompleteMultipartUpload request."""
+
+    part_number: int
+    etag: str
+    checksums: tuple[tuple[str, str], ...] = ()
+
+
+def parse_complete_multipart_upload(body: bytes) -> list[CompletedPart]:
+    """Parse a CompleteMultipartUpload body into its parts, checked to be ascending.
+
+    Raises:
+        S3Error: ``MalformedXML``, ``InvalidPartOrder``, ``InvalidArgument`` (part number
+            outside 1..10000).
+    """
+    root = parse_xml(body)
+    if root.tag != "CompleteMultipartUpload":
+        raise S3Error("MalformedXML")
+    parts: list[CompletedPart] = []
+    for node in root.children:
+        if node.tag != "Part":
+            raise S3Error("MalformedXML")
+        number_node, etag_node = node.find("PartNumber"), node.find("ETag")
+        if number_node is None or etag_node is None:
+            raise S3Error("MalformedXML")
+        text = number_node.value().strip()
+        if not (text.isascii() and text.isdigit()) or len(text) > 9:
+            raise S3Error("MalformedXML")
+        number = int(text)
+        if not 1 <= number <= MAX_PARTS:
+            raise S3Error(
+                "InvalidArgument",
+                "Part number must be an integer between 1 and 10000, inclusive",
+                extra={"ArgumentName": "partNumber"},
+            )
+        if parts and number <= parts[-1].part_number:
+            raise S3Error("InvalidPartOrder")
+        checksums = tuple(
+            (c.tag.removeprefix("Checksum").upper(), c.value().strip())
+            for c in node.children
+            if c.tag.startswith("Checksum")
+        )
+        parts.append(CompletedPart(number, etag_node.value().strip(), checksums))
+    if not parts:
+        raise S3Error("MalformedXML")
+    return parts
+
+
+@dataclass(frozen=True)
+class ObjectIdentifier:
+    """One ``<Object>`` of a DeleteObjects request."""
+
+    key: str
+    version_id: str | None = None
+
+
+@dataclass(frozen=True)
+class DeleteRequest:
+    """A parsed DeleteObjects body."""
+
+    objects: tuple[ObjectIdentifier, ...]
+    quiet: bool = False
+
+
+def parse_delete_objects(body: bytes) -> DeleteRequest:
+    """Parse a DeleteObjects body (1..1000 objects).
+
+    Raises:
+        S3Error: ``MalformedXML``.
+    """
+    root = parse_xml(body, max_bytes=MAX_DELETE_XML_BYTES)
+    if root.tag != "Delete":
+        raise S3Error("MalformedXML")
+    quiet_node = root.find("Quiet")
+    quiet = False
+    if quiet_node is not None:
+        text = quiet_node.value().strip().lower()
+        if text not in ("true", "false"):
+            raise S3Error("MalformedXML")
+        quiet = text == "true"
+    objects = []
+    for node in root.children:
+        if node.tag == "Quiet":
+            continue
+        if node.tag != "Object":
+            raise S3Error("MalformedXML")
+        key_node = node.find("Key")
+        if key_node is None:
+            raise S3Error("MalformedXML")
+        version = node.find("VersionId")
+        objects.append(
+            ObjectIdentifier(key_node.value(), version.value() if version is not None else None)
+        )
+    if not objects or len(objects) > MAX_DELETE_OBJECTS:
+        raise S3Error("MalformedXML")
+    return DeleteRequest(tuple(objects), quiet)
+
+
+def parse_create_bucket(body: bytes) -> str | None:
+    """The ``LocationConstraint`` of a CreateBucket body (empty body: ``None``).
+
+    Raises:
+        S3Error: ``MalformedXML``.
+    """
+    if not body.strip():
+        return None
+    root = parse_xml(body)
+    if root.tag != "CreateBucketConfiguration":
+        raise S3Error("MalformedXML")
+    node = root.find("LocationConstraint")
+    return node.value().strip() or None if node is not None else None

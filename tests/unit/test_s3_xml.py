@@ -1,0 +1,361 @@
+"""XML builders (checked by parsing them with botocore's own S3 response parser) and the
+guarded request parsers (examples from the S3 API reference, plus hostile documents)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from functools import cache
+from typing import Any
+from xml.etree import ElementTree
+
+import botocore.session  # type: ignore[import-untyped]
+import pytest
+from botocore.parsers import create_parser  # type: ignore[import-untyped]
+
+from interfaces.s3 import xml
+from interfaces.s3.errors import ERROR_TABLE, S3Error
+
+WHEN = datetime(2009, 10, 12, 17, 50, 30, 123456, tzinfo=UTC)
+OWNER = xml.Owner("75aa57f09aa0c8caeab4f8c24e99d10f8e7faeebf76c078efc7c6caea54ba06a", "me")
+
+
+@cache
+def _model() -> Any:
+    return botocore.session.get_session().get_service_model("s3")
+
+
+def boto_parse(operation: str, body: bytes, status: int = 200) -> dict[str, Any]:
+    """Parse ``body`` exactly as boto3 would parse the response of ``operation``."""
+    shape = _model().operation_model(operation).output_shape
+    parsed: dict[str, Any] = create_parser("rest-xml").parse(
+        {"body": body, "headers": {}, "status_code": status}, shape
+    )
+    return parsed
+
+
+def test_iso8601() -> None:
+    assert xml.iso8601(WHEN) == "2009-10-12T17:50:30.123Z"
+    assert xml.iso8601(datetime(2009, 10, 12)) == "2009-10-12T00:00:00.000Z"
+
+
+def test_escape() -> None:
+    assert xml.escape("a&b<c>d\re\x01") == "a&amp;b&lt;c&gt;d&#xD;e&#x1;"
+    assert xml.escape("quote \" apostrophe ' tab\tnl\n") == "quote \" apostrophe ' tab\tnl\n"
+
+
+def test_list_buckets() -> None:
+    body = xml.list_buckets(OWNER, [xml.BucketInfo("b1", WHEN), xml.BucketInfo("b&2", WHEN)])
+    parsed = boto_parse("ListBuckets", body)
+    assert [b["Name"] for b in parsed["Buckets"]] == ["b1", "b&2"]
+    assert parsed["Buckets"][0]["CreationDate"] == datetime(
+        2009, 10, 12, 17, 50, 30, 123000, tzinfo=parsed["Buckets"][0]["CreationDate"].tzinfo
+    )
+    assert parsed["Owner"] == {"ID": OWNER.id, "DisplayName": "me"}
+
+
+def test_list_objects_v1() -> None:
+    body = xml.list_objects(
+        bucket="bucket",
+        prefix="",
+        marker="",
+        max_keys=1000,
+        is_truncated=True,
+        contents=[
+            xml.ObjectInfo(
+                "my image.jpg", WHEN, '"fba9dede5f27731c9771645a39863328"', 434234, owner=OWNER
+            )
+        ],
+        common_prefixes=["photos/"],
+        delimiter="/",
+        next_marker="my image.jpg",
+    )
+    parsed = boto_parse("ListObjects", body)
+    assert parsed["Name"] == "bucket"
+    assert parsed["IsTruncated"] is True
+    assert parsed["NextMarker"] == "my image.jpg"
+    assert parsed["Contents"][0]["Key"] == "my image.jpg"
+    assert parsed["Contents"][0]["Size"] == 434234
+    assert parsed["Contents"][0]["ETag"] == '"fba9dede5f27731c9771645a39863328"'
+    assert parsed["CommonPrefixes"] == [{"Prefix": "photos/"}]
+
+
+def test_list_objects_v2_url_encoding() -> None:
+    key = "a b+c/ü%\x01"
+    body = xml.list_objects_v2(
+        bucket="bucket",
+        prefix="a b",
+        max_keys=2,
+        is_truncated=True,
+        contents=[xml.ObjectInfo(key, WHEN, '"x"', 1)],
+        common_prefixes=["a b/"],
+        delimiter="/",
+        continuation_token="tok",
+        next_continuation_token="next",
+        start_after="a",
+        encoding_type="url",
+    )
+    assert b"a%20b%2Bc/%C3%BC%25%01" in body
+    parsed = boto_parse("ListObjectsV2", body)
+    assert parsed["KeyCount"] == 2
+    assert parsed["NextContinuationToken"] == "next"
+    assert parsed["EncodingType"] == "url"
+    # boto3 decodes url-encoded keys in a handler, with unquote_plus semantics:
+    from urllib.parse import unquote_plus
+
+    assert unquote_plus(parsed["Contents"][0]["Key"]) == key
+    assert unquote_plus(parsed["Prefix"]) == "a b"
+
+
+def test_list_object_versions() -> None:
+    body = xml.list_object_versions(
+        bucket="bucket",
+        prefix="",
+        key_marker="",
+        version_id_marker="",
+        max_keys=10,
+        is_truncated=False,
+        versions=[
+            xml.VersionInfo("k", "v2", True, WHEN, delete_marker=True, owner=OWNER),
+            xml.VersionInfo("k", "v1", False, WHEN, '"e"', 5),
+        ],
+    )
+    parsed = boto_parse("ListObjectVersions", body)
+    assert parsed["DeleteMarkers"][0]["VersionId"] == "v2"
+    assert parsed["DeleteMarkers"][0]["IsLatest"] is True
+    assert parsed["Versions"][0]["Size"] == 5
+
+
+def test_multipart_bodies() -> None:
+    parsed = boto_parse("CreateMultipartUpload", xml.initiate_multipart_upload("b", "k", "u1"))
+    assert (parsed["Bucket"], parsed["Key"], parsed["UploadId"]) == ("b", "k", "u1")
+    parsed = boto_parse(
+        "CompleteMultipartUpload",
+        xml.complete_multipart_upload(
+            "http://h/b/k", "b", "k", '"3858f62230ac3c915f300c664312c11f-9"'
+        ),
+    )
+    assert parsed["ETag"] == '"3858f62230ac3c915f300c664312c11f-9"'
+    body = xml.list_parts(
+        bucket="b",
+        key="k",
+        upload_id="u1",
+        part_number_marker=1,
+        max_parts=2,
+        is_truncated=True,
+        next_part_number_marker=3,
+        owner=OWNER,
+        parts=[
+            xml.PartInfo(2, WHEN, '"7778aef83f66abc1fa1e8477f296d394"', 10485760),
+            xml.PartInfo(3, WHEN, '"aaaa18db4cc2f85cedef654fccc4a4x8"', 10485760),
+        ],
+    )
+    parsed = boto_parse("ListParts", body)
+    assert [p["PartNumber"] for p in parsed["Parts"]] == [2, 3]
+    assert parsed["NextPartNumberMarker"] == 3
+    assert parsed["Initiator"]["ID"] == OWNER.id
+    body = xml.list_multipart_uploads(
+        bucket="b",
+        key_marker="",
+        upload_id_marker="",
+        max_uploads=3,
+        is_truncated=False,
+        uploads=[xml.UploadInfo("my-movie.m2ts", "VXBsb2Fk", WHEN, owner=OWNER)],
+    )
+    parsed = boto_parse("ListMultipartUploads", body)
+    assert parsed["Uploads"][0]["UploadId"] == "VXBsb2Fk"
+
+
+def test_copy_results() -> None:
+    parsed = boto_parse("CopyObject", xml.copy_object_result('"e"', WHEN))
+    assert parsed["CopyObjectResult"]["ETag"] == '"e"'
+    parsed = boto_parse("UploadPartCopy", xml.copy_part_result('"e"', WHEN))
+    assert parsed["CopyPartResult"]["ETag"] == '"e"'
+
+
+def test_delete_result() -> None:
+    body = xml.delete_result(
+        [
+            xml.Deleted("sample1.txt"),
+            xml.Deleted("x", delete_marker=True, delete_marker_version_id="dm"),
+        ],
+        [xml.DeleteError("sample2.txt", "AccessDenied", "Access Denied")],
+    )
+    parsed = boto_parse("DeleteObjects", body)
+    assert parsed["Deleted"][0] == {"Key": "sample1.txt"}
+    assert parsed["Deleted"][1]["DeleteMarker"] is True
+    assert parsed["Errors"][0]["Code"] == "AccessDenied"
+    quiet = xml.delete_result([xml.Deleted("a")], [], quiet=True)
+    assert b"<Deleted>" not in quiet
+
+
+def test_location_constraint() -> None:
+    # botocore reads the root element's text (handlers.parse_get_bucket_location)
+    root = ElementTree.fromstring(xml.location_constraint("eu-west-1"))
+    assert root.tag == f"{{{xml.S3_NAMESPACE}}}LocationConstraint"
+    assert root.text == "eu-west-1"
+    assert b"></LocationConstraint>" in xml.location_constraint("us-east-1")
+    assert b"></LocationConstraint>" in xml.location_constraint(None)
+
+
+def test_error_body() -> None:
+    err = S3Error("NoSuchKey", resource="/b/k")
+    body = xml.error(err, request_id="4442587FB7D0A2F9")
+    shape = _model().operation_model("GetObject").output_shape
+    parsed = create_parser("rest-xml").parse(
+        {"body": body, "headers": {}, "status_code": err.status}, shape
+    )
+    assert parsed["Error"]["Code"] == "NoSuchKey"
+    assert parsed["Error"]["Message"] == "The specified key does not exist."
+    assert parsed["Error"]["Resource"] == "/b/k"
+    assert b"<RequestId>4442587FB7D0A2F9</RequestId>" in body
+    assert b"<Resource>/b/k</Resource>" in body
+    with_extra = xml.error(S3Error("InvalidArgument", "bad", extra={"ArgumentName": "x"}))
+    assert b"<ArgumentName>x</ArgumentName>" in with_extra
+
+
+def test_error_table_statuses() -> None:
+    expected = {
+        "NoSuchBucket": 404,
+        "NoSuchKey": 404,
+        "BucketNotEmpty": 409,
+        "BucketAlreadyOwnedByYou": 409,
+        "BucketAlreadyExists": 409,
+        "InvalidRange": 416,
+        "PreconditionFailed": 412,
+        "NotModified": 304,
+        "SignatureDoesNotMatch": 403,
+        "InvalidAccessKeyId": 403,
+        "AccessDenied": 403,
+        "RequestTimeTooSkewed": 403,
+        "EntityTooSmall": 400,
+        "EntityTooLarge": 400,
+        "InvalidPart": 400,
+        "InvalidPartOrder": 400,
+        "NoSuchUpload": 404,
+        "MalformedXML": 400,
+        "InvalidArgument": 400,
+        "InvalidBucketName": 400,
+        "InvalidDigest": 400,
+        "BadDigest": 400,
+        "XAmzContentSHA256Mismatch": 400,
+        "IncompleteBody": 400,
+        "MissingContentLength": 411,
+        "MethodNotAllowed": 405,
+        "NotImplemented": 501,
+        "SlowDown": 503,
+        "ServiceUnavailable": 503,
+        "InternalError": 500,
+        "KeyTooLongError": 400,
+        "MetadataTooLarge": 400,
+        "RequestHeaderSectionTooLarge": 400,
+        "InvalidRequest": 400,
+        "AuthorizationHeaderMalformed": 400,
+    }
+    assert {code: ERROR_TABLE[code][0] for code in expected} == expected
+    assert S3Error("Unheard").status == 500
+
+
+# -- parsers ------------------------------------------------------------------------------------
+
+COMPLETE = b"""<CompleteMultipartUpload xmlns="http://s3.amazonaws.com/doc/2006-03-01/">
+  <Part><PartNumber>1</PartNumber><ETag>"a54357aff0632cce46d942af68356b38"</ETag></Part>
+  <Part><PartNumber>2</PartNumber><ETag>"0c78aef83f66abc1fa1e8477f296d394"</ETag>
+        <ChecksumCRC32>AAAAAA==</ChecksumCRC32></Part>
+  <Part><PartNumber>3</PartNumber><ETag>&quot;acbd18db4cc2f85cedef654fccc4a4d8&quot;</ETag></Part>
+</CompleteMultipartUpload>"""
+
+
+def test_parse_complete_multipart_upload() -> None:
+    parts = xml.parse_complete_multipart_upload(COMPLETE)
+    assert [p.part_number for p in parts] == [1, 2, 3]
+    assert parts[0].etag == '"a54357aff0632cce46d942af68356b38"'
+    assert parts[2].etag == '"acbd18db4cc2f85cedef654fccc4a4d8"'
+    assert parts[1].checksums == (("CRC32", "AAAAAA=="),)
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        (COMPLETE.replace(b"<PartNumber>2<", b"<PartNumber>5<"), "InvalidPartOrder"),
+        (COMPLETE.replace(b"<PartNumber>3<", b"<PartNumber>2<"), "InvalidPartOrder"),
+        (COMPLETE.replace(b"<PartNumber>1<", b"<PartNumber>0<"), "InvalidArgument"),
+        (COMPLETE.replace(b"<PartNumber>1<", b"<PartNumber>x<"), "MalformedXML"),
+        (b"<CompleteMultipartUpload/>", "MalformedXML"),
+        (b"<Other/>", "MalformedXML"),
+        (b"", "MalformedXML"),
+        (
+            b"<CompleteMultipartUpload><Part><PartNumber>1</PartNumber></Part>"
+            b"</CompleteMultipartUpload>",
+            "MalformedXML",
+        ),
+        (b"<CompleteMultipartUpload><Part>", "MalformedXML"),
+    ],
+)
+def test_parse_complete_errors(body: bytes, code: str) -> None:
+    with pytest.raises(S3Error) as info:
+        xml.parse_complete_multipart_upload(body)
+    assert info.value.code == code
+
+
+def test_parse_delete_objects() -> None:
+    body = b"""<?xml version="1.0" encoding="UTF-8"?>
+<Delete xmlns="http://s3.amazonaws.com/doc/2006-03-01/">
+    <Quiet>true</Quiet>
+    <Object><Key>sample1.txt</Key></Object>
+    <Object><Key> spaced &amp; &#x1F600; </Key>
+      <VersionId>OYcLXagmS.WaD..oyH4KRguB95_YhLs7</VersionId></Object>
+</Delete>"""
+    request = xml.parse_delete_objects(body)
+    assert request.quiet is True
+    assert request.objects == (
+        xml.ObjectIdentifier("sample1.txt"),
+        xml.ObjectIdentifier(" spaced & 😀 ", "OYcLXagmS.WaD..oyH4KRguB95_YhLs7"),
+    )
+    many = b"<Delete>" + b"<Object><Key>k</Key></Object>" * 1001 + b"</Delete>"
+    with pytest.raises(S3Error, match="MalformedXML"):
+        xml.parse_delete_objects(many)
+    with pytest.raises(S3Error, match="MalformedXML"):
+        xml.parse_delete_objects(b"<Delete><Quiet>maybe</Quiet></Delete>")
+
+
+def test_parse_create_bucket() -> None:
+    assert xml.parse_create_bucket(b"") is None
+    body = (
+        b'<CreateBucketConfiguration xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
+        b"<LocationConstraint>eu-west-1</LocationConstraint></CreateBucketConfiguration>"
+    )
+    assert xml.parse_create_bucket(body) == "eu-west-1"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        # billion laughs
+        b'<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol">'
+        b'<!ENTITY lol2 "&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;">]>'
+        b"<Delete><Object><Key>&lol2;</Key></Object></Delete>",
+        # external entity
+        b'<?xml version="1.0"?><!DOCTYPE d [<!ENTITY xxe SYSTEM "file:///etc/passwd">]>'
+        b"<Delete><Object><Key>&xxe;</Key></Object></Delete>",
+        # external DTD
+        b'<!DOCTYPE Delete SYSTEM "http://example.com/evil.dtd"><Delete/>',
+        # undefined entity
+        b"<Delete><Object><Key>&nope;</Key></Object></Delete>",
+        # too deep
+        b"<Delete>" + b"<a>" * 50 + b"</a>" * 50 + b"</Delete>",
+        # two roots, trailing junk
+        b"<Delete/><Delete/>",
+        # not UTF-8
+        b"<Delete><Object><Key>\xff</Key></Object></Delete>",
+    ],
+)
+def test_hostile_xml_refused(body: bytes) -> None:
+    with pytest.raises(S3Error) as info:
+        xml.parse_delete_objects(body)
+    assert info.value.code == "MalformedXML"
+
+
+def test_oversized_xml_refused() -> None:
+    with pytest.raises(S3Error) as info:
+        xml.parse_xml(b"<a>" + b" " * (xml.MAX_XML_BYTES + 1) + b"</a>")
+    assert info.value.code == "InvalidRequest"
