@@ -42,3 +42,70 @@ class NoSpace(StorageError):
 
 class InvalidArgument(StorageError):
     """A caller passed a value the storage layer cannot accept (bad size, policy, name)."""
+
+
+# -- object logic (storage.objects): buckets, objects, multipart uploads ------------------------
+
+
+class NoSuchBucket(NotFound):
+    """The bucket does not exist (or was deleted)."""
+
+
+class NoSuchKey(NotFound):
+    """The bucket exists but holds no object under this key."""
+
+
+class NoSuchUpload(NotFound):
+    """The multipart upload does not exist: never created, aborted, or already completed."""
+
+
+class AlreadyExists(StorageError):
+    """The thing being created exists already; ``owner`` is who owns it (may be ``None``)."""
+
+    def __init__(self, owner: str | None, message: str = "") -> None:
+        super().__init__(message or "already exists")
+        self.owner = owner
+
+
+class BucketAlreadyExists(AlreadyExists):
+    """The bucket name is taken by another owner."""
+
+
+class BucketAlreadyOwnedByYou(AlreadyExists):
+    """The bucket exists and the caller already owns it."""
+
+
+class BucketNotEmpty(StorageError):
+    """The bucket still holds objects, so it cannot be deleted."""
+
+
+class PreconditionFailed(StorageError):
+    """A conditional write's ``If-Match`` / ``If-None-Match`` did not hold."""
+
+
+class InvalidRange(StorageError):
+    """A requested byte range starts beyond the end of an object of ``size`` bytes."""
+
+    def __init__(self, size: int, message: str = "") -> None:
+        super().__init__(message or f"range not satisfiable for an object of {size} bytes")
+        self.size = size
+
+
+class InvalidPart(StorageError):
+    """A listed multipart part was never uploaded, or its ETag does not match."""
+
+
+class InvalidPartOrder(StorageError):
+    """The parts of a multipart completion are not in strictly ascending order."""
+
+
+class EntityTooSmall(StorageError):
+    """A multipart part other than the last is smaller than the minimum part size."""
+
+
+class KeyTooLong(InvalidArgument):
+    """An object key is longer than 1024 bytes of UTF-8."""
+
+
+class BadDigest(StorageError):
+    """The body's MD5 differs from the ``Content-MD5`` the client sent."""

@@ -1,0 +1,402 @@
+"""Wire formats of the object logic: bucket configs, object records, multipart upload state.
+
+Every record is a msgpack map with short string keys and a format version ``"v"``, so a newer
+reader can tell the layouts apart; unknown keys are ignored (forward compatible), and a
+malformed record raises :class:`storage.errors.Corrupt`, never a bare exception.
+
+* :class:`BucketConfig` lives in the bucket registry register (one map, name -> config).
+* :class:`ObjectRecord` is the value of an object's entry in the bucket index. It keeps the
+  chunk list inline up to a limit; beyond it the list is stored as one immutable *chunk-list
+  chunk* and the record holds only its reference, so index shards stay small.
+* :class:`UploadRecord` is the register of one multipart upload; a part keeps its chunk list
+  inline up to :data:`PART_INLINE_CHUNKS`, beyond that in a chunk-list chunk of its own.
+
+Chunk references carry their own plaintext length (``length``): ranged reads compute chunk
+offsets from it, independently of what the block store reports as ``ChunkRef.size``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import msgpack
+
+from .api import ChunkRef
+from .errors import Corrupt, InvalidArgument
+from .ids import BlockAddress
+from .policy import Redundancy
+
+FORMAT_VERSION = 1
+
+#: A part with more chunks than this stores its chunk list in a chunk-list chunk.
+PART_INLINE_CHUNKS = 4
+
+#: Canned ACLs S3 accepts (``x-amz-acl``).
+CANNED_ACLS = frozenset(
+    {
+        "private",
+        "public-read",
+        "public-read-write",
+        "authenticated-read",
+        "aws-exec-read",
+        "bucket-owner-read",
+        "bucket-owner-full-control",
+        "log-delivery-write",
+    }
+)
+
+
+def check_acl(acl: str) -> str:
+    """Return ``acl`` if it is a canned ACL S3 knows, else raise ``InvalidArgument``."""
+    if acl not in CANNED_ACLS:
+        raise InvalidArgument(f"unknown canned ACL {acl!r}")
+    return acl
+
+
+def _pack(obj: object) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def _unpack(data: bytes, what: str) -> dict[str, Any]:
+    try:
+        obj = msgpack.unpackb(data, raw=False, strict_map_key=False)
+    except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError):
+        raise Corrupt(f"undecodable {what}") from None
+    if not isinstance(obj, dict) or obj.get("v") != FORMAT_VERSION:
+        raise Corrupt(f"malformed {what}")
+    return obj
+
+
+@dataclass(frozen=True)
+class StoredChunk:
+    """One chunk of an object or part: how to read it and how many plaintext bytes it holds."""
+
+    ref: ChunkRef
+    length: int
+
+    def pack(self) -> list[object]:
+        """The compact msgpack form."""
+        r = self.ref
+        return [bytes(r.address), r.key, r.size, str(r.redundancy), self.length]
+
+    @classmethod
+    def unpack(cls, raw: Any) -> StoredChunk:
+        """Inverse of :meth:`pack`; raises ``Corrupt`` on a malformed entry."""
+        try:
+            address, key, size, policy, length = raw
+            ref = ChunkRef(
+                BlockAddress(bytes(address)), bytes(key), int(size), Redundancy.parse(str(policy))
+            )
+            return cls(ref, int(length))
+        except (TypeError, ValueError, InvalidArgument):
+            raise Corrupt("malformed chunk reference") from None
+
+
+def pack_chunk_list(chunks: Sequence[StoredChunk]) -> bytes:
+    """Encode a chunk list as the payload of a chunk-list chunk."""
+    return _pack({"v": FORMAT_VERSION, "c": [c.pack() for c in chunks]})
+
+
+def unpack_chunk_list(data: bytes) -> list[StoredChunk]:
+    """Decode a chunk-list chunk; raises ``Corrupt`` if malformed."""
+    obj = _unpack(data, "chunk list")
+    return [StoredChunk.unpack(c) for c in obj.get("c", [])]
+
+
+@dataclass(frozen=True)
+class ContentHeaders:
+    """The standard HTTP headers S3 stores with an object, plus user metadata and ACL."""
+
+    content_type: str | None = None
+    content_encoding: str | None = None
+    content_disposition: str | None = None
+    content_language: str | None = None
+    cache_control: str | None = None
+    expires: str | None = None
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    acl: str = "private"
+
+    def pack(self) -> dict[str, object]:
+        """The msgpack map fragment (absent headers are omitted)."""
+        out: dict[str, object] = {"acl": self.acl}
+        for short, value in (
+            ("ct", self.content_type),
+            ("ce", self.content_encoding),
+            ("cd", self.content_disposition),
+            ("cl", self.content_language),
+            ("cc", self.cache_control),
+            ("ex", self.expires),
+        ):
+            if value is not None:
+                out[short] = value
+        if self.metadata:
+            out["md"] = dict(self.metadata)
+        return out
+
+    @classmethod
+    def unpack(cls, obj: Mapping[str, Any]) -> ContentHeaders:
+        """Inverse of :meth:`pack`."""
+        return cls(
+            content_type=obj.get("ct"),
+            content_encoding=obj.get("ce"),
+            content_disposition=obj.get("cd"),
+            content_language=obj.get("cl"),
+            cache_control=obj.get("cc"),
+            expires=obj.get("ex"),
+            metadata=dict(obj.get("md") or {}),
+            acl=str(obj.get("acl", "private")),
+        )
+
+
+@dataclass(frozen=True)
+class ObjectRecord:
+    """An object's index entry: size, ETag, headers and where its bytes are.
+
+    Exactly one of ``chunks`` (inline) and ``chunk_list`` (a chunk-list chunk holding
+    ``chunk_count`` references) describes the data; an empty object has neither.
+    """
+
+    size: int
+    etag: str
+    mtime_ms: int
+    headers: ContentHeaders
+    owner: str | None = None
+    chunks: tuple[StoredChunk, ...] = ()
+    chunk_list: StoredChunk | None = None
+    chunk_count: int = 0
+    parts_count: int | None = None
+    upload_id: str | None = None
+
+    def pack(self) -> bytes:
+        """Encode for the bucket index."""
+        obj: dict[str, object] = {
+            "v": FORMAT_VERSION,
+            "sz": self.size,
+            "et": self.etag,
+            "mt": self.mtime_ms,
+            **self.headers.pack(),
+        }
+        if self.owner is not None:
+            obj["ow"] = self.owner
+        if self.chunk_list is not None:
+            obj["cx"] = self.chunk_list.pack()
+            obj["n"] = self.chunk_count
+        elif self.chunks:
+            obj["ch"] = [c.pack() for c in self.chunks]
+        if self.parts_count is not None:
+            obj["np"] = self.parts_count
+        if self.upload_id is not None:
+            obj["up"] = self.upload_id
+        return _pack(obj)
+
+    @classmethod
+    def unpack(cls, data: bytes) -> ObjectRecord:
+        """Decode an index entry; raises ``Corrupt`` if malformed."""
+        obj = _unpack(data, "object record")
+        try:
+            cx = obj.get("cx")
+            return cls(
+                size=int(obj["sz"]),
+                etag=str(obj["et"]),
+                mtime_ms=int(obj["mt"]),
+                headers=ContentHeaders.unpack(obj),
+                owner=obj.get("ow"),
+                chunks=tuple(StoredChunk.unpack(c) for c in obj.get("ch", ())),
+                chunk_list=None if cx is None else StoredChunk.unpack(cx),
+                chunk_count=int(obj.get("n", 0)),
+                parts_count=obj.get("np"),
+                upload_id=obj.get("up"),
+            )
+        except (KeyError, TypeError, ValueError):
+            raise Corrupt("malformed object record") from None
+
+    def owned_refs(self) -> list[StoredChunk]:
+        """The chunks this record references directly (inline chunks or the chunk list)."""
+        if self.chunk_list is not None:
+            return [self.chunk_list]
+        return list(self.chunks)
+
+
+@dataclass(frozen=True)
+class BucketConfig:
+    """A bucket's registry entry.
+
+    ``index_id`` names this incarnation's registers: a bucket deleted and created again gets
+    a fresh one, so leftovers of the old incarnation can never leak into the new.
+    """
+
+    name: str
+    owner: str
+    created_ms: int
+    redundancy: Redundancy
+    acl: str
+    index_id: bytes
+    region: str | None = None
+
+    def pack_entry(self) -> dict[str, object]:
+        """The registry map value for this bucket."""
+        out: dict[str, object] = {
+            "ow": self.owner,
+            "mt": self.created_ms,
+            "rd": str(self.redundancy),
+            "acl": self.acl,
+            "id": self.index_id,
+        }
+        if self.region is not None:
+            out["rg"] = self.region
+        return out
+
+    @classmethod
+    def unpack_entry(cls, name: str, obj: Any) -> BucketConfig:
+        """Inverse of :meth:`pack_entry`; raises ``Corrupt`` if malformed."""
+        try:
+            return cls(
+                name=name,
+                owner=str(obj["ow"]),
+                created_ms=int(obj["mt"]),
+                redundancy=Redundancy.parse(str(obj["rd"])),
+                acl=str(obj["acl"]),
+                index_id=bytes(obj["id"]),
+                region=obj.get("rg"),
+            )
+        except (KeyError, TypeError, ValueError, InvalidArgument):
+            raise Corrupt(f"malformed config of bucket {name!r}") from None
+
+
+def pack_registry(buckets: Mapping[str, BucketConfig]) -> bytes:
+    """Encode the bucket registry."""
+    return _pack({"v": FORMAT_VERSION, "b": {n: c.pack_entry() for n, c in buckets.items()}})
+
+
+def unpack_registry(data: bytes | None) -> dict[str, BucketConfig]:
+    """Decode the bucket registry (``None``: no bucket yet)."""
+    if data is None:
+        return {}
+    obj = _unpack(data, "bucket registry")
+    return {str(n): BucketConfig.unpack_entry(str(n), c) for n, c in obj.get("b", {}).items()}
+
+
+@dataclass(frozen=True)
+class PartRecord:
+    """One uploaded part: its MD5, size, upload time and chunks (inline or a chunk list)."""
+
+    md5: bytes
+    size: int
+    mtime_ms: int
+    chunks: tuple[StoredChunk, ...] = ()
+    chunk_list: StoredChunk | None = None
+
+    @property
+    def etag(self) -> str:
+        """The part's ETag (hex MD5, unquoted)."""
+        return self.md5.hex()
+
+    def owned_refs(self) -> list[StoredChunk]:
+        """The chunks this part references directly."""
+        if self.chunk_list is not None:
+            return [self.chunk_list]
+        return list(self.chunks)
+
+    def pack(self) -> list[object]:
+        """The compact msgpack form."""
+        return [
+            self.md5,
+            self.size,
+            self.mtime_ms,
+            [c.pack() for c in self.chunks],
+            None if self.chunk_list is None else self.chunk_list.pack(),
+        ]
+
+    @classmethod
+    def unpack(cls, raw: Any) -> PartRecord:
+        """Inverse of :meth:`pack`."""
+        try:
+            md5, size, mtime, chunks, chunk_list = raw
+            return cls(
+                md5=bytes(md5),
+                size=int(size),
+                mtime_ms=int(mtime),
+                chunks=tuple(StoredChunk.unpack(c) for c in chunks),
+                chunk_list=None if chunk_list is None else StoredChunk.unpack(chunk_list),
+            )
+        except (TypeError, ValueError):
+            raise Corrupt("malformed part record") from None
+
+
+@dataclass(frozen=True)
+class UploadRecord:
+    """The register of one multipart upload.
+
+    ``completing`` is set when a completion claims the upload: the ``(part number, etag)``
+    list it completes with. From then on parts cannot change and the upload cannot be
+    aborted; a retried completion with the same list proceeds (idempotent), another fails.
+    """
+
+    key: str
+    upload_id: str
+    initiated_ms: int
+    headers: ContentHeaders
+    owner: str | None = None
+    parts: Mapping[int, PartRecord] = field(default_factory=dict)
+    completing: tuple[tuple[int, str], ...] | None = None
+
+    def pack(self) -> bytes:
+        """Encode for the upload register."""
+        obj: dict[str, object] = {
+            "v": FORMAT_VERSION,
+            "k": self.key,
+            "u": self.upload_id,
+            "mt": self.initiated_ms,
+            "p": {n: p.pack() for n, p in self.parts.items()},
+            **self.headers.pack(),
+        }
+        if self.owner is not None:
+            obj["ow"] = self.owner
+        if self.completing is not None:
+            obj["cmp"] = [list(x) for x in self.completing]
+        return _pack(obj)
+
+    @classmethod
+    def unpack(cls, data: bytes) -> UploadRecord:
+        """Decode an upload register; raises ``Corrupt`` if malformed."""
+        obj = _unpack(data, "upload record")
+        try:
+            cmp = obj.get("cmp")
+            return cls(
+                key=str(obj["k"]),
+                upload_id=str(obj["u"]),
+                initiated_ms=int(obj["mt"]),
+                headers=ContentHeaders.unpack(obj),
+                owner=obj.get("ow"),
+                parts={int(n): PartRecord.unpack(p) for n, p in obj.get("p", {}).items()},
+                completing=None if cmp is None else tuple((int(n), str(e)) for n, e in cmp),
+            )
+        except (KeyError, TypeError, ValueError):
+            raise Corrupt("malformed upload record") from None
+
+
+class UploadEntry(NamedTuple):
+    """One line of a bucket's uploads index."""
+
+    key: str
+    initiated_ms: int
+    upload_id: str
+    owner: str | None
+
+
+def pack_upload_list(entries: Sequence[UploadEntry]) -> bytes:
+    """Encode a bucket's uploads index (sorted by key bytes, initiation, upload id)."""
+    return _pack({"v": FORMAT_VERSION, "u": [list(e) for e in entries]})
+
+
+def unpack_upload_list(data: bytes | None) -> list[UploadEntry]:
+    """Decode a bucket's uploads index (``None``: no upload)."""
+    if data is None:
+        return []
+    obj = _unpack(data, "uploads index")
+    try:
+        return [UploadEntry(str(k), int(t), str(u), o) for k, t, u, o in obj.get("u", [])]
+    except (TypeError, ValueError):
+        raise Corrupt("malformed uploads index") from None

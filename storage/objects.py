@@ -1,0 +1,1734 @@
+"""Buckets and objects on the key-value layer, independent of HTTP: what the S3 server calls.
+
+Layout in the block store (register names are bytes):
+
+* ``s3/buckets`` — the bucket **registry**: one register mapping each bucket name to its
+  :class:`~storage.object_records.BucketConfig` (owner, creation time, redundancy, canned
+  ACL, and the random ``index_id`` of this incarnation of the bucket);
+* ``s3/idx/<index_id>/...`` — the bucket's sorted, sharded **index**
+  (:mod:`storage.bucket_index`): object key (UTF-8) -> encoded
+  :class:`~storage.object_records.ObjectRecord`;
+* ``s3/up/<index_id>/<upload_id>`` — one register per multipart upload, and
+  ``s3/ups/<index_id>`` — the bucket's list of uploads in progress;
+* object data: immutable chunks of ``chunk_size`` bytes (4 MiB), stored with the bucket's
+  redundancy (replicas or erasure coding). Records with more than ``inline_chunks``
+  references keep them in one *chunk-list chunk* instead.
+
+Rules that keep it correct:
+
+* **Atomic conditional writes**: an object changes by one edit of one index shard, and the
+  ``If-Match`` / ``If-None-Match`` check runs inside that edit.
+* **Data before metadata**: chunks are durable (``put_chunk`` returned) before the record
+  naming them is committed; a part is durable before ``upload_part`` returns.
+* **Every chunk has exactly one owner** — one object record or one upload part — so
+  releasing the chunks of an overwritten or deleted object never hurts another one.
+  Hence *copy re-stores the data* (no sharing, no reference counts), and a completed
+  multipart upload hands its parts' chunks over to the object (no data copy).
+* **Garbage only after commit**: the old record's chunks are released (best effort,
+  ``delete_chunk``) after the change that dropped them committed. When the outcome of a
+  commit is unknown (``Unavailable`` from the edit: it may or may not have been applied),
+  nothing is released: the new chunks are leaked rather than risk deleting referenced ones.
+* **Bucket deletion** seals every (empty) index shard first, then removes the registry
+  entry; a writer that meets a seal waits for the deletion to finish (``NoSuchBucket``) or
+  to be rolled back (it retries). A crashed deletion leaves the shards sealed: calling
+  ``delete_bucket`` again finishes it.
+
+* **Multipart completion** first *claims* the upload register (records the part list it
+  completes with; from then on no part can change and the upload cannot be aborted), then
+  commits the object, then retires the upload and releases unlisted parts. A completion
+  that failed part-way is finished by retrying it with the same list: the retry sees
+  whether the object at the key is already this upload's (then only the clean-up is left)
+  or commits it. A completion refused for sure (``If-None-Match``...) releases its claim.
+
+Known limits: a reader streaming an object while it is overwritten may find a chunk
+already released (``NotFound`` mid-stream), as S3 readers of a replaced object may see a
+truncated body. Chunks whose commit outcome was unknown, and the chunks an object replaced
+by a completion that crashed after committing, are leaked (never wrongly released); a
+future scrub can collect them. The registry and a bucket's uploads list are single
+registers (fine for thousands of buckets / uploads in progress, not millions).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import hashlib
+import itertools
+import logging
+import os
+import secrets
+import time
+from bisect import bisect_left
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Mapping,
+    Sequence,
+)
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+
+import trio
+
+from .api import BlockStore
+from .bucket_index import DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTRIES, BucketIndex, IndexSealed
+from .errors import (
+    BadDigest,
+    BucketAlreadyExists,
+    BucketAlreadyOwnedByYou,
+    Conflict,
+    EntityTooSmall,
+    InvalidArgument,
+    InvalidPart,
+    InvalidPartOrder,
+    InvalidRange,
+    KeyTooLong,
+    NoSuchBucket,
+    NoSuchKey,
+    NoSuchUpload,
+    NotFound,
+    PreconditionFailed,
+    StorageError,
+)
+from .object_records import (
+    PART_INLINE_CHUNKS,
+    BucketConfig,
+    ContentHeaders,
+    ObjectRecord,
+    PartRecord,
+    StoredChunk,
+    UploadEntry,
+    UploadRecord,
+    check_acl,
+    pack_chunk_list,
+    pack_registry,
+    pack_upload_list,
+    unpack_chunk_list,
+    unpack_registry,
+    unpack_upload_list,
+)
+from .policy import Redundancy
+
+logger = logging.getLogger(__name__)
+
+REGISTRY = b"s3/buckets"
+DEFAULT_CHUNK_SIZE = 4 * 1024 * 1024
+DEFAULT_INLINE_CHUNKS = 64
+MIN_PART_SIZE = 5 * 1024 * 1024
+MAX_PART_NUMBER = 10_000
+MAX_KEY_BYTES = 1024
+MAX_LIST_KEYS = 1000
+NULL_VERSION = "null"
+#: How many deletions of one DeleteObjects call run at once.
+DELETE_CONCURRENCY = 8
+
+#: How long a writer that meets a sealed index waits for the deletion to settle.
+SEALED_WAIT_SECONDS = 2.0
+_CLEANUP_SECONDS = 30.0
+
+
+class _Exists(Exception):
+    pass
+
+
+class _NoChange(Exception):
+    pass
+
+
+# -- public result types --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BucketInfo:
+    """A bucket's configuration as the S3 layer needs it."""
+
+    name: str
+    owner: str
+    created: datetime
+    redundancy: Redundancy
+    acl: str
+    region: str | None = None
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """An object's metadata. ``etag`` is unquoted: hex MD5, or ``hex-N`` for multipart."""
+
+    bucket: str
+    key: str
+    size: int
+    etag: str
+    last_modified: datetime
+    version_id: str = NULL_VERSION
+    content_type: str | None = None
+    content_encoding: str | None = None
+    content_disposition: str | None = None
+    content_language: str | None = None
+    cache_control: str | None = None
+    expires: str | None = None
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    acl: str = "private"
+    owner: str | None = None
+    parts_count: int | None = None
+    storage_class: str = "STANDARD"
+
+
+@dataclass(frozen=True)
+class ListPage:
+    """One page of a listing, in S3 order; common prefixes count toward ``max_keys``.
+
+    ``next_marker`` is the last key or common prefix returned when the page is truncated
+    (ListObjects v1 ``NextMarker``); ``next_continuation_token`` encodes the same position
+    opaquely for ListObjectsV2.
+    """
+
+    objects: list[ObjectInfo]
+    common_prefixes: list[str]
+    is_truncated: bool
+    next_marker: str | None
+
+    @property
+    def next_continuation_token(self) -> str | None:
+        """The ListObjectsV2 ``NextContinuationToken`` (``None`` unless truncated)."""
+        if self.next_marker is None:
+            return None
+        return encode_continuation_token(self.next_marker)
+
+
+@dataclass(frozen=True)
+class PartInfo:
+    """One uploaded part. ``etag`` is the unquoted hex MD5."""
+
+    part_number: int
+    etag: str
+    size: int
+    last_modified: datetime
+
+
+@dataclass(frozen=True)
+class PartsPage:
+    """A page of ListParts, with the upload's owner."""
+
+    bucket: str
+    key: str
+    upload_id: str
+    owner: str | None
+    parts: list[PartInfo]
+    is_truncated: bool
+    next_part_number_marker: int | None
+    storage_class: str = "STANDARD"
+
+
+@dataclass(frozen=True)
+class UploadInfo:
+    """One multipart upload in progress."""
+
+    key: str
+    upload_id: str
+    initiated: datetime
+    owner: str | None = None
+    storage_class: str = "STANDARD"
+
+
+@dataclass(frozen=True)
+class UploadsPage:
+    """A page of ListMultipartUploads."""
+
+    uploads: list[UploadInfo]
+    common_prefixes: list[str]
+    is_truncated: bool
+    next_key_marker: str | None
+    next_upload_id_marker: str | None
+
+
+@dataclass(frozen=True)
+class DeleteOutcome:
+    """The result for one key of :meth:`ObjectStore.delete_objects` (``error`` or success)."""
+
+    key: str
+    error: StorageError | None = None
+
+
+@dataclass(frozen=True)
+class ObjectStoreStatistics:
+    """Counters of one :class:`ObjectStore` since it was built."""
+
+    objects_written: int
+    objects_opened: int
+    objects_deleted: int
+    bytes_stored: int
+    chunks_stored: int
+    chunks_released: int
+    release_failures: int
+    ambiguous_commits: int
+
+
+def encode_continuation_token(marker: str) -> str:
+    """Encode a listing position as an opaque, URL-safe ListObjectsV2 continuation token."""
+    return base64.urlsafe_b64encode(marker.encode("utf-8")).decode("ascii")
+
+
+def decode_continuation_token(token: str) -> str:
+    """Inverse of :func:`encode_continuation_token`; ``InvalidArgument`` if malformed."""
+    try:
+        raw = base64.b64decode(token.encode("ascii"), altchars=b"-_", validate=True)
+        return raw.decode("utf-8")
+    except (binascii.Error, ValueError):
+        raise InvalidArgument("The continuation token provided is incorrect") from None
+
+
+def _datetime(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC)
+
+
+def _key_bytes(key: str) -> bytes:
+    if not key:
+        raise InvalidArgument("object key must not be empty")
+    try:
+        raw = key.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidArgument("object key is not valid UTF-8") from None
+    if len(raw) > MAX_KEY_BYTES:
+        raise KeyTooLong(f"object key is {len(raw)} bytes long, more than {MAX_KEY_BYTES}")
+    return raw
+
+
+def _check_bucket_name(name: str) -> None:
+    if not name or len(name) > 255 or "/" in name:
+        raise InvalidArgument(f"invalid bucket name {name!r}")
+
+
+def _unquote(etag: str) -> str:
+    etag = etag.strip()
+    if etag.startswith("W/"):
+        etag = etag[2:]
+    if len(etag) >= 2 and etag[0] == '"' and etag[-1] == '"':
+        etag = etag[1:-1]
+    return etag
+
+
+def _etag_in(header: str, etag: str) -> bool:
+    """Whether an ``If-Match`` list (``*`` or comma-separated ETags) matches ``etag``."""
+    for tag in header.split(","):
+        tag = tag.strip()
+        if tag == "*" or (tag and _unquote(tag) == etag):
+            return True
+    return False
+
+
+def check_write_conditions(
+    current_etag: str | None, if_match: str | None, if_none_match: str | None
+) -> None:
+    """Evaluate S3 conditional-write headers against the key's current ETag (or ``None``).
+
+    Raises:
+        PreconditionFailed: ``If-None-Match: *`` and the key exists, or ``If-Match`` differs.
+        NoSuchKey: ``If-Match`` and the key does not exist.
+        InvalidArgument: ``If-None-Match`` other than ``*``.
+    """
+    if if_none_match is not None:
+        if if_none_match.strip() != "*":
+            raise InvalidArgument("If-None-Match supports only '*' on writes")
+        if current_etag is not None:
+            raise PreconditionFailed("the key exists (If-None-Match: *)")
+    if if_match is not None:
+        if current_etag is None:
+            raise NoSuchKey("the key does not exist (If-Match)")
+        if not _etag_in(if_match, current_etag):
+            raise PreconditionFailed("the ETag differs (If-Match)")
+
+
+def _headers(
+    content_type: str | None,
+    content_encoding: str | None,
+    content_disposition: str | None,
+    content_language: str | None,
+    cache_control: str | None,
+    expires: str | None,
+    metadata: Mapping[str, str] | None,
+    acl: str,
+) -> ContentHeaders:
+    return ContentHeaders(
+        content_type=content_type,
+        content_encoding=content_encoding,
+        content_disposition=content_disposition,
+        content_language=content_language,
+        cache_control=cache_control,
+        expires=expires,
+        metadata=dict(metadata or {}),
+        acl=check_acl(acl),
+    )
+
+
+def _bucket_info(cfg: BucketConfig) -> BucketInfo:
+    return BucketInfo(
+        name=cfg.name,
+        owner=cfg.owner,
+        created=_datetime(cfg.created_ms),
+        redundancy=cfg.redundancy,
+        acl=cfg.acl,
+        region=cfg.region,
+    )
+
+
+def _object_info(bucket: str, key: str, record: ObjectRecord) -> ObjectInfo:
+    h = record.headers
+    return ObjectInfo(
+        bucket=bucket,
+        key=key,
+        size=record.size,
+        etag=record.etag,
+        last_modified=_datetime(record.mtime_ms),
+        content_type=h.content_type,
+        content_encoding=h.content_encoding,
+        content_disposition=h.content_disposition,
+        content_language=h.content_language,
+        cache_control=h.cache_control,
+        expires=h.expires,
+        metadata=dict(h.metadata),
+        acl=h.acl,
+        owner=record.owner,
+        parts_count=record.parts_count,
+    )
+
+
+def _register_policy(policy: Redundancy) -> Redundancy | None:
+    # Registers are always replicated; an erasure-coded bucket uses the store's default.
+    return policy if not policy.is_erasure_coded else None
+
+
+# -- reading --------------------------------------------------------------------------------
+
+
+class ObjectReader:
+    """An object opened for reading: its metadata, and its bytes on demand.
+
+    It holds the record seen when it was opened, so :attr:`info` and the streamed bytes
+    belong to the same version even if the key is overwritten meanwhile.
+    """
+
+    def __init__(self, store: BlockStore, info: ObjectInfo, record: ObjectRecord) -> None:
+        self._store = store
+        self.info = info
+        self._record = record
+
+    @property
+    def record(self) -> ObjectRecord:
+        """The stored record this reader serves."""
+        return self._record
+
+    async def chunks(self) -> list[StoredChunk]:
+        """The object's chunk list (fetching the chunk-list chunk if there is one)."""
+        return await _chunk_list(self._store, self._record)
+
+    def check_range(self, start: int, end: int | None) -> tuple[int, int]:
+        """Clamp ``start..end`` (inclusive) to the object; return the range to serve.
+
+        Raises:
+            InvalidArgument: ``start < 0`` or ``end < start``.
+            InvalidRange: ``start`` is at or beyond the end of the object.
+        """
+        size = self.info.size
+        if start < 0 or (end is not None and end < start):
+            raise InvalidArgument(f"invalid byte range {start}-{end}")
+        if start >= size:
+            raise InvalidRange(size)
+        return start, size - 1 if end is None else min(end, size - 1)
+
+    async def stream(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        """Yield the bytes ``start..end`` (inclusive; ``None``: to the end), chunk by chunk.
+
+        Only the chunks overlapping the range are fetched, one at a time.
+        """
+        if self.info.size == 0:
+            if start != 0 or end is not None:
+                raise InvalidRange(0)
+            return
+        start, end = self.check_range(start, end)
+        offset = 0
+        for chunk in await self.chunks():
+            chunk_end = offset + chunk.length  # exclusive
+            if chunk_end > start and offset <= end:
+                data = await self._store.get_chunk(chunk.ref)
+                if len(data) != chunk.length:
+                    raise NotFound("chunk length differs from its record")
+                lo = max(start - offset, 0)
+                hi = min(end + 1 - offset, chunk.length)
+                yield data if lo == 0 and hi == len(data) else data[lo:hi]
+            offset = chunk_end
+            if offset > end:
+                break
+
+    async def send_to(
+        self, sink: Callable[[bytes], Awaitable[None]], start: int = 0, end: int | None = None
+    ) -> int:
+        """Send the bytes ``start..end`` to ``sink``, fetching the next chunk meanwhile.
+
+        This is the server's fast path (e.g. an ASGI ``send`` wrapper): while ``sink``
+        writes chunk *i*, chunk *i+1* is already being fetched, so at most three chunks
+        are in memory. Errors from the store or from ``sink`` propagate unchanged.
+
+        Returns:
+            How many bytes were sent.
+        """
+        if self.info.size == 0:
+            if start != 0 or end is not None:
+                raise InvalidRange(0)
+            return 0
+        start, end = self.check_range(start, end)
+        plan: list[tuple[StoredChunk, int, int]] = []
+        offset = 0
+        for chunk in await self.chunks():
+            if offset > end:
+                break
+            if offset + chunk.length > start:
+                lo = max(start - offset, 0)
+                plan.append((chunk, lo, min(end + 1 - offset, chunk.length)))
+            offset += chunk.length
+        send, receive = trio.open_memory_channel[bytes | StorageError](0)
+
+        async def producer() -> None:
+            async with send:
+                for chunk, lo, hi in plan:
+                    try:
+                        data = await self._store.get_chunk(chunk.ref)
+                        if len(data) != chunk.length:
+                            raise NotFound("chunk length differs from its record")
+                    except StorageError as exc:
+                        await send.send(exc)
+                        return
+                    await send.send(data if lo == 0 and hi == len(data) else data[lo:hi])
+
+        sent = 0
+        error: Exception | None = None
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(producer)
+            async with receive:
+                try:
+                    async for item in receive:
+                        if isinstance(item, StorageError):
+                            raise item
+                        await sink(item)
+                        sent += len(item)
+                except Exception as exc:  # re-raised below, outside the nursery, unwrapped
+                    error = exc
+                    # Cancel before the channel closes, so a producer blocked in send()
+                    # is cancelled rather than broken.
+                    nursery.cancel_scope.cancel()
+        if error is not None:
+            raise error
+        return sent
+
+
+async def _chunk_list(store: BlockStore, record: ObjectRecord) -> list[StoredChunk]:
+    if record.chunk_list is None:
+        return list(record.chunks)
+    return unpack_chunk_list(await store.get_chunk(record.chunk_list.ref))
+
+
+async def _part_chunks(store: BlockStore, part: PartRecord) -> list[StoredChunk]:
+    if part.chunk_list is None:
+        return list(part.chunks)
+    return unpack_chunk_list(await store.get_chunk(part.chunk_list.ref))
+
+
+# -- the object store ------------------------------------------------------------------------
+
+
+class ObjectStore:
+    """Buckets, objects and multipart uploads on a :class:`~storage.api.BlockStore`.
+
+    Args:
+        store: the cluster (or a fake in tests).
+        default_redundancy: the policy of new buckets that do not name one.
+        chunk_size: object data is stored in chunks of this many bytes.
+        inline_chunks: records with more chunk references use a chunk-list chunk.
+        min_part_size: every multipart part but the last must be at least this big.
+        index_max_entries: index shards split beyond this many entries.
+        index_max_bytes: index shards split beyond this many encoded bytes.
+        clock: seconds since the epoch, for ``last_modified``.
+
+    Every method may raise ``Unavailable`` (unchanged from the block store) besides the
+    errors it documents. Cancelling a call leaves no partial object visible; data chunks
+    stored by a cancelled write are released (shielded, best effort).
+    """
+
+    def __init__(
+        self,
+        store: BlockStore,
+        *,
+        default_redundancy: Redundancy | None = None,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        inline_chunks: int = DEFAULT_INLINE_CHUNKS,
+        min_part_size: int = MIN_PART_SIZE,
+        index_max_entries: int = DEFAULT_MAX_ENTRIES,
+        index_max_bytes: int = DEFAULT_MAX_BYTES,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if chunk_size <= 0 or inline_chunks <= 0:
+            raise ValueError("chunk_size and inline_chunks must be positive")
+        self._store = store
+        self.default_redundancy = default_redundancy or Redundancy(replicas=3)
+        self.chunk_size = chunk_size
+        self.inline_chunks = inline_chunks
+        self.min_part_size = min_part_size
+        self._index_max_entries = index_max_entries
+        self._index_max_bytes = index_max_bytes
+        self._clock = clock
+        self._indexes: dict[bytes, BucketIndex] = {}
+        self._counts: dict[str, int] = dict.fromkeys(ObjectStoreStatistics.__dataclass_fields__, 0)
+
+    def statistics(self) -> ObjectStoreStatistics:
+        """Return this object's counters (for metrics)."""
+        return ObjectStoreStatistics(**self._counts)
+
+    # -- plumbing ------------------------------------------------------------------------------
+
+    def _now_ms(self) -> int:
+        return int(self._clock() * 1000)
+
+    async def _registry(self) -> dict[str, BucketConfig]:
+        try:
+            versioned = await self._store.read(REGISTRY)
+        except NotFound:
+            return {}
+        return unpack_registry(versioned.value)
+
+    async def _bucket(self, name: str) -> BucketConfig:
+        cfg = (await self._registry()).get(name)
+        if cfg is None:
+            raise NoSuchBucket(f"no bucket {name!r}")
+        return cfg
+
+    def index(self, cfg: BucketConfig) -> BucketIndex:
+        """The (cached) index object of a bucket incarnation."""
+        idx = self._indexes.get(cfg.index_id)
+        if idx is None:
+            idx = BucketIndex(
+                self._store,
+                b"s3/idx/" + cfg.index_id.hex().encode(),
+                redundancy=_register_policy(cfg.redundancy),
+                max_entries=self._index_max_entries,
+                max_bytes=self._index_max_bytes,
+            )
+            self._indexes[cfg.index_id] = idx
+        return idx
+
+    async def bucket_index(self, bucket: str) -> BucketIndex:
+        """The index of ``bucket`` (for tests, tools and statistics)."""
+        return self.index(await self._bucket(bucket))
+
+    @staticmethod
+    def _upload_name(cfg: BucketConfig, upload_id: str) -> bytes:
+        return b"s3/up/" + cfg.index_id.hex().encode() + b"/" + upload_id.encode("ascii")
+
+    @staticmethod
+    def _uploads_name(cfg: BucketConfig) -> bytes:
+        return b"s3/ups/" + cfg.index_id.hex().encode()
+
+    async def _index_update(
+        self, cfg: BucketConfig, key: bytes, fn: Callable[[bytes | None], bytes | None]
+    ) -> tuple[bytes | None, bytes | None]:
+        index = self.index(cfg)
+        deadline = trio.current_time() + SEALED_WAIT_SECONDS
+        while True:
+            try:
+                return await index.update(key, fn)
+            except IndexSealed:
+                current = (await self._registry()).get(cfg.name)
+                if current is None or current.index_id != cfg.index_id:
+                    raise NoSuchBucket(f"no bucket {cfg.name!r}") from None
+                if trio.current_time() > deadline:
+                    raise Conflict(None, f"bucket {cfg.name!r} is being deleted") from None
+                await trio.sleep(0.05)
+
+    async def _release(self, chunks: Iterable[StoredChunk]) -> None:
+        for chunk in chunks:
+            try:
+                await self._store.delete_chunk(chunk.ref)
+            except StorageError as exc:
+                self._counts["release_failures"] += 1
+                logger.warning("could not release chunk %s: %s", chunk.ref.address.hex(), exc)
+            else:
+                self._counts["chunks_released"] += 1
+
+    async def _release_shielded(self, chunks: Sequence[StoredChunk]) -> None:
+        if chunks:
+            with trio.move_on_after(_CLEANUP_SECONDS, shield=True):
+                await self._release(chunks)
+
+    async def _release_record(self, record: ObjectRecord, keep: frozenset[bytes]) -> None:
+        """Release a dropped record's chunks, except those whose address is in ``keep``."""
+        try:
+            data = await _chunk_list(self._store, record)
+        except StorageError as exc:
+            logger.warning("could not read the chunk list of a dropped object: %s", exc)
+            return
+        owned = data + ([record.chunk_list] if record.chunk_list is not None else [])
+        await self._release(c for c in owned if bytes(c.ref.address) not in keep)
+
+    async def _release_part(self, part: PartRecord, *, data_too: bool = True) -> None:
+        if data_too:
+            try:
+                data = await _part_chunks(self._store, part)
+            except StorageError as exc:
+                logger.warning("could not read the chunk list of a dropped part: %s", exc)
+                return
+            await self._release(data)
+        if part.chunk_list is not None:
+            await self._release([part.chunk_list])
+
+    async def _store_body(
+        self, body: AsyncIterable[bytes], policy: Redundancy, out: list[StoredChunk]
+    ) -> tuple[int, bytes]:
+        """Chunk and store ``body``, appending to ``out``; return ``(size, md5)``.
+
+        At most one chunk is buffered: each is stored before more of the body is read.
+        A body left unfinished (an error) is closed if it has ``aclose``.
+        """
+        md5 = hashlib.md5(usedforsecurity=False)
+        size = 0
+        buf = bytearray()
+        exhausted = False
+        try:
+            async for piece in body:
+                md5.update(piece)
+                size += len(piece)
+                view = memoryview(piece)
+                while view:
+                    room = self.chunk_size - len(buf)
+                    buf += view[:room]
+                    view = view[room:]
+                    if len(buf) == self.chunk_size:
+                        ref = await self._store.put_chunk(bytes(buf), redundancy=policy)
+                        out.append(StoredChunk(ref, len(buf)))
+                        self._counts["chunks_stored"] += 1
+                        self._counts["bytes_stored"] += len(buf)
+                        buf = bytearray()
+            exhausted = True
+        finally:
+            # Close a body we stop reading early (an async generator would otherwise be
+            # finalized by the garbage collector, outside any task).
+            aclose = getattr(body, "aclose", None)
+            if not exhausted and aclose is not None:
+                with trio.move_on_after(_CLEANUP_SECONDS, shield=True):
+                    await aclose()
+        if buf:
+            ref = await self._store.put_chunk(bytes(buf), redundancy=policy)
+            out.append(StoredChunk(ref, len(buf)))
+            self._counts["chunks_stored"] += 1
+            self._counts["bytes_stored"] += len(buf)
+        return size, md5.digest()
+
+    async def _record_chunks(
+        self, chunks: Sequence[StoredChunk], policy: Redundancy, out: list[StoredChunk]
+    ) -> tuple[tuple[StoredChunk, ...], StoredChunk | None]:
+        """Inline references, or a chunk-list chunk (appended to ``out``) when too many."""
+        if len(chunks) <= self.inline_chunks:
+            return tuple(chunks), None
+        payload = pack_chunk_list(chunks)
+        ref = await self._store.put_chunk(payload, redundancy=policy)
+        listing = StoredChunk(ref, len(payload))
+        out.append(listing)
+        return (), listing
+
+    async def _commit_object(
+        self,
+        cfg: BucketConfig,
+        key: bytes,
+        record: ObjectRecord,
+        if_match: str | None,
+        if_none_match: str | None,
+    ) -> ObjectRecord | None:
+        """Write ``record`` at ``key`` if the conditions hold; return the replaced record."""
+        data = record.pack()
+
+        def put(current: bytes | None) -> bytes:
+            etag = None if current is None else ObjectRecord.unpack(current).etag
+            check_write_conditions(etag, if_match, if_none_match)
+            return data
+
+        old, _ = await self._index_update(cfg, key, put)
+        return None if old is None else ObjectRecord.unpack(old)
+
+    async def _write_object(
+        self,
+        cfg: BucketConfig,
+        key: str,
+        body: AsyncIterable[bytes],
+        headers: ContentHeaders,
+        owner: str | None,
+        if_match: str | None,
+        if_none_match: str | None,
+        content_md5: bytes | None,
+    ) -> ObjectInfo:
+        raw_key = _key_bytes(key)
+        if if_none_match is not None and if_none_match.strip() != "*":
+            raise InvalidArgument("If-None-Match supports only '*' on writes")
+        stored: list[StoredChunk] = []
+        keep_data = False
+        try:
+            size, md5 = await self._store_body(body, cfg.redundancy, stored)
+            if content_md5 is not None and content_md5 != md5:
+                raise BadDigest("the body's MD5 differs from Content-MD5")
+            data_chunks = list(stored)
+            inline, listing = await self._record_chunks(data_chunks, cfg.redundancy, stored)
+            record = ObjectRecord(
+                size=size,
+                etag=md5.hex(),
+                mtime_ms=self._now_ms(),
+                headers=headers,
+                owner=owner,
+                chunks=inline,
+                chunk_list=listing,
+                chunk_count=len(data_chunks),
+            )
+            keep_data = True  # from here an error may leave the record committed
+            try:
+                old = await self._commit_object(cfg, raw_key, record, if_match, if_none_match)
+            except (PreconditionFailed, NoSuchKey, NoSuchBucket, InvalidArgument, Conflict):
+                keep_data = False  # refused for sure: nothing references the chunks
+                raise
+            except StorageError:
+                self._counts["ambiguous_commits"] += 1
+                logger.warning("commit of %r/%r has an unknown outcome", cfg.name, key)
+                raise
+            self._counts["objects_written"] += 1
+        finally:
+            if not keep_data:
+                await self._release_shielded(stored)
+        if old is not None:
+            await self._release_record(old, frozenset(bytes(c.ref.address) for c in stored))
+        return _object_info(cfg.name, key, record)
+
+    # -- buckets -------------------------------------------------------------------------------
+
+    async def create_bucket(
+        self,
+        name: str,
+        *,
+        owner: str,
+        acl: str = "private",
+        redundancy: Redundancy | None = None,
+        region: str | None = None,
+    ) -> BucketInfo:
+        """Create an empty bucket owned by ``owner``.
+
+        Raises:
+            BucketAlreadyOwnedByYou: ``owner`` already owns a bucket of that name.
+            BucketAlreadyExists: another owner has it.
+            InvalidArgument: bad name or ACL.
+        """
+        _check_bucket_name(name)
+        check_acl(acl)
+        existing = (await self._registry()).get(name)
+        if existing is not None:
+            raise self._exists_error(existing, owner)
+        cfg = BucketConfig(
+            name=name,
+            owner=owner,
+            created_ms=self._now_ms(),
+            redundancy=redundancy or self.default_redundancy,
+            acl=acl,
+            index_id=os.urandom(16),
+            region=region,
+        )
+        index = self.index(cfg)
+        await index.create()
+        box: dict[str, BucketConfig] = {}
+
+        def add(current: bytes | None) -> bytes:
+            buckets = unpack_registry(current)
+            if name in buckets:
+                box["existing"] = buckets[name]
+                raise _Exists
+            buckets[name] = cfg
+            return pack_registry(buckets)
+
+        try:
+            await self._store.edit(REGISTRY, add)
+        except _Exists:
+            await index.destroy()
+            raise self._exists_error(box["existing"], owner) from None
+        logger.info("created bucket %r (%s) for %r", name, cfg.redundancy, owner)
+        return _bucket_info(cfg)
+
+    @staticmethod
+    def _exists_error(existing: BucketConfig, owner: str) -> StorageError:
+        if existing.owner == owner:
+            return BucketAlreadyOwnedByYou(owner, f"you already own bucket {existing.name!r}")
+        return BucketAlreadyExists(existing.owner, f"bucket {existing.name!r} exists")
+
+    async def head_bucket(self, name: str) -> BucketInfo:
+        """The bucket's configuration. Raises ``NoSuchBucket``."""
+        return _bucket_info(await self._bucket(name))
+
+    async def list_buckets(self, *, owner: str | None = None) -> list[BucketInfo]:
+        """Every bucket (of ``owner`` if given), sorted by name."""
+        buckets = await self._registry()
+        return [
+            _bucket_info(cfg)
+            for name, cfg in sorted(buckets.items())
+            if owner is None or cfg.owner == owner
+        ]
+
+    async def set_bucket_acl(self, name: str, acl: str) -> None:
+        """Replace the bucket's canned ACL. Raises ``NoSuchBucket``, ``InvalidArgument``."""
+        check_acl(acl)
+
+        def change(current: bytes | None) -> bytes:
+            buckets = unpack_registry(current)
+            if name not in buckets:
+                raise NoSuchBucket(f"no bucket {name!r}")
+            buckets[name] = replace(buckets[name], acl=acl)
+            return pack_registry(buckets)
+
+        await self._store.edit(REGISTRY, change)
+
+    async def delete_bucket(self, name: str) -> None:
+        """Delete an empty bucket; multipart uploads still in progress are aborted.
+
+        Raises:
+            NoSuchBucket: no such bucket.
+            BucketNotEmpty: it holds objects (nothing changes).
+        """
+        cfg = await self._bucket(name)
+        index = self.index(cfg)
+        await index.seal()
+
+        def remove(current: bytes | None) -> bytes:
+            buckets = unpack_registry(current)
+            if name not in buckets or buckets[name].index_id != cfg.index_id:
+                raise _NoChange
+            del buckets[name]
+            return pack_registry(buckets)
+
+        with contextlib.suppress(_NoChange):
+            await self._store.edit(REGISTRY, remove)
+        # The bucket is gone; what follows only collects garbage.
+        try:
+            uploads = unpack_upload_list((await self._store.read(self._uploads_name(cfg))).value)
+        except NotFound:
+            uploads = []
+        except StorageError as exc:
+            logger.warning("uploads of deleted bucket %r not collected: %s", name, exc)
+            uploads = []
+        for upload_id in [entry.upload_id for entry in uploads]:
+            box: dict[str, UploadRecord] = {}
+
+            def take(current: bytes | None, box: dict[str, UploadRecord] = box) -> None:
+                if current is not None:
+                    box["upload"] = UploadRecord.unpack(current)
+                return None
+
+            try:
+                await self._store.edit(self._upload_name(cfg, upload_id), take)
+            except StorageError as exc:
+                logger.warning("upload %s of deleted bucket not collected: %s", upload_id, exc)
+                continue
+            if "upload" in box:
+                for part in box["upload"].parts.values():
+                    await self._release_part(part)
+        try:
+            await self._store.edit(self._uploads_name(cfg), lambda _current: None)
+        except StorageError as exc:
+            logger.warning("uploads index of deleted bucket %r not removed: %s", name, exc)
+        await index.destroy()
+        self._indexes.pop(cfg.index_id, None)
+        logger.info("deleted bucket %r", name)
+
+    # -- objects -------------------------------------------------------------------------------
+
+    async def put_object(
+        self,
+        bucket: str,
+        key: str,
+        body: AsyncIterable[bytes],
+        *,
+        content_type: str | None = None,
+        content_encoding: str | None = None,
+        content_disposition: str | None = None,
+        content_language: str | None = None,
+        cache_control: str | None = None,
+        expires: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        acl: str = "private",
+        owner: str | None = None,
+        if_match: str | None = None,
+        if_none_match: str | None = None,
+        content_md5: bytes | None = None,
+    ) -> ObjectInfo:
+        """Store an object from a stream of bytes, replacing any object at ``key``.
+
+        The body is chunked and stored as it arrives (one chunk buffered at a time); the
+        object becomes visible atomically when its record is committed, and only if the
+        conditions hold at that moment.
+
+        Args:
+            body: the object's bytes, in pieces of any size.
+            if_match: commit only if the current ETag is in this list (``*``: any).
+            if_none_match: ``"*"``: commit only if the key does not exist.
+            content_md5: the 16-byte MD5 the client claims (``Content-MD5``).
+
+        Raises:
+            NoSuchBucket, PreconditionFailed, NoSuchKey (``If-Match`` on an absent key),
+            BadDigest, InvalidArgument, KeyTooLong.
+        """
+        cfg = await self._bucket(bucket)
+        headers = _headers(
+            content_type,
+            content_encoding,
+            content_disposition,
+            content_language,
+            cache_control,
+            expires,
+            metadata,
+            acl,
+        )
+        return await self._write_object(
+            cfg, key, body, headers, owner, if_match, if_none_match, content_md5
+        )
+
+    async def open_object(self, bucket: str, key: str) -> ObjectReader:
+        """Look an object up and return a reader of that version.
+
+        Raises:
+            NoSuchBucket, NoSuchKey.
+        """
+        cfg = await self._bucket(bucket)
+        raw = await self.index(cfg).get(_key_bytes(key))
+        if raw is None:
+            raise NoSuchKey(f"no key {key!r} in bucket {bucket!r}")
+        record = ObjectRecord.unpack(raw)
+        self._counts["objects_opened"] += 1
+        return ObjectReader(self._store, _object_info(bucket, key, record), record)
+
+    async def head_object(self, bucket: str, key: str) -> ObjectInfo:
+        """An object's metadata. Raises ``NoSuchBucket``, ``NoSuchKey``."""
+        return (await self.open_object(bucket, key)).info
+
+    async def get_object(
+        self, bucket: str, key: str, *, range: tuple[int, int | None] | None = None
+    ) -> tuple[ObjectInfo, AsyncIterator[bytes]]:
+        """An object's metadata and a stream of its bytes (or of ``range``, inclusive).
+
+        The range is validated before returning: ``end`` is clamped to the last byte.
+        The stream is an async generator: a caller that stops early should ``aclose()`` it.
+
+        Raises:
+            NoSuchBucket, NoSuchKey, InvalidRange (``start`` beyond the end).
+        """
+        reader = await self.open_object(bucket, key)
+        if range is None:
+            return reader.info, reader.stream()
+        start, end = range
+        if reader.info.size == 0:
+            raise InvalidRange(0)
+        start, last = reader.check_range(start, end)
+        return reader.info, reader.stream(start, last)
+
+    async def set_object_acl(self, bucket: str, key: str, acl: str) -> None:
+        """Replace an object's canned ACL. Raises ``NoSuchBucket``, ``NoSuchKey``."""
+        check_acl(acl)
+        cfg = await self._bucket(bucket)
+
+        def change(current: bytes | None) -> bytes:
+            if current is None:
+                raise NoSuchKey(f"no key {key!r} in bucket {bucket!r}")
+            record = ObjectRecord.unpack(current)
+            return replace(record, headers=replace(record.headers, acl=acl)).pack()
+
+        await self._index_update(cfg, _key_bytes(key), change)
+
+    async def delete_object(self, bucket: str, key: str) -> bool:
+        """Delete an object; deleting an absent key is fine (S3). Return whether it existed.
+
+        Raises:
+            NoSuchBucket.
+        """
+        cfg = await self._bucket(bucket)
+        return await self._delete(cfg, key)
+
+    async def _delete(self, cfg: BucketConfig, key: str) -> bool:
+        old, _ = await self._index_update(cfg, _key_bytes(key), lambda _current: None)
+        if old is None:
+            return False
+        self._counts["objects_deleted"] += 1
+        await self._release_record(ObjectRecord.unpack(old), frozenset())
+        return True
+
+    async def delete_objects(self, bucket: str, keys: Sequence[str]) -> list[DeleteOutcome]:
+        """Delete many keys (DeleteObjects); a failure is reported per key, not raised.
+
+        Raises:
+            NoSuchBucket: the bucket does not exist (nothing is deleted).
+        """
+        cfg = await self._bucket(bucket)
+        outcomes: list[DeleteOutcome] = [DeleteOutcome(key) for key in keys]
+        limiter = trio.CapacityLimiter(DELETE_CONCURRENCY)
+
+        async def delete_one(i: int) -> None:
+            async with limiter:
+                try:
+                    await self._delete(cfg, keys[i])
+                except StorageError as exc:
+                    outcomes[i] = DeleteOutcome(keys[i], exc)
+
+        async with trio.open_nursery() as nursery:
+            for i in range(len(keys)):
+                nursery.start_soon(delete_one, i)
+        return outcomes
+
+    async def copy_object(
+        self,
+        src_bucket: str,
+        src_key: str,
+        dst_bucket: str,
+        dst_key: str,
+        *,
+        metadata_directive: str = "COPY",
+        content_type: str | None = None,
+        content_encoding: str | None = None,
+        content_disposition: str | None = None,
+        content_language: str | None = None,
+        cache_control: str | None = None,
+        expires: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        acl: str = "private",
+        owner: str | None = None,
+        if_match: str | None = None,
+        if_none_match: str | None = None,
+        source_check: Callable[[ObjectInfo], None] | None = None,
+    ) -> ObjectInfo:
+        """Copy an object (CopyObject). The data is re-stored, never shared (see module doc).
+
+        Args:
+            metadata_directive: ``COPY`` keeps the source's headers and user metadata;
+                ``REPLACE`` uses the ones given here. The ACL is always ``acl``, as S3 does.
+            if_match, if_none_match: conditions on the *destination* key.
+            source_check: called with the source's info before copying (the S3 layer's
+                ``x-amz-copy-source-if-*`` evaluation); whatever it raises propagates.
+
+        Raises:
+            NoSuchBucket, NoSuchKey (source), PreconditionFailed, InvalidArgument.
+        """
+        if metadata_directive not in ("COPY", "REPLACE"):
+            raise InvalidArgument(f"unknown metadata directive {metadata_directive!r}")
+        reader = await self.open_object(src_bucket, src_key)
+        if source_check is not None:
+            source_check(reader.info)
+        if metadata_directive == "COPY":
+            headers = replace(reader.record.headers, acl=check_acl(acl))
+        else:
+            headers = _headers(
+                content_type,
+                content_encoding,
+                content_disposition,
+                content_language,
+                cache_control,
+                expires,
+                metadata,
+                acl,
+            )
+        cfg = await self._bucket(dst_bucket)
+        return await self._write_object(
+            cfg, dst_key, reader.stream(), headers, owner, if_match, if_none_match, None
+        )
+
+    # -- listing -------------------------------------------------------------------------------
+
+    async def list_objects(
+        self,
+        bucket: str,
+        *,
+        prefix: str = "",
+        delimiter: str | None = None,
+        start_after: str | None = None,
+        continuation_token: str | None = None,
+        max_keys: int = MAX_LIST_KEYS,
+    ) -> ListPage:
+        """One page of keys in UTF-8 byte order (ListObjects v1 and v2).
+
+        Keys after ``start_after`` (the v1 ``marker``; a ``continuation_token`` takes
+        precedence) that start with ``prefix``; with a ``delimiter``, keys that contain it
+        after the prefix are rolled up into common prefixes, which count toward
+        ``max_keys`` (clamped to 1000). A common prefix that sorts at or before the marker
+        was served on an earlier page and is not repeated. Only the index shards covering
+        the range are read, and whole common prefixes are skipped without reading them.
+
+        Raises:
+            NoSuchBucket, InvalidArgument (negative ``max_keys``, bad token).
+        """
+        if max_keys < 0:
+            raise InvalidArgument("max-keys must not be negative")
+        max_keys = min(max_keys, MAX_LIST_KEYS)
+        marker = (
+            decode_continuation_token(continuation_token)
+            if continuation_token is not None
+            else start_after or ""
+        )
+        cfg = await self._bucket(bucket)
+        index = self.index(cfg)
+        raw_prefix = prefix.encode("utf-8")
+        raw_marker = marker.encode("utf-8")
+        raw_delim = delimiter.encode("utf-8") if delimiter else None
+        objects: list[ObjectInfo] = []
+        prefixes: list[str] = []
+        last: bytes | None = None
+        truncated = False
+        if max_keys == 0:
+            return ListPage(objects, prefixes, False, None)
+        floor = max(raw_prefix, raw_marker + b"\x00" if raw_marker else b"")
+        position: bytes | None = floor
+        done = False
+        while position is not None and not done:
+            entries, next_start = await index.read_from(position)
+            for raw_key, value in entries:
+                if raw_key < floor:
+                    continue
+                if not raw_key.startswith(raw_prefix):
+                    done = True  # sorted: every later key is past the prefix too
+                    break
+                item: bytes = raw_key
+                common = False
+                if raw_delim is not None:
+                    cut = raw_key.find(raw_delim, len(raw_prefix))
+                    if cut >= 0:
+                        item, common = raw_key[: cut + len(raw_delim)], True
+                        # UTF-8 never contains 0xFF: this skips every key under the prefix.
+                        floor = item + b"\xff"
+                        if item <= raw_marker:
+                            continue
+                if len(objects) + len(prefixes) == max_keys:
+                    truncated, done = True, True
+                    break
+                last = item
+                if common:
+                    prefixes.append(item.decode("utf-8"))
+                else:
+                    record = ObjectRecord.unpack(value)
+                    objects.append(_object_info(bucket, raw_key.decode("utf-8"), record))
+            if next_start is None:
+                break
+            position = max(next_start, floor)
+        next_marker = last.decode("utf-8") if truncated and last is not None else None
+        return ListPage(objects, prefixes, truncated, next_marker)
+
+    async def list_object_versions(
+        self,
+        bucket: str,
+        *,
+        prefix: str = "",
+        delimiter: str | None = None,
+        key_marker: str | None = None,
+        max_keys: int = MAX_LIST_KEYS,
+    ) -> ListPage:
+        """ListObjectVersions on an unversioned bucket: every object is version ``"null"``.
+
+        Each :class:`ObjectInfo` is the latest (and only) version of its key.
+        """
+        return await self.list_objects(
+            bucket, prefix=prefix, delimiter=delimiter, start_after=key_marker, max_keys=max_keys
+        )
+
+    # -- multipart uploads ---------------------------------------------------------------------
+
+    async def create_multipart_upload(
+        self,
+        bucket: str,
+        key: str,
+        *,
+        content_type: str | None = None,
+        content_encoding: str | None = None,
+        content_disposition: str | None = None,
+        content_language: str | None = None,
+        cache_control: str | None = None,
+        expires: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        acl: str = "private",
+        owner: str | None = None,
+    ) -> str:
+        """Start a multipart upload; return its id (random, URL-safe).
+
+        Raises:
+            NoSuchBucket, InvalidArgument, KeyTooLong.
+        """
+        _key_bytes(key)
+        cfg = await self._bucket(bucket)
+        upload_id = secrets.token_urlsafe(24)
+        record = UploadRecord(
+            key=key,
+            upload_id=upload_id,
+            initiated_ms=self._now_ms(),
+            headers=_headers(
+                content_type,
+                content_encoding,
+                content_disposition,
+                content_language,
+                cache_control,
+                expires,
+                metadata,
+                acl,
+            ),
+            owner=owner,
+        )
+        data = record.pack()
+
+        def create(current: bytes | None) -> bytes:
+            if current is not None:
+                raise Conflict(None, "upload id collision")
+            return data
+
+        await self._store.edit(self._upload_name(cfg, upload_id), create)
+        entry = UploadEntry(key, record.initiated_ms, upload_id, owner)
+
+        def add(current: bytes | None) -> bytes:
+            entries = unpack_upload_list(current)
+            entries.append(entry)
+            entries.sort(key=lambda e: (e[0].encode("utf-8"), e[1], e[2]))
+            return pack_upload_list(entries)
+
+        await self._store.edit(self._uploads_name(cfg), add)
+        return upload_id
+
+    async def _read_upload(self, cfg: BucketConfig, key: str, upload_id: str) -> UploadRecord:
+        try:
+            versioned = await self._store.read(self._upload_name(cfg, upload_id))
+        except NotFound:
+            raise NoSuchUpload(f"no upload {upload_id!r}") from None
+        upload = UploadRecord.unpack(versioned.value)
+        if upload.key != key:
+            raise NoSuchUpload(f"upload {upload_id!r} is not for key {key!r}")
+        return upload
+
+    @staticmethod
+    def _check_upload_id(upload_id: str) -> None:
+        if not upload_id or not upload_id.isascii() or len(upload_id) > 128:
+            raise NoSuchUpload(f"no upload {upload_id!r}")
+
+    async def upload_part(
+        self,
+        bucket: str,
+        key: str,
+        upload_id: str,
+        part_number: int,
+        body: AsyncIterable[bytes],
+        *,
+        content_md5: bytes | None = None,
+    ) -> PartInfo:
+        """Store one part (1..10000) of an upload; it is durable when this returns.
+
+        Uploading the same part number again replaces the part.
+
+        Raises:
+            NoSuchBucket, NoSuchUpload, InvalidArgument (part number), BadDigest.
+        """
+        cfg = await self._bucket(bucket)
+        self._check_upload_id(upload_id)
+        return await self._upload_part(cfg, key, upload_id, part_number, body, content_md5)
+
+    async def _upload_part(
+        self,
+        cfg: BucketConfig,
+        key: str,
+        upload_id: str,
+        part_number: int,
+        body: AsyncIterable[bytes],
+        content_md5: bytes | None,
+    ) -> PartInfo:
+        if not 1 <= part_number <= MAX_PART_NUMBER:
+            raise InvalidArgument(f"part number must be in 1..{MAX_PART_NUMBER}")
+        upload = await self._read_upload(cfg, key, upload_id)
+        if upload.completing is not None:
+            raise NoSuchUpload(f"upload {upload_id!r} is being completed")
+        stored: list[StoredChunk] = []
+        keep = False
+        box: dict[str, PartRecord | None] = {}
+        try:
+            size, md5 = await self._store_body(body, cfg.redundancy, stored)
+            if content_md5 is not None and content_md5 != md5:
+                raise BadDigest("the part's MD5 differs from Content-MD5")
+            data_chunks = list(stored)
+            if len(data_chunks) > PART_INLINE_CHUNKS:
+                payload = pack_chunk_list(data_chunks)
+                ref = await self._store.put_chunk(payload, redundancy=cfg.redundancy)
+                listing: StoredChunk | None = StoredChunk(ref, len(payload))
+                stored.append(StoredChunk(ref, len(payload)))
+                inline: tuple[StoredChunk, ...] = ()
+            else:
+                listing, inline = None, tuple(data_chunks)
+            part = PartRecord(md5, size, self._now_ms(), inline, listing)
+
+            def add(current: bytes | None) -> bytes:
+                if current is None:
+                    raise NoSuchUpload(f"no upload {upload_id!r}")
+                state = UploadRecord.unpack(current)
+                if state.key != key or state.completing is not None:
+                    raise NoSuchUpload(f"upload {upload_id!r} is completed or completing")
+                box["old"] = state.parts.get(part_number)
+                parts = dict(state.parts)
+                parts[part_number] = part
+                return replace(state, parts=parts).pack()
+
+            keep = True
+            try:
+                await self._store.edit(self._upload_name(cfg, upload_id), add)
+            except NoSuchUpload:
+                keep = False
+                raise
+        finally:
+            if not keep:
+                await self._release_shielded(stored)
+        old = box.get("old")
+        if old is not None:
+            await self._release_part(old)
+        return PartInfo(part_number, md5.hex(), size, _datetime(part.mtime_ms))
+
+    async def upload_part_copy(
+        self,
+        bucket: str,
+        key: str,
+        upload_id: str,
+        part_number: int,
+        src_bucket: str,
+        src_key: str,
+        *,
+        range: tuple[int, int] | None = None,
+        source_check: Callable[[ObjectInfo], None] | None = None,
+    ) -> PartInfo:
+        """Store a part copied from (a range of) an existing object (UploadPartCopy).
+
+        Raises:
+            NoSuchBucket, NoSuchUpload, NoSuchKey (source), InvalidRange (``range`` not
+            within the source), InvalidArgument.
+        """
+        cfg = await self._bucket(bucket)
+        self._check_upload_id(upload_id)
+        await self._read_upload(cfg, key, upload_id)
+        reader = await self.open_object(src_bucket, src_key)
+        if source_check is not None:
+            source_check(reader.info)
+        if range is None:
+            body = reader.stream()
+        else:
+            start, end = range
+            if start < 0 or end < start or end >= reader.info.size:
+                raise InvalidRange(reader.info.size)
+            body = reader.stream(start, end)
+        return await self._upload_part(cfg, key, upload_id, part_number, body, None)
+
+    async def complete_multipart_upload(
+        self,
+        bucket: str,
+        key: str,
+        upload_id: str,
+        parts: Sequence[tuple[int, str]],
+        *,
+        if_match: str | None = None,
+        if_none_match: str | None = None,
+    ) -> ObjectInfo:
+        """Assemble the listed parts into the object at ``key`` (no data is copied).
+
+        The object's ETag is ``hex(MD5(md5(part1) || ... || md5(partN)))-N``. Parts uploaded
+        but not listed are released. Completing again after success raises
+        ``NoSuchUpload``; a retry after a failure part-way (same list) finishes the job and
+        returns the object's info, even if the failed attempt had already committed it.
+
+        Args:
+            parts: ``(part number, ETag)`` pairs, in strictly ascending part order.
+
+        Raises:
+            NoSuchBucket, NoSuchUpload, InvalidPartOrder, InvalidPart, EntityTooSmall,
+            PreconditionFailed, NoSuchKey (``If-Match`` on an absent key), Conflict (a
+            completion with another part list is under way), InvalidArgument.
+        """
+        cfg = await self._bucket(bucket)
+        self._check_upload_id(upload_id)
+        raw_key = _key_bytes(key)
+        if not parts:
+            raise InvalidArgument("a multipart completion needs at least one part")
+        wanted = tuple((int(n), _unquote(e).lower()) for n, e in parts)
+        for (a, _), (b, _) in itertools.pairwise(wanted):
+            if b <= a:
+                raise InvalidPartOrder("parts must be listed in ascending order")
+        if not wanted[0][0] >= 1 or wanted[-1][0] > MAX_PART_NUMBER:
+            raise InvalidPart(f"part numbers must be in 1..{MAX_PART_NUMBER}")
+        box: dict[str, UploadRecord] = {}
+        min_size = self.min_part_size
+
+        def claim(current: bytes | None) -> bytes:
+            if current is None:
+                raise NoSuchUpload(f"no upload {upload_id!r}")
+            upload = UploadRecord.unpack(current)
+            if upload.key != key:
+                raise NoSuchUpload(f"upload {upload_id!r} is not for key {key!r}")
+            if upload.completing is not None and upload.completing != wanted:
+                raise Conflict(None, "another completion of this upload is under way")
+            for i, (number, etag) in enumerate(wanted):
+                part = upload.parts.get(number)
+                if part is None or part.etag != etag:
+                    raise InvalidPart(f"part {number} was not uploaded or its ETag differs")
+                if i < len(wanted) - 1 and part.size < min_size:
+                    raise EntityTooSmall(f"part {number} is smaller than {min_size} bytes")
+            box["upload"] = upload
+            if upload.completing == wanted:
+                raise _NoChange
+            return replace(upload, completing=wanted).pack()
+
+        upload_name = self._upload_name(cfg, upload_id)
+        retry = False
+        try:
+            await self._store.edit(upload_name, claim)
+        except _NoChange:
+            retry = True  # an earlier completion with this list claimed it, then failed
+        upload = box["upload"]
+        chosen = [upload.parts[n] for n, _ in wanted]
+        data_chunks: list[StoredChunk] = []
+        for part in chosen:
+            data_chunks.extend(await _part_chunks(self._store, part))
+        if retry:
+            committed = await self._committed_by(cfg, raw_key, upload_id)
+            if committed is not None:
+                # The earlier attempt did commit: only its clean-up is left to do.
+                await self._retire_upload(cfg, upload, upload_name, wanted, data_chunks, None, [])
+                return _object_info(bucket, key, committed)
+        digest = hashlib.md5(b"".join(p.md5 for p in chosen), usedforsecurity=False)
+        extra: list[StoredChunk] = []
+        keep = False
+        try:
+            inline, listing = await self._record_chunks(data_chunks, cfg.redundancy, extra)
+            record = ObjectRecord(
+                size=sum(p.size for p in chosen),
+                etag=f"{digest.hexdigest()}-{len(chosen)}",
+                mtime_ms=self._now_ms(),
+                headers=upload.headers,
+                owner=upload.owner,
+                chunks=inline,
+                chunk_list=listing,
+                chunk_count=len(data_chunks),
+                parts_count=len(chosen),
+                upload_id=upload_id,
+            )
+            keep = True
+            try:
+                old = await self._commit_object(cfg, raw_key, record, if_match, if_none_match)
+            except (PreconditionFailed, NoSuchKey, NoSuchBucket, Conflict):
+                keep = False
+                if not retry:
+                    # Refused for sure: give the upload back (abortable, completable again)
+                    # unless someone else's attempt with this list committed meanwhile.
+                    with trio.move_on_after(_CLEANUP_SECONDS, shield=True):
+                        if await self._committed_by(cfg, raw_key, upload_id) is None:
+                            await self._unclaim(upload_name, wanted)
+                raise
+        finally:
+            if not keep:
+                await self._release_shielded(extra)
+        await self._retire_upload(cfg, upload, upload_name, wanted, data_chunks, old, extra)
+        return _object_info(bucket, key, record)
+
+    async def _committed_by(
+        self, cfg: BucketConfig, raw_key: bytes, upload_id: str
+    ) -> ObjectRecord | None:
+        """The record at ``raw_key`` if it was written by completing ``upload_id``."""
+        try:
+            raw = await self.index(cfg).get(raw_key)
+        except NoSuchBucket:
+            return None
+        record = None if raw is None else ObjectRecord.unpack(raw)
+        return record if record is not None and record.upload_id == upload_id else None
+
+    async def _retire_upload(
+        self,
+        cfg: BucketConfig,
+        upload: UploadRecord,
+        upload_name: bytes,
+        wanted: tuple[tuple[int, str], ...],
+        data_chunks: Sequence[StoredChunk],
+        old: ObjectRecord | None,
+        extra: Sequence[StoredChunk],
+    ) -> None:
+        """After a completion committed: drop the upload, release what nothing references."""
+
+        def finish(current: bytes | None) -> bytes | None:
+            if current is None:
+                raise _NoChange
+            if UploadRecord.unpack(current).completing != wanted:
+                raise _NoChange
+            return None
+
+        with contextlib.suppress(_NoChange):
+            await self._store.edit(upload_name, finish)
+        await self._drop_from_uploads(cfg, upload.upload_id)
+        listed = {n for n, _ in wanted}
+        for number, part in upload.parts.items():
+            await self._release_part(part, data_too=number not in listed)
+        if old is not None:
+            keep_addresses = {bytes(c.ref.address) for c in data_chunks}
+            keep_addresses.update(bytes(c.ref.address) for c in extra)
+            await self._release_record(old, frozenset(keep_addresses))
+
+    async def _unclaim(self, upload_name: bytes, wanted: tuple[tuple[int, str], ...]) -> None:
+        def unclaim(current: bytes | None) -> bytes | None:
+            if current is None:
+                raise _NoChange
+            upload = UploadRecord.unpack(current)
+            if upload.completing != wanted:
+                raise _NoChange
+            return replace(upload, completing=None).pack()
+
+        try:
+            await self._store.edit(upload_name, unclaim)
+        except _NoChange:
+            pass
+        except StorageError as exc:
+            logger.warning("could not release the completion claim of %r: %s", upload_name, exc)
+
+    async def _drop_from_uploads(self, cfg: BucketConfig, upload_id: str) -> None:
+        def drop(current: bytes | None) -> bytes | None:
+            entries = unpack_upload_list(current)
+            kept = [e for e in entries if e[2] != upload_id]
+            if len(kept) == len(entries):
+                raise _NoChange
+            return pack_upload_list(kept)
+
+        with contextlib.suppress(_NoChange):
+            await self._store.edit(self._uploads_name(cfg), drop)
+
+    async def abort_multipart_upload(self, bucket: str, key: str, upload_id: str) -> None:
+        """Abort an upload and release its parts.
+
+        Raises:
+            NoSuchBucket, NoSuchUpload, Conflict (a completion is under way: retry it).
+        """
+        cfg = await self._bucket(bucket)
+        self._check_upload_id(upload_id)
+        box: dict[str, UploadRecord] = {}
+
+        def drop(current: bytes | None) -> bytes | None:
+            if current is None:
+                raise NoSuchUpload(f"no upload {upload_id!r}")
+            upload = UploadRecord.unpack(current)
+            if upload.key != key:
+                raise NoSuchUpload(f"upload {upload_id!r} is not for key {key!r}")
+            if upload.completing is not None:
+                raise Conflict(None, "the upload is being completed")
+            box["upload"] = upload
+            return None
+
+        await self._store.edit(self._upload_name(cfg, upload_id), drop)
+        await self._drop_from_uploads(cfg, upload_id)
+        for part in box["upload"].parts.values():
+            await self._release_part(part)
+
+    async def list_parts(
+        self,
+        bucket: str,
+        key: str,
+        upload_id: str,
+        *,
+        part_number_marker: int = 0,
+        max_parts: int = 1000,
+    ) -> PartsPage:
+        """The parts of an upload after ``part_number_marker``, in order.
+
+        Raises:
+            NoSuchBucket, NoSuchUpload.
+        """
+        cfg = await self._bucket(bucket)
+        self._check_upload_id(upload_id)
+        upload = await self._read_upload(cfg, key, upload_id)
+        max_parts = max(0, min(max_parts, 1000))
+        numbers = sorted(n for n in upload.parts if n > part_number_marker)
+        page = numbers[:max_parts]
+        truncated = len(numbers) > len(page)
+        parts = [
+            PartInfo(
+                n, upload.parts[n].etag, upload.parts[n].size, _datetime(upload.parts[n].mtime_ms)
+            )
+            for n in page
+        ]
+        return PartsPage(
+            bucket=bucket,
+            key=key,
+            upload_id=upload_id,
+            owner=upload.owner,
+            parts=parts,
+            is_truncated=truncated,
+            next_part_number_marker=page[-1] if truncated and page else None,
+        )
+
+    async def list_multipart_uploads(
+        self,
+        bucket: str,
+        *,
+        prefix: str = "",
+        delimiter: str | None = None,
+        key_marker: str | None = None,
+        upload_id_marker: str | None = None,
+        max_uploads: int = 1000,
+    ) -> UploadsPage:
+        """Uploads in progress, by key (byte order) then initiation time.
+
+        Without ``upload_id_marker`` the page starts after every upload of ``key_marker``;
+        with it, after that upload of ``key_marker``.
+
+        Raises:
+            NoSuchBucket.
+        """
+        cfg = await self._bucket(bucket)
+        try:
+            entries = unpack_upload_list((await self._store.read(self._uploads_name(cfg))).value)
+        except NotFound:
+            entries = []
+        entries.sort(key=lambda e: (e[0].encode("utf-8"), e[1], e[2]))
+        keys = [e[0].encode("utf-8") for e in entries]
+        begin = 0
+        raw_marker = b""
+        if key_marker:
+            raw_marker = key_marker.encode("utf-8")
+            begin = bisect_left(keys, raw_marker + b"\x00")  # after every upload of the key
+            if upload_id_marker:
+                for i, (k, _t, u, _o) in enumerate(entries):
+                    if k == key_marker and u == upload_id_marker:
+                        begin = i + 1
+                        break
+        max_uploads = max(0, min(max_uploads, 1000))
+        raw_prefix = prefix.encode("utf-8")
+        raw_delim = delimiter.encode("utf-8") if delimiter else None
+        uploads: list[UploadInfo] = []
+        prefixes: list[str] = []
+        truncated = False
+        last: tuple[str, str | None] | None = None
+        for k, initiated, u, initiator in entries[begin:]:
+            raw = k.encode("utf-8")
+            if not raw.startswith(raw_prefix):
+                continue
+            if raw_delim is not None:
+                cut = raw.find(raw_delim, len(raw_prefix))
+                if cut >= 0:
+                    common = raw[: cut + len(raw_delim)].decode("utf-8")
+                    if (prefixes and prefixes[-1] == common) or common.encode() <= raw_marker:
+                        continue
+                    if len(uploads) + len(prefixes) >= max_uploads:
+                        truncated = True
+                        break
+                    prefixes.append(common)
+                    last = (common, None)
+                    continue
+            if len(uploads) + len(prefixes) >= max_uploads:
+                truncated = True
+                break
+            uploads.append(UploadInfo(k, u, _datetime(initiated), initiator))
+            last = (k, u)
+        return UploadsPage(
+            uploads=uploads,
+            common_prefixes=prefixes,
+            is_truncated=truncated,
+            next_key_marker=last[0] if truncated and last else None,
+            next_upload_id_marker=last[1] if truncated and last else None,
+        )
