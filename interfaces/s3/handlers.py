@@ -1,0 +1,801 @@
+"""One function per S3 operation: read the request, call the object store, build the answer.
+
+Handlers receive an authenticated, authorized :class:`~interfaces.s3.app.Request` and return
+a :class:`~interfaces.s3.app.Response`. They raise :class:`~interfaces.s3.errors.S3Error` or
+let :class:`~storage.errors.StorageError` propagate: translation into HTTP happens once, in
+:mod:`interfaces.s3.app`. Handlers never touch the socket; a streamed body (GetObject) is a
+callable the app drives.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Awaitable, Callable, Mapping
+from urllib.parse import quote
+
+from storage import errors as storage_errors
+from storage.object_records import CANNED_ACLS
+from storage.objects import NULL_VERSION, ObjectInfo, ObjectReader
+from storage.policy import Redundancy
+
+from . import xml
+from .app import PUBLIC_READ_ACLS, Request, Response, S3App, Sink, s3_error_for, xml_response
+from .chunked import stored_content_encoding
+from .conditions import check_read_preconditions, format_http_date
+from .errors import S3Error
+from .etag import check_content_md5, parse_content_md5, quote_etag
+from .names import validate_bucket_name
+from .ranges import ByteRange, parse_copy_source_range, parse_range
+from .router import CopySource, Op
+
+Handler = Callable[[S3App, Request], Awaitable[Response]]
+
+#: Largest total size of user metadata (``x-amz-meta-*`` names and values), as S3.
+MAX_METADATA_BYTES = 2048
+#: The Ballast header choosing a new bucket's redundancy: ``3`` or ``4+2``.
+REDUNDANCY_HEADER = "x-ballast-redundancy"
+STORAGE_CLASSES = frozenset(
+    {
+        "STANDARD",
+        "REDUCED_REDUNDANCY",
+        "STANDARD_IA",
+        "ONEZONE_IA",
+        "INTELLIGENT_TIERING",
+        "GLACIER",
+        "DEEP_ARCHIVE",
+        "GLACIER_IR",
+        "OUTPOSTS",
+        "EXPRESS_ONEZONE",
+    }
+)
+_RESPONSE_OVERRIDES = (
+    ("response-content-type", "content-type"),
+    ("response-content-language", "content-language"),
+    ("response-expires", "expires"),
+    ("response-cache-control", "cache-control"),
+    ("response-content-disposition", "content-disposition"),
+    ("response-content-encoding", "content-encoding"),
+)
+
+
+# -- helpers --------------------------------------------------------------------------------
+
+
+def _owner(req: Request, owner_id: str | None = None) -> xml.Owner:
+    if owner_id is None or owner_id == req.owner:
+        return xml.Owner(req.owner, req.owner_name or req.owner)
+    return xml.Owner(owner_id, owner_id)
+
+
+def _encoding_type(req: Request) -> str | None:
+    value = req.endpoint.param("encoding-type")
+    if value is None:
+        return None
+    if value != "url":
+        raise S3Error(
+            "InvalidArgument",
+            "Invalid Encoding Method specified in Request",
+            extra={"ArgumentName": "encoding-type", "ArgumentValue": value[:64]},
+        )
+    return value
+
+
+def _delimiter(req: Request) -> str | None:
+    return req.endpoint.param("delimiter") or None
+
+
+def _acl(req: Request) -> str:
+    acl = (req.headers.get("x-amz-acl") or "private").strip()
+    if acl not in CANNED_ACLS:
+        raise S3Error(
+            "InvalidArgument", extra={"ArgumentName": "x-amz-acl", "ArgumentValue": acl[:64]}
+        )
+    return acl
+
+
+def _metadata(req: Request) -> dict[str, str]:
+    meta: dict[str, str] = {}
+    total = 0
+    for name, value in req.headers:
+        if name.startswith("x-amz-meta-"):
+            short = name.removeprefix("x-amz-meta-")
+            total += len(short) + len(value)
+            meta[short] = value if short not in meta else meta[short] + "," + value
+    if total > MAX_METADATA_BYTES:
+        raise S3Error(
+            "MetadataTooLarge",
+            extra={"MaxMetadataSize": str(MAX_METADATA_BYTES), "Size": str(total)},
+        )
+    return meta
+
+
+def _content_headers(req: Request) -> dict[str, str | None]:
+    h = req.headers
+    storage_class = h.get("x-amz-storage-class")
+    if storage_class is not None and storage_class.strip() not in STORAGE_CLASSES:
+        raise S3Error("InvalidStorageClass", extra={"StorageClassRequested": storage_class[:64]})
+    if h.get("x-amz-server-side-encryption-customer-algorithm") is not None:
+        raise S3Error("NotImplemented", "Server-side encryption with customer keys")
+    if (
+        h.get("x-amz-object-lock-mode") or h.get("x-amz-object-lock-retain-until-date")
+    ) is not None:
+        raise S3Error("NotImplemented", "Object lock is not implemented")
+    return {
+        "content_type": h.get("content-type"),
+        "content_encoding": stored_content_encoding(h.get("content-encoding")),
+        "content_disposition": h.get("content-disposition"),
+        "content_language": h.get("content-language"),
+        "cache_control": h.get("cache-control"),
+        "expires": h.get("expires"),
+    }
+
+
+def _write_conditions(req: Request) -> tuple[str | None, str | None]:
+    if_match = req.headers.get("if-match")
+    if_none_match = req.headers.get("if-none-match")
+    if if_none_match is not None and if_none_match.strip() != "*":
+        raise S3Error(
+            "NotImplemented",
+            extra={
+                "Header": "If-None-Match",
+                "additionalMessage": "We don't accept the provided value of If-None-Match "
+                "header for this API",
+            },
+        )
+    return if_match, if_none_match
+
+
+def _content_md5(req: Request) -> bytes | None:
+    value = req.headers.get("content-md5")
+    return None if value is None else parse_content_md5(value)
+
+
+def _check_upload_length(app: S3App, req: Request) -> None:
+    h = req.headers
+    declared = h.get("x-amz-decoded-content-length") or h.get("content-length")
+    if declared is None:
+        if h.get("transfer-encoding") is None:
+            raise S3Error("MissingContentLength")
+        return
+    declared = declared.strip()
+    if not (declared.isascii() and declared.isdigit()) or len(declared) > 19:
+        raise S3Error("InvalidArgument", extra={"ArgumentName": "Content-Length"})
+    if int(declared) > app.max_upload_size:
+        raise S3Error(
+            "EntityTooLarge",
+            extra={"ProposedSize": declared, "MaxSizeAllowed": str(app.max_upload_size)},
+        )
+
+
+def _check_version(version_id: str | None) -> None:
+    if version_id is not None and version_id != NULL_VERSION:
+        raise S3Error("NoSuchVersion", extra={"VersionId": version_id[:128]})
+
+
+def _checksum_headers(req: Request) -> list[tuple[str, str]]:
+    claim = req.body.checksum
+    return [] if claim is None else [(claim.header, claim.b64)]
+
+
+def _object_headers(info: ObjectInfo) -> list[tuple[str, str]]:
+    headers = [
+        ("etag", quote_etag(info.etag)),
+        ("last-modified", format_http_date(info.last_modified)),
+        ("accept-ranges", "bytes"),
+        ("content-type", info.content_type or "binary/octet-stream"),
+    ]
+    for name, value in (
+        ("content-encoding", info.content_encoding),
+        ("content-disposition", info.content_disposition),
+        ("content-language", info.content_language),
+        ("cache-control", info.cache_control),
+        ("expires", info.expires),
+    ):
+        if value is not None:
+            headers.append((name, value))
+    headers.extend((f"x-amz-meta-{k}", v) for k, v in sorted(info.metadata.items()))
+    if info.parts_count is not None:
+        headers.append(("x-amz-mp-parts-count", str(info.parts_count)))
+    return headers
+
+
+def _source_check(req: Request) -> Callable[[ObjectInfo], None] | None:
+    h = req.headers
+    conditions = {
+        "if_match": h.get("x-amz-copy-source-if-match"),
+        "if_none_match": h.get("x-amz-copy-source-if-none-match"),
+        "if_modified_since": h.get("x-amz-copy-source-if-modified-since"),
+        "if_unmodified_since": h.get("x-amz-copy-source-if-unmodified-since"),
+    }
+    if all(v is None for v in conditions.values()):
+        return None
+
+    def check(info: ObjectInfo) -> None:
+        try:
+            check_read_preconditions(etag=info.etag, last_modified=info.last_modified, **conditions)
+        except S3Error as err:
+            if err.code == "NotModified":  # copy-source conditions all fail with 412
+                raise S3Error("PreconditionFailed") from None
+            raise
+
+    return check
+
+
+def _copy_source(req: Request) -> CopySource:
+    source = req.endpoint.copy_source
+    assert source is not None
+    _check_version(source.version_id)
+    return source
+
+
+def _location(req: Request) -> str:
+    host = req.headers.get("host") or "localhost"
+    path = f"/{quote(req.key, safe='/')}"
+    if not req.endpoint.virtual_host:
+        path = f"/{req.bucket}{path}"
+    return f"http://{host}{path}"
+
+
+# -- service and buckets --------------------------------------------------------------------
+
+
+async def list_buckets(app: S3App, req: Request) -> Response:
+    """ListBuckets: every bucket (all keys belong to one account)."""
+    buckets = await app.objects.list_buckets()
+    body = xml.list_buckets(
+        _owner(req),
+        [xml.BucketInfo(b.name, b.created, b.region or app.region) for b in buckets],
+    )
+    return xml_response(body)
+
+
+async def create_bucket(app: S3App, req: Request) -> Response:
+    """CreateBucket, with a canned ACL and the ``x-ballast-redundancy`` policy header."""
+    validate_bucket_name(req.bucket)
+    location = xml.parse_create_bucket(await req.body.read_all(xml.MAX_XML_BYTES))
+    if location is not None and location != app.region:
+        raise S3Error(
+            "InvalidArgument",
+            f"The specified location-constraint is not valid; this endpoint is {app.region}",
+            extra={"ArgumentName": "LocationConstraint", "ArgumentValue": location[:64]},
+        )
+    if (req.headers.get("x-amz-bucket-object-lock-enabled") or "").lower() == "true":
+        raise S3Error("NotImplemented", "Object lock is not implemented")
+    redundancy = None
+    policy = req.headers.get(REDUNDANCY_HEADER)
+    if policy is not None:
+        try:
+            redundancy = Redundancy.parse(policy)
+        except storage_errors.InvalidArgument as exc:
+            raise S3Error(
+                "InvalidArgument",
+                str(exc),
+                extra={"ArgumentName": REDUNDANCY_HEADER, "ArgumentValue": policy[:64]},
+            ) from None
+    await app.objects.create_bucket(
+        req.bucket, owner=req.owner, acl=_acl(req), redundancy=redundancy, region=app.region
+    )
+    return Response(200, [("location", f"/{req.bucket}")])
+
+
+async def head_bucket(app: S3App, req: Request) -> Response:
+    """HeadBucket."""
+    info = await app.objects.head_bucket(req.bucket)
+    return Response(
+        200,
+        [
+            ("x-amz-bucket-region", info.region or app.region),
+            ("x-ballast-redundancy", str(info.redundancy)),
+        ],
+    )
+
+
+async def delete_bucket(app: S3App, req: Request) -> Response:
+    """DeleteBucket (empty buckets only)."""
+    await app.objects.delete_bucket(req.bucket)
+    return Response(204)
+
+
+async def get_bucket_location(app: S3App, req: Request) -> Response:
+    """GetBucketLocation."""
+    info = await app.objects.head_bucket(req.bucket)
+    return xml_response(xml.location_constraint(info.region or app.region))
+
+
+def _listing_info(req: Request, o: ObjectInfo, *, owner: bool) -> xml.ObjectInfo:
+    return xml.ObjectInfo(
+        o.key,
+        o.last_modified,
+        quote_etag(o.etag),
+        o.size,
+        owner=_owner(req, o.owner or "") if owner else None,
+    )
+
+
+async def list_objects(app: S3App, req: Request) -> Response:
+    """ListObjects (v1)."""
+    ep = req.endpoint
+    encoding = _encoding_type(req)
+    max_keys = ep.int_param("max-keys", 1000, maximum=1000)
+    prefix = ep.param("prefix") or ""
+    marker = ep.param("marker") or ""
+    delimiter = _delimiter(req)
+    page = await app.objects.list_objects(
+        req.bucket, prefix=prefix, delimiter=delimiter, start_after=marker, max_keys=max_keys
+    )
+    body = xml.list_objects(
+        bucket=req.bucket,
+        prefix=prefix,
+        marker=marker,
+        max_keys=max_keys,
+        is_truncated=page.is_truncated,
+        contents=[_listing_info(req, o, owner=True) for o in page.objects],
+        common_prefixes=page.common_prefixes,
+        delimiter=delimiter,
+        next_marker=page.next_marker if page.is_truncated else None,
+        encoding_type=encoding,
+    )
+    return xml_response(body)
+
+
+async def list_objects_v2(app: S3App, req: Request) -> Response:
+    """ListObjectsV2."""
+    ep = req.endpoint
+    encoding = _encoding_type(req)
+    max_keys = ep.int_param("max-keys", 1000, maximum=1000)
+    prefix = ep.param("prefix") or ""
+    delimiter = _delimiter(req)
+    token = ep.param("continuation-token")
+    start_after = ep.param("start-after")
+    if token is not None and not token:
+        raise S3Error(
+            "InvalidArgument",
+            "The continuation token provided is incorrect",
+            extra={"ArgumentName": "continuation-token"},
+        )
+    fetch_owner = (ep.param("fetch-owner") or "").lower() == "true"
+    page = await app.objects.list_objects(
+        req.bucket,
+        prefix=prefix,
+        delimiter=delimiter,
+        start_after=start_after,
+        continuation_token=token,
+        max_keys=max_keys,
+    )
+    body = xml.list_objects_v2(
+        bucket=req.bucket,
+        prefix=prefix,
+        max_keys=max_keys,
+        is_truncated=page.is_truncated,
+        contents=[_listing_info(req, o, owner=fetch_owner) for o in page.objects],
+        common_prefixes=page.common_prefixes,
+        delimiter=delimiter,
+        continuation_token=token,
+        next_continuation_token=page.next_continuation_token,
+        start_after=start_after,
+        encoding_type=encoding,
+    )
+    return xml_response(body)
+
+
+async def list_object_versions(app: S3App, req: Request) -> Response:
+    """ListObjectVersions on unversioned buckets: each object is version ``null``."""
+    ep = req.endpoint
+    encoding = _encoding_type(req)
+    max_keys = ep.int_param("max-keys", 1000, maximum=1000)
+    prefix = ep.param("prefix") or ""
+    delimiter = _delimiter(req)
+    key_marker = ep.param("key-marker") or ""
+    version_marker = ep.param("version-id-marker") or ""
+    if version_marker and not key_marker:
+        raise S3Error(
+            "InvalidArgument",
+            "A version-id marker cannot be specified without a key marker.",
+            extra={"ArgumentName": "version-id-marker"},
+        )
+    page = await app.objects.list_object_versions(
+        req.bucket,
+        prefix=prefix,
+        delimiter=delimiter,
+        key_marker=key_marker or None,
+        max_keys=max_keys,
+    )
+    versions = [
+        xml.VersionInfo(
+            key=o.key,
+            version_id=NULL_VERSION,
+            is_latest=True,
+            last_modified=o.last_modified,
+            etag=quote_etag(o.etag),
+            size=o.size,
+            owner=_owner(req, o.owner or ""),
+        )
+        for o in page.objects
+    ]
+    body = xml.list_object_versions(
+        bucket=req.bucket,
+        prefix=prefix,
+        key_marker=key_marker,
+        version_id_marker=version_marker,
+        max_keys=max_keys,
+        is_truncated=page.is_truncated,
+        versions=versions,
+        common_prefixes=page.common_prefixes,
+        delimiter=delimiter,
+        next_key_marker=page.next_marker if page.is_truncated else None,
+        next_version_id_marker=NULL_VERSION if page.is_truncated else None,
+        encoding_type=encoding,
+    )
+    return xml_response(body)
+
+
+# -- objects --------------------------------------------------------------------------------
+
+
+async def put_object(app: S3App, req: Request) -> Response:
+    """PutObject: the body streams into the store; digests are verified before the commit."""
+    _check_upload_length(app, req)
+    if_match, if_none_match = _write_conditions(req)
+    content = _content_headers(req)
+    info = await app.objects.put_object(
+        req.bucket,
+        req.key,
+        req.body,
+        metadata=_metadata(req),
+        acl=_acl(req),
+        owner=req.owner,
+        if_match=if_match,
+        if_none_match=if_none_match,
+        content_md5=_content_md5(req),
+        **content,
+    )
+    return Response(200, [("etag", quote_etag(info.etag)), *_checksum_headers(req)])
+
+
+async def _open_readable(app: S3App, req: Request) -> ObjectReader:
+    _check_version(req.endpoint.version_id)
+    try:
+        reader = await app.objects.open_object(req.bucket, req.key)
+    except storage_errors.NoSuchKey:
+        if req.anonymous and not req.public_bucket:
+            raise S3Error("AccessDenied", resource=req.resource) from None
+        raise
+    if req.anonymous and not req.public_bucket and reader.info.acl not in PUBLIC_READ_ACLS:
+        raise S3Error("AccessDenied", resource=req.resource)
+    return reader
+
+
+def _read_plan(
+    req: Request, info: ObjectInfo
+) -> tuple[int, list[tuple[str, str]], ByteRange | None]:
+    h = req.headers
+    try:
+        check_read_preconditions(
+            etag=info.etag,
+            last_modified=info.last_modified,
+            if_match=h.get("if-match"),
+            if_none_match=h.get("if-none-match"),
+            if_modified_since=h.get("if-modified-since"),
+            if_unmodified_since=h.get("if-unmodified-since"),
+        )
+    except S3Error as err:
+        if err.code == "NotModified":
+            raise _NotModified(info) from None
+        raise
+    headers = _object_headers(info)
+    part = req.endpoint.part_number
+    if part is not None and (part != 1 or info.parts_count is not None):
+        raise S3Error("NotImplemented", "partNumber reads of multipart objects")
+    overrides = [(header, req.endpoint.param(param)) for param, header in _RESPONSE_OVERRIDES]
+    if any(v is not None for _, v in overrides):
+        if req.anonymous:
+            raise S3Error(
+                "InvalidRequest",
+                "Request specific response headers cannot be used for anonymous GET requests.",
+            )
+        names = {header for header, v in overrides if v is not None}
+        headers = [(k, v) for k, v in headers if k not in names]
+        headers.extend((k, v) for k, v in overrides if v is not None)
+    byte_range = parse_range(h.get("range"), info.size) if part is None else None
+    if byte_range is None:
+        return 200, headers, None
+    headers.append(("content-range", byte_range.content_range))
+    return 206, headers, byte_range
+
+
+class _NotModified(Exception):
+    def __init__(self, info: ObjectInfo) -> None:
+        super().__init__("not modified")
+        self.info = info
+
+
+def _not_modified(info: ObjectInfo) -> Response:
+    return Response(
+        304,
+        [
+            ("etag", quote_etag(info.etag)),
+            ("last-modified", format_http_date(info.last_modified)),
+        ],
+    )
+
+
+async def get_object(app: S3App, req: Request) -> Response:
+    """GetObject: ranges, conditions, response-* overrides; the body streams."""
+    reader = await _open_readable(app, req)
+    try:
+        status, headers, byte_range = _read_plan(req, reader.info)
+    except _NotModified as nm:
+        return _not_modified(nm.info)
+    if byte_range is None:
+        start, end, length = 0, None, reader.info.size
+    else:
+        start, end, length = byte_range.start, byte_range.end, byte_range.length
+
+    async def stream(sink: Sink) -> int:
+        return await reader.send_to(sink, start, end)
+
+    return Response(status, headers, stream=stream, length=length)
+
+
+async def head_object(app: S3App, req: Request) -> Response:
+    """HeadObject."""
+    reader = await _open_readable(app, req)
+    try:
+        status, headers, byte_range = _read_plan(req, reader.info)
+    except _NotModified as nm:
+        return _not_modified(nm.info)
+    length = reader.info.size if byte_range is None else byte_range.length
+
+    async def nothing(_sink: Sink) -> int:
+        return 0
+
+    return Response(status, headers, stream=nothing, length=length)
+
+
+async def delete_object(app: S3App, req: Request) -> Response:
+    """DeleteObject (an absent key is fine)."""
+    _check_version(req.endpoint.version_id)
+    await app.objects.delete_object(req.bucket, req.key)
+    return Response(204)
+
+
+async def delete_objects(app: S3App, req: Request) -> Response:
+    """DeleteObjects: up to 1000 keys, per-key errors, quiet mode."""
+    md5 = _content_md5(req)
+    raw = await req.body.read_all(xml.MAX_DELETE_XML_BYTES)
+    if md5 is not None:
+        check_content_md5(md5, hashlib.md5(raw, usedforsecurity=False).digest())
+    request = xml.parse_delete_objects(raw)
+    deleted: list[xml.Deleted] = []
+    errors: list[xml.DeleteError] = []
+    keys: list[str] = []
+    for obj in request.objects:
+        if obj.version_id is not None and obj.version_id != NULL_VERSION:
+            errors.append(
+                xml.DeleteError(
+                    obj.key,
+                    "NoSuchVersion",
+                    "The specified version does not exist.",
+                    obj.version_id,
+                )
+            )
+        else:
+            keys.append(obj.key)
+    versions = {o.key: o.version_id for o in request.objects}
+    outcomes = await app.objects.delete_objects(req.bucket, keys) if keys else []
+    for outcome in outcomes:
+        if outcome.error is None:
+            deleted.append(xml.Deleted(outcome.key, versions.get(outcome.key)))
+        else:
+            err = s3_error_for(outcome.error)
+            errors.append(xml.DeleteError(outcome.key, err.code, err.message))
+    return xml_response(xml.delete_result(deleted, errors, quiet=request.quiet))
+
+
+async def copy_object(app: S3App, req: Request) -> Response:
+    """CopyObject with the COPY/REPLACE metadata directive and copy-source conditions."""
+    source = _copy_source(req)
+    directive = (req.headers.get("x-amz-metadata-directive") or "COPY").strip().upper()
+    if directive not in ("COPY", "REPLACE"):
+        raise S3Error(
+            "InvalidArgument",
+            "Unknown metadata directive.",
+            extra={"ArgumentName": "x-amz-metadata-directive", "ArgumentValue": directive[:64]},
+        )
+    if directive == "COPY" and (source.bucket, source.key) == (req.bucket, req.key):
+        raise S3Error(
+            "InvalidRequest",
+            "This copy request is illegal because it is trying to copy an object to itself "
+            "without changing the object's metadata, storage class, website redirect "
+            "location or encryption attributes.",
+        )
+    if_match, if_none_match = _write_conditions(req)
+    content: Mapping[str, str | None] = _content_headers(req)
+    metadata = _metadata(req)
+    info = await app.objects.copy_object(
+        source.bucket,
+        source.key,
+        req.bucket,
+        req.key,
+        metadata_directive=directive,
+        metadata=metadata,
+        acl=_acl(req),
+        owner=req.owner,
+        if_match=if_match,
+        if_none_match=if_none_match,
+        source_check=_source_check(req),
+        **content,
+    )
+    return xml_response(xml.copy_object_result(quote_etag(info.etag), info.last_modified))
+
+
+# -- multipart ------------------------------------------------------------------------------
+
+
+async def create_multipart_upload(app: S3App, req: Request) -> Response:
+    """CreateMultipartUpload."""
+    content = _content_headers(req)
+    upload_id = await app.objects.create_multipart_upload(
+        req.bucket, req.key, metadata=_metadata(req), acl=_acl(req), owner=req.owner, **content
+    )
+    return xml_response(xml.initiate_multipart_upload(req.bucket, req.key, upload_id))
+
+
+def _upload_id(req: Request) -> str:
+    upload_id = req.endpoint.upload_id
+    assert upload_id is not None
+    return upload_id
+
+
+def _part_number(req: Request) -> int:
+    part = req.endpoint.part_number
+    assert part is not None
+    return part
+
+
+async def upload_part(app: S3App, req: Request) -> Response:
+    """UploadPart: streamed like PutObject."""
+    _check_upload_length(app, req)
+    info = await app.objects.upload_part(
+        req.bucket,
+        req.key,
+        _upload_id(req),
+        _part_number(req),
+        req.body,
+        content_md5=_content_md5(req),
+    )
+    return Response(200, [("etag", quote_etag(info.etag)), *_checksum_headers(req)])
+
+
+async def upload_part_copy(app: S3App, req: Request) -> Response:
+    """UploadPartCopy, optionally of a byte range of the source."""
+    source = _copy_source(req)
+    range_header = req.headers.get("x-amz-copy-source-range")
+    byte_range: tuple[int, int] | None = None
+    if range_header is not None:
+        size = (await app.objects.head_object(source.bucket, source.key)).size
+        parsed = parse_copy_source_range(range_header, size)
+        byte_range = (parsed.start, parsed.end)
+    info = await app.objects.upload_part_copy(
+        req.bucket,
+        req.key,
+        _upload_id(req),
+        _part_number(req),
+        source.bucket,
+        source.key,
+        range=byte_range,
+        source_check=_source_check(req),
+    )
+    return xml_response(xml.copy_part_result(quote_etag(info.etag), info.last_modified))
+
+
+async def complete_multipart_upload(app: S3App, req: Request) -> Response:
+    """CompleteMultipartUpload."""
+    if_match, if_none_match = _write_conditions(req)
+    parts = xml.parse_complete_multipart_upload(await req.body.read_all(xml.MAX_XML_BYTES))
+    info = await app.objects.complete_multipart_upload(
+        req.bucket,
+        req.key,
+        _upload_id(req),
+        [(p.part_number, p.etag) for p in parts],
+        if_match=if_match,
+        if_none_match=if_none_match,
+    )
+    body = xml.complete_multipart_upload(_location(req), req.bucket, req.key, quote_etag(info.etag))
+    return xml_response(body)
+
+
+async def abort_multipart_upload(app: S3App, req: Request) -> Response:
+    """AbortMultipartUpload."""
+    await app.objects.abort_multipart_upload(req.bucket, req.key, _upload_id(req))
+    return Response(204)
+
+
+async def list_parts(app: S3App, req: Request) -> Response:
+    """ListParts."""
+    ep = req.endpoint
+    marker = ep.int_param("part-number-marker", 0)
+    max_parts = ep.int_param("max-parts", 1000, maximum=1000)
+    page = await app.objects.list_parts(
+        req.bucket, req.key, _upload_id(req), part_number_marker=marker, max_parts=max_parts
+    )
+    body = xml.list_parts(
+        bucket=req.bucket,
+        key=req.key,
+        upload_id=page.upload_id,
+        part_number_marker=marker,
+        max_parts=max_parts,
+        is_truncated=page.is_truncated,
+        parts=[
+            xml.PartInfo(p.part_number, p.last_modified, quote_etag(p.etag), p.size)
+            for p in page.parts
+        ],
+        next_part_number_marker=page.next_part_number_marker,
+        owner=_owner(req, page.owner or ""),
+    )
+    return xml_response(body)
+
+
+async def list_multipart_uploads(app: S3App, req: Request) -> Response:
+    """ListMultipartUploads."""
+    ep = req.endpoint
+    encoding = _encoding_type(req)
+    max_uploads = ep.int_param("max-uploads", 1000, maximum=1000)
+    prefix = ep.param("prefix") or ""
+    delimiter = _delimiter(req)
+    key_marker = ep.param("key-marker") or ""
+    upload_marker = ep.param("upload-id-marker") or ""
+    page = await app.objects.list_multipart_uploads(
+        req.bucket,
+        prefix=prefix,
+        delimiter=delimiter,
+        key_marker=key_marker or None,
+        upload_id_marker=upload_marker or None,
+        max_uploads=max_uploads,
+    )
+    body = xml.list_multipart_uploads(
+        bucket=req.bucket,
+        key_marker=key_marker,
+        upload_id_marker=upload_marker,
+        max_uploads=max_uploads,
+        is_truncated=page.is_truncated,
+        uploads=[
+            xml.UploadInfo(u.key, u.upload_id, u.initiated, owner=_owner(req, u.owner or ""))
+            for u in page.uploads
+        ],
+        prefix=prefix,
+        delimiter=delimiter,
+        common_prefixes=page.common_prefixes,
+        next_key_marker=page.next_key_marker,
+        next_upload_id_marker=page.next_upload_id_marker,
+        encoding_type=encoding,
+    )
+    return xml_response(body)
+
+
+#: The handler of every implemented operation.
+HANDLERS: Mapping[Op, Handler] = {
+    Op.LIST_BUCKETS: list_buckets,
+    Op.CREATE_BUCKET: create_bucket,
+    Op.HEAD_BUCKET: head_bucket,
+    Op.DELETE_BUCKET: delete_bucket,
+    Op.GET_BUCKET_LOCATION: get_bucket_location,
+    Op.LIST_OBJECTS: list_objects,
+    Op.LIST_OBJECTS_V2: list_objects_v2,
+    Op.LIST_OBJECT_VERSIONS: list_object_versions,
+    Op.LIST_MULTIPART_UPLOADS: list_multipart_uploads,
+    Op.DELETE_OBJECTS: delete_objects,
+    Op.PUT_OBJECT: put_object,
+    Op.GET_OBJECT: get_object,
+    Op.HEAD_OBJECT: head_object,
+    Op.DELETE_OBJECT: delete_object,
+    Op.COPY_OBJECT: copy_object,
+    Op.CREATE_MULTIPART_UPLOAD: create_multipart_upload,
+    Op.UPLOAD_PART: upload_part,
+    Op.UPLOAD_PART_COPY: upload_part_copy,
+    Op.COMPLETE_MULTIPART_UPLOAD: complete_multipart_upload,
+    Op.ABORT_MULTIPART_UPLOAD: abort_multipart_upload,
+    Op.LIST_PARTS: list_parts,
+}
+
+__all__ = ["HANDLERS", "MAX_METADATA_BYTES", "REDUNDANCY_HEADER", "Handler"]

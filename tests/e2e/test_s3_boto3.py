@@ -1,0 +1,1037 @@
+"""boto3 and botocore against the real S3 endpoint on loopback: every supported operation."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import http.client
+import io
+import os
+import random
+import shutil
+import subprocess
+import time
+import zlib
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
+
+import botocore.auth  # type: ignore[import-untyped, unused-ignore]
+import botocore.awsrequest  # type: ignore[import-untyped, unused-ignore]
+import botocore.credentials  # type: ignore[import-untyped, unused-ignore]
+import botocore.exceptions  # type: ignore[import-untyped, unused-ignore]
+import pytest
+from botocore import UNSIGNED  # type: ignore[import-untyped, unused-ignore]
+from botocore.exceptions import ClientError  # type: ignore[import-untyped, unused-ignore]
+
+from tests.e2e.conftest import S3Server, url_path
+from tests.fake_blockstore import FakeBlockStore
+
+MiB = 1024 * 1024
+
+
+def _code(info: pytest.ExceptionInfo[ClientError]) -> str:
+    return str(info.value.response["Error"]["Code"])
+
+
+def _status(info: pytest.ExceptionInfo[ClientError]) -> int:
+    return int(info.value.response["ResponseMetadata"]["HTTPStatusCode"])
+
+
+def _read(response: dict[str, Any]) -> bytes:
+    body = response["Body"]
+    try:
+        data: bytes = body.read()
+    finally:
+        body.close()
+    return data
+
+
+def _md5(data: bytes) -> str:
+    return '"' + hashlib.md5(data, usedforsecurity=False).hexdigest() + '"'
+
+
+def _add_header(client: Any, event: str, name: str, value: str) -> None:
+    def add(request: Any, **_: Any) -> None:
+        request.headers[name] = value
+
+    client.meta.events.register_first(f"before-sign.s3.{event}", add)
+
+
+# -- buckets -----------------------------------------------------------------------------------
+
+
+def test_bucket_lifecycle(s3_server: S3Server, s3: Any) -> None:
+    name = "e2e-lifecycle"
+    s3.create_bucket(Bucket=name)
+    try:
+        assert s3.head_bucket(Bucket=name)["ResponseMetadata"]["HTTPStatusCode"] == 200
+        assert name in [b["Name"] for b in s3.list_buckets()["Buckets"]]
+        assert s3.get_bucket_location(Bucket=name).get("LocationConstraint") is None
+        with pytest.raises(ClientError) as info:
+            s3.create_bucket(Bucket=name)
+        assert _code(info) == "BucketAlreadyOwnedByYou"
+        s3.put_object(Bucket=name, Key="k", Body=b"x")
+        with pytest.raises(ClientError) as info:
+            s3.delete_bucket(Bucket=name)
+        assert _code(info) == "BucketNotEmpty"
+        s3.delete_object(Bucket=name, Key="k")
+    finally:
+        s3.delete_bucket(Bucket=name)
+    with pytest.raises(ClientError) as info:
+        s3.head_bucket(Bucket=name)
+    assert _status(info) == 404
+    with pytest.raises(ClientError) as info:
+        s3.list_objects_v2(Bucket=name)
+    assert _code(info) == "NoSuchBucket"
+
+
+def test_bucket_names_and_location(s3: Any) -> None:
+    with pytest.raises(ClientError) as info:
+        s3.create_bucket(Bucket="Upper_Case")
+    assert _code(info) == "InvalidBucketName"
+    with pytest.raises(ClientError) as info:
+        s3.create_bucket(
+            Bucket="e2e-eu", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"}
+        )
+    assert _code(info) == "InvalidArgument"
+
+
+def test_bucket_redundancy_header(s3_server: S3Server) -> None:
+    client = s3_server.client(s3={"addressing_style": "path"})
+    _add_header(client, "CreateBucket", "x-ballast-redundancy", "4+2")
+    client.create_bucket(Bucket="e2e-erasure")
+    try:
+        head = client.head_bucket(Bucket="e2e-erasure")
+        assert head["ResponseMetadata"]["HTTPHeaders"]["x-ballast-redundancy"] == "4+2"
+        stored = s3_server.run(s3_server.objects.head_bucket, "e2e-erasure")
+        assert str(stored.redundancy) == "4+2"
+    finally:
+        client.delete_bucket(Bucket="e2e-erasure")
+    bad = s3_server.client(s3={"addressing_style": "path"})
+    _add_header(bad, "CreateBucket", "x-ballast-redundancy", "lots")
+    with pytest.raises(ClientError) as info:
+        bad.create_bucket(Bucket="e2e-bad-redundancy")
+    assert _code(info) == "InvalidArgument"
+
+
+# -- objects -----------------------------------------------------------------------------------
+
+
+def test_put_get_head_with_metadata(s3: Any, bucket: str) -> None:
+    data = random.Random(1).randbytes(300_000)
+    put = s3.put_object(
+        Bucket=bucket,
+        Key="dir/obj",
+        Body=data,
+        Metadata={"colour": "blue", "n": "1"},
+        ContentType="image/png",
+        ContentEncoding="identity",
+        ContentDisposition='attachment; filename="x.png"',
+        ContentLanguage="en",
+        CacheControl="max-age=60",
+        Expires=datetime(2030, 1, 1, tzinfo=UTC),
+    )
+    assert put["ETag"] == _md5(data)
+    got = s3.get_object(Bucket=bucket, Key="dir/obj")
+    assert _read(got) == data
+    for response in (got, s3.head_object(Bucket=bucket, Key="dir/obj")):
+        assert response["ETag"] == _md5(data)
+        assert response["ContentLength"] == len(data)
+        assert response["Metadata"] == {"colour": "blue", "n": "1"}
+        assert response["ContentType"] == "image/png"
+        assert response["ContentEncoding"] == "identity"
+        assert response["ContentDisposition"] == 'attachment; filename="x.png"'
+        assert response["ContentLanguage"] == "en"
+        assert response["CacheControl"] == "max-age=60"
+        assert response["Expires"].year == 2030
+    overridden = s3.get_object(
+        Bucket=bucket, Key="dir/obj", ResponseContentType="text/plain", ResponseCacheControl="no"
+    )
+    _read(overridden)
+    assert overridden["ContentType"] == "text/plain"
+    assert overridden["CacheControl"] == "no"
+    with pytest.raises(ClientError) as info:
+        s3.get_object(Bucket=bucket, Key="missing")
+    assert _code(info) == "NoSuchKey"
+    with pytest.raises(ClientError) as info:
+        s3.head_object(Bucket=bucket, Key="missing")
+    assert _status(info) == 404
+    empty = s3.put_object(Bucket=bucket, Key="empty", Body=b"")
+    assert empty["ETag"] == _md5(b"")
+    assert _read(s3.get_object(Bucket=bucket, Key="empty")) == b""
+
+
+def test_errors_before_the_body_is_read(s3: Any, bucket: str) -> None:
+    """An answer sent before the body was read still reaches boto3 (the body is drained)."""
+    body = b"u" * (6 * MiB)
+    with pytest.raises(ClientError) as info:
+        s3.put_object(Bucket="e2e-no-such-bucket", Key="k", Body=body)
+    assert _code(info) == "NoSuchBucket"
+    with pytest.raises(ClientError) as info:
+        s3.upload_part(Bucket=bucket, Key="k", UploadId="nope", PartNumber=1, Body=body)
+    assert _code(info) == "NoSuchUpload"
+    s3.put_object(Bucket=bucket, Key="k", Body=b"still fine")
+
+
+def test_ranges(s3: Any, bucket: str) -> None:
+    data = bytes(range(256)) * 40
+    s3.put_object(Bucket=bucket, Key="r", Body=data)
+    cases = {
+        "bytes=0-9": (data[:10], "bytes 0-9/10240"),
+        "bytes=10000-": (data[10000:], "bytes 10000-10239/10240"),
+        "bytes=-5": (data[-5:], "bytes 10235-10239/10240"),
+        "bytes=100-99999": (data[100:], "bytes 100-10239/10240"),
+    }
+    for spec, (expected, content_range) in cases.items():
+        got = s3.get_object(Bucket=bucket, Key="r", Range=spec)
+        assert _read(got) == expected, spec
+        assert got["ContentRange"] == content_range
+        assert got["ResponseMetadata"]["HTTPStatusCode"] == 206
+    ignored = s3.get_object(Bucket=bucket, Key="r", Range="bytes=5-2")
+    assert _read(ignored) == data
+    assert ignored["ResponseMetadata"]["HTTPStatusCode"] == 200
+    with pytest.raises(ClientError) as info:
+        s3.get_object(Bucket=bucket, Key="r", Range="bytes=20000-")
+    assert _code(info) == "InvalidRange"
+    assert _status(info) == 416
+    head = s3.head_object(Bucket=bucket, Key="r", Range="bytes=0-0")
+    assert head["ContentLength"] == 1
+
+
+def test_conditional_get_and_head(s3: Any, bucket: str) -> None:
+    etag = s3.put_object(Bucket=bucket, Key="c", Body=b"cond")["ETag"]
+    assert _read(s3.get_object(Bucket=bucket, Key="c", IfMatch=etag)) == b"cond"
+    with pytest.raises(ClientError) as info:
+        s3.get_object(Bucket=bucket, Key="c", IfNoneMatch=etag)
+    assert _status(info) == 304
+    with pytest.raises(ClientError) as info:
+        s3.get_object(Bucket=bucket, Key="c", IfMatch='"0000"')
+    assert _code(info) == "PreconditionFailed"
+    future = datetime.now(UTC) + timedelta(days=1)
+    past = datetime.now(UTC) - timedelta(days=1)
+    with pytest.raises(ClientError) as info:
+        s3.head_object(Bucket=bucket, Key="c", IfModifiedSince=future)
+    assert _status(info) == 304
+    with pytest.raises(ClientError) as info:
+        s3.head_object(Bucket=bucket, Key="c", IfUnmodifiedSince=past)
+    assert _status(info) == 412
+    assert _read(s3.get_object(Bucket=bucket, Key="c", IfModifiedSince=past)) == b"cond"
+
+
+def test_conditional_put(s3: Any, bucket: str) -> None:
+    etag = s3.put_object(Bucket=bucket, Key="w", Body=b"one", IfNoneMatch="*")["ETag"]
+    with pytest.raises(ClientError) as info:
+        s3.put_object(Bucket=bucket, Key="w", Body=b"two", IfNoneMatch="*")
+    assert _code(info) == "PreconditionFailed"
+    with pytest.raises(ClientError) as info:
+        s3.put_object(Bucket=bucket, Key="w", Body=b"two", IfMatch='"ffff"')
+    assert _code(info) == "PreconditionFailed"
+    with pytest.raises(ClientError) as info:
+        s3.put_object(Bucket=bucket, Key="absent", Body=b"two", IfMatch=etag)
+    assert _code(info) == "NoSuchKey"
+    s3.put_object(Bucket=bucket, Key="w", Body=b"two", IfMatch=etag)
+    assert _read(s3.get_object(Bucket=bucket, Key="w")) == b"two"
+
+
+def test_content_md5_and_checksums(s3: Any, bucket: str) -> None:
+    data = b"checked body" * 1000
+    good = base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode()
+    s3.put_object(Bucket=bucket, Key="md5", Body=data, ContentMD5=good)
+    wrong = base64.b64encode(hashlib.md5(b"other", usedforsecurity=False).digest()).decode()
+    with pytest.raises(ClientError) as info:
+        s3.put_object(Bucket=bucket, Key="bad-md5", Body=data, ContentMD5=wrong)
+    assert _code(info) == "BadDigest"
+    put = s3.put_object(Bucket=bucket, Key="sha", Body=data, ChecksumAlgorithm="SHA256")
+    assert put["ChecksumSHA256"] == base64.b64encode(hashlib.sha256(data).digest()).decode()
+    crc = base64.b64encode(zlib.crc32(b"nope").to_bytes(4, "big")).decode()
+    with pytest.raises(ClientError) as info:
+        s3.put_object(Bucket=bucket, Key="bad-crc", Body=data, ChecksumCRC32=crc)
+    assert _code(info) == "BadDigest"
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])]
+    assert keys == ["md5", "sha"]
+
+
+def test_special_keys(s3: Any, bucket: str) -> None:
+    keys = [
+        "with space",
+        "plus+sign",
+        "percent%20literal",
+        "100%",
+        "ünïcødé/日本語/🎉",
+        "a?b&c=d#e",
+        "tilde~and'quote\"",
+        "x" * 1024,
+        "é" * 512,
+    ]
+    for key in keys:
+        s3.put_object(Bucket=bucket, Key=key, Body=key.encode())
+    for key in keys:
+        assert _read(s3.get_object(Bucket=bucket, Key=key)) == key.encode()
+    listed = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]]
+    assert sorted(listed, key=lambda k: k.encode()) == sorted(keys, key=lambda k: k.encode())
+    encoded = s3.list_objects(Bucket=bucket, EncodingType="url")
+    # boto3 decodes only when it chose the encoding itself (it does for list_objects).
+    assert {unquote(o["Key"]) for o in encoded["Contents"]} == set(keys)
+    assert {o["Key"] for o in s3.list_objects(Bucket=bucket)["Contents"]} == set(keys)
+    with pytest.raises(ClientError) as info:
+        s3.put_object(Bucket=bucket, Key="y" * 1025, Body=b"")
+    assert _code(info) == "KeyTooLongError"
+    for key in keys:
+        s3.delete_object(Bucket=bucket, Key=key)
+    assert s3.list_objects_v2(Bucket=bucket)["KeyCount"] == 0
+
+
+# -- listing -----------------------------------------------------------------------------------
+
+
+def test_list_objects_v1_and_v2(s3: Any, bucket: str) -> None:
+    keys = ["a/1", "a/2", "a/b/3", "b/1", "c", "d"]
+    for key in keys:
+        s3.put_object(Bucket=bucket, Key=key, Body=b"x")
+    v2 = s3.list_objects_v2(Bucket=bucket, Delimiter="/")
+    assert [o["Key"] for o in v2["Contents"]] == ["c", "d"]
+    assert [p["Prefix"] for p in v2["CommonPrefixes"]] == ["a/", "b/"]
+    assert v2["KeyCount"] == 4
+    sub = s3.list_objects_v2(Bucket=bucket, Prefix="a/", Delimiter="/")
+    assert [o["Key"] for o in sub["Contents"]] == ["a/1", "a/2"]
+    assert [p["Prefix"] for p in sub["CommonPrefixes"]] == ["a/b/"]
+    after = s3.list_objects_v2(Bucket=bucket, StartAfter="b/1")
+    assert [o["Key"] for o in after["Contents"]] == ["c", "d"]
+    seen = []
+    for page in s3.get_paginator("list_objects_v2").paginate(
+        Bucket=bucket, PaginationConfig={"PageSize": 2}
+    ):
+        assert page["KeyCount"] <= 2
+        seen += [o["Key"] for o in page.get("Contents", [])]
+    assert seen == keys
+    seen = []
+    for page in s3.get_paginator("list_objects").paginate(
+        Bucket=bucket, PaginationConfig={"PageSize": 2}
+    ):
+        seen += [o["Key"] for o in page.get("Contents", [])]
+    assert seen == keys
+    v1 = s3.list_objects(Bucket=bucket, Marker="a/b/3", MaxKeys=2)
+    assert [o["Key"] for o in v1["Contents"]] == ["b/1", "c"]
+    assert v1["IsTruncated"] is True
+    v1 = s3.list_objects(Bucket=bucket, Delimiter="/", MaxKeys=1)
+    assert v1["NextMarker"] == "a/"
+    assert "Contents" not in v1
+    assert s3.list_objects(Bucket=bucket, MaxKeys=1)["Contents"][0]["Owner"]["ID"]
+    with pytest.raises(ClientError) as info:
+        s3.list_objects_v2(Bucket=bucket, ContinuationToken="!!not-a-token!!")
+    assert _code(info) == "InvalidArgument"
+
+
+def test_list_object_versions(s3: Any, bucket: str) -> None:
+    for key in ("v1", "v2", "v3"):
+        s3.put_object(Bucket=bucket, Key=key, Body=key.encode())
+    versions = s3.list_object_versions(Bucket=bucket)["Versions"]
+    assert [(v["Key"], v["VersionId"], v["IsLatest"]) for v in versions] == [
+        ("v1", "null", True),
+        ("v2", "null", True),
+        ("v3", "null", True),
+    ]
+    page = s3.list_object_versions(Bucket=bucket, MaxKeys=2)
+    assert page["IsTruncated"] is True
+    assert page["NextKeyMarker"] == "v2"
+    rest = s3.list_object_versions(Bucket=bucket, KeyMarker="v2", VersionIdMarker="null")
+    assert [v["Key"] for v in rest["Versions"]] == ["v3"]
+    assert _read(s3.get_object(Bucket=bucket, Key="v1", VersionId="null")) == b"v1"
+    with pytest.raises(ClientError) as info:
+        s3.get_object(Bucket=bucket, Key="v1", VersionId="3HL4kqtJlcpXroDTDmJ")
+    assert _code(info) == "NoSuchVersion"
+
+
+# -- deletion and copies -----------------------------------------------------------------------
+
+
+def test_delete_objects(s3: Any, bucket: str) -> None:
+    for i in range(5):
+        s3.put_object(Bucket=bucket, Key=f"d{i}", Body=b"x")
+    s3.delete_object(Bucket=bucket, Key="never-existed")
+    result = s3.delete_objects(
+        Bucket=bucket, Delete={"Objects": [{"Key": "d0"}, {"Key": "d1"}, {"Key": "nope"}]}
+    )
+    assert sorted(d["Key"] for d in result["Deleted"]) == ["d0", "d1", "nope"]
+    quiet = s3.delete_objects(
+        Bucket=bucket,
+        Delete={"Objects": [{"Key": "d2"}, {"Key": "d3", "VersionId": "bogus"}], "Quiet": True},
+    )
+    assert "Deleted" not in quiet
+    assert [(e["Key"], e["Code"]) for e in quiet["Errors"]] == [("d3", "NoSuchVersion")]
+    many = [{"Key": f"m{i}"} for i in range(1000)]
+    assert len(s3.delete_objects(Bucket=bucket, Delete={"Objects": many})["Deleted"]) == 1000
+    left = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]]
+    assert left == ["d3", "d4"]
+
+
+def test_copy_object(s3: Any, bucket: str) -> None:
+    etag = s3.put_object(
+        Bucket=bucket, Key="src", Body=b"copy me", Metadata={"a": "1"}, ContentType="text/x"
+    )["ETag"]
+    out = s3.copy_object(Bucket=bucket, Key="dst", CopySource={"Bucket": bucket, "Key": "src"})
+    assert out["CopyObjectResult"]["ETag"] == etag
+    head = s3.head_object(Bucket=bucket, Key="dst")
+    assert (head["Metadata"], head["ContentType"]) == ({"a": "1"}, "text/x")
+    s3.copy_object(
+        Bucket=bucket,
+        Key="dst2",
+        CopySource={"Bucket": bucket, "Key": "src"},
+        MetadataDirective="REPLACE",
+        Metadata={"b": "2"},
+        ContentType="text/y",
+    )
+    head = s3.head_object(Bucket=bucket, Key="dst2")
+    assert (head["Metadata"], head["ContentType"]) == ({"b": "2"}, "text/y")
+    assert _read(s3.get_object(Bucket=bucket, Key="dst2")) == b"copy me"
+    with pytest.raises(ClientError) as info:
+        s3.copy_object(
+            Bucket=bucket,
+            Key="dst3",
+            CopySource={"Bucket": bucket, "Key": "src"},
+            CopySourceIfMatch='"0000"',
+        )
+    assert _code(info) == "PreconditionFailed"
+    s3.copy_object(
+        Bucket=bucket,
+        Key="dst3",
+        CopySource={"Bucket": bucket, "Key": "src"},
+        CopySourceIfNoneMatch='"0000"',
+    )
+    with pytest.raises(ClientError) as info:
+        s3.copy_object(Bucket=bucket, Key="src", CopySource={"Bucket": bucket, "Key": "src"})
+    assert _code(info) == "InvalidRequest"
+    with pytest.raises(ClientError) as info:
+        s3.copy_object(Bucket=bucket, Key="x", CopySource={"Bucket": bucket, "Key": "missing"})
+    assert _code(info) == "NoSuchKey"
+
+
+# -- multipart ---------------------------------------------------------------------------------
+
+
+def test_multipart_operations(s3: Any, bucket: str) -> None:
+    part1 = random.Random(2).randbytes(5 * MiB)
+    part2 = b"tail" * (5 * MiB // 4)
+    s3.put_object(Bucket=bucket, Key="copy-src", Body=b"0123456789" * 100)
+    created = s3.create_multipart_upload(
+        Bucket=bucket, Key="mp", ContentType="video/mp4", Metadata={"m": "p"}
+    )
+    upload_id = created["UploadId"]
+    e1 = s3.upload_part(Bucket=bucket, Key="mp", UploadId=upload_id, PartNumber=1, Body=part1)
+    e2 = s3.upload_part(Bucket=bucket, Key="mp", UploadId=upload_id, PartNumber=2, Body=part2)
+    e3 = s3.upload_part_copy(
+        Bucket=bucket,
+        Key="mp",
+        UploadId=upload_id,
+        PartNumber=3,
+        CopySource={"Bucket": bucket, "Key": "copy-src"},
+        CopySourceRange="bytes=10-29",
+    )["CopyPartResult"]
+    assert e1["ETag"] == _md5(part1)
+    uploads = s3.list_multipart_uploads(Bucket=bucket)["Uploads"]
+    assert [(u["Key"], u["UploadId"]) for u in uploads] == [("mp", upload_id)]
+    parts = s3.list_parts(Bucket=bucket, Key="mp", UploadId=upload_id)["Parts"]
+    assert [(p["PartNumber"], p["Size"]) for p in parts] == [(1, 5 * MiB), (2, 5 * MiB), (3, 20)]
+    page = s3.list_parts(Bucket=bucket, Key="mp", UploadId=upload_id, MaxParts=1)
+    assert page["IsTruncated"] is True
+    assert page["NextPartNumberMarker"] == 1
+    with pytest.raises(ClientError) as info:
+        s3.complete_multipart_upload(
+            Bucket=bucket,
+            Key="mp",
+            UploadId=upload_id,
+            MultipartUpload={
+                "Parts": [{"PartNumber": 1, "ETag": '"00000000000000000000000000000000"'}]
+            },
+        )
+    assert _code(info) == "InvalidPart"
+    with pytest.raises(ClientError) as info:
+        s3.complete_multipart_upload(
+            Bucket=bucket,
+            Key="mp",
+            UploadId=upload_id,
+            MultipartUpload={
+                "Parts": [
+                    {"PartNumber": 3, "ETag": e3["ETag"]},
+                    {"PartNumber": 2, "ETag": e2["ETag"]},
+                ]
+            },
+        )
+    assert _code(info) == "InvalidPartOrder"
+    with pytest.raises(ClientError) as info:
+        s3.complete_multipart_upload(
+            Bucket=bucket,
+            Key="mp",
+            UploadId=upload_id,
+            MultipartUpload={
+                "Parts": [
+                    {"PartNumber": 1, "ETag": e1["ETag"]},
+                    {"PartNumber": 4, "ETag": e3["ETag"]},
+                ]
+            },
+        )
+    assert _code(info) == "InvalidPart"
+    small = s3.create_multipart_upload(Bucket=bucket, Key="small")["UploadId"]
+    s1 = s3.upload_part(Bucket=bucket, Key="small", UploadId=small, PartNumber=1, Body=b"a")
+    s2 = s3.upload_part(Bucket=bucket, Key="small", UploadId=small, PartNumber=2, Body=b"b")
+    with pytest.raises(ClientError) as info:
+        s3.complete_multipart_upload(
+            Bucket=bucket,
+            Key="small",
+            UploadId=small,
+            MultipartUpload={
+                "Parts": [
+                    {"PartNumber": 1, "ETag": s1["ETag"]},
+                    {"PartNumber": 2, "ETag": s2["ETag"]},
+                ]
+            },
+        )
+    assert _code(info) == "EntityTooSmall"
+    s3.abort_multipart_upload(Bucket=bucket, Key="small", UploadId=small)
+    done = s3.complete_multipart_upload(
+        Bucket=bucket,
+        Key="mp",
+        UploadId=upload_id,
+        MultipartUpload={
+            "Parts": [
+                {"PartNumber": 1, "ETag": e1["ETag"]},
+                {"PartNumber": 2, "ETag": e2["ETag"]},
+                {"PartNumber": 3, "ETag": e3["ETag"]},
+            ]
+        },
+    )
+    assert done["ETag"].endswith('-3"')
+    got = s3.get_object(Bucket=bucket, Key="mp")
+    assert _read(got) == part1 + part2 + b"0123456789" * 2
+    assert (got["ContentType"], got["Metadata"]) == ("video/mp4", {"m": "p"})
+    assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    with pytest.raises(ClientError) as info:
+        s3.list_parts(Bucket=bucket, Key="mp", UploadId=upload_id)
+    assert _code(info) == "NoSuchUpload"
+
+    aborted = s3.create_multipart_upload(Bucket=bucket, Key="gone")["UploadId"]
+    s3.upload_part(Bucket=bucket, Key="gone", UploadId=aborted, PartNumber=1, Body=b"x")
+    s3.abort_multipart_upload(Bucket=bucket, Key="gone", UploadId=aborted)
+    with pytest.raises(ClientError) as info:
+        s3.upload_part(Bucket=bucket, Key="gone", UploadId=aborted, PartNumber=2, Body=b"y")
+    assert _code(info) == "NoSuchUpload"
+    with pytest.raises(ClientError) as info:
+        s3.upload_part_copy(
+            Bucket=bucket,
+            Key="mp2",
+            UploadId="whatever",
+            PartNumber=1,
+            CopySource={"Bucket": bucket, "Key": "copy-src"},
+            CopySourceRange="bytes=0-5000",
+        )
+    assert _code(info) in ("InvalidRange", "NoSuchUpload")
+
+
+def test_managed_transfers(s3: Any, bucket: str) -> None:
+    """s3transfer (upload_fileobj/download_fileobj): parallel parts and ranged GETs."""
+    data = random.Random(5).randbytes(20 * MiB + 123)
+    s3.upload_fileobj(io.BytesIO(data), bucket, "managed")
+    head = s3.head_object(Bucket=bucket, Key="managed")
+    assert head["ContentLength"] == len(data)
+    assert head["ETag"].endswith('-3"')  # 8 MiB parts
+    out = io.BytesIO()
+    s3.download_fileobj(bucket, "managed", out)
+    assert out.getvalue() == data
+
+
+def _part(i: int, size: int) -> bytes:
+    return random.Random(i).randbytes(size)
+
+
+@pytest.mark.slow
+def test_multipart_200_mib_bit_exact(s3: Any, bucket: str) -> None:
+    total = 200 * MiB
+    part_size = 16 * MiB
+    sizes = [min(part_size, total - off) for off in range(0, total, part_size)]
+    upload_id = s3.create_multipart_upload(Bucket=bucket, Key="big")["UploadId"]
+    etags = []
+    md5s = []
+    for i, size in enumerate(sizes, start=1):
+        data = _part(i, size)
+        md5s.append(hashlib.md5(data, usedforsecurity=False).digest())
+        out = s3.upload_part(Bucket=bucket, Key="big", UploadId=upload_id, PartNumber=i, Body=data)
+        etags.append(out["ETag"])
+        del data
+    s3.complete_multipart_upload(
+        Bucket=bucket,
+        Key="big",
+        UploadId=upload_id,
+        MultipartUpload={"Parts": [{"PartNumber": i, "ETag": e} for i, e in enumerate(etags, 1)]},
+    )
+    expected_etag = hashlib.md5(b"".join(md5s), usedforsecurity=False).hexdigest()
+    got = s3.get_object(Bucket=bucket, Key="big")
+    assert got["ContentLength"] == total
+    assert got["ETag"] == f'"{expected_etag}-{len(sizes)}"'
+    body = got["Body"]
+    try:
+        for i, size in enumerate(sizes, start=1):
+            expected = _part(i, size)
+            received = bytearray()
+            while len(received) < size:
+                piece = body.read(min(4 * MiB, size - len(received)))
+                assert piece, "body ended early"
+                received += piece
+            assert received == expected, f"part {i} differs"
+        assert body.read() == b""
+    finally:
+        body.close()
+    ranged = s3.get_object(
+        Bucket=bucket, Key="big", Range=f"bytes={part_size - 10}-{part_size + 9}"
+    )
+    assert _read(ranged) == _part(1, part_size)[-10:] + _part(2, part_size)[:10]
+    s3.delete_object(Bucket=bucket, Key="big")
+
+
+# -- authentication ----------------------------------------------------------------------------
+
+
+def test_presigned_urls(s3_server: S3Server, bucket: str) -> None:
+    v4 = s3_server.client(signature_version="s3v4", s3={"addressing_style": "path"})
+    v4.put_object(Bucket=bucket, Key="pre signed+", Body=b"secret data")
+    for client in (v4, s3_server.client(s3={"addressing_style": "path"})):
+        url = client.generate_presigned_url(
+            "get_object", Params={"Bucket": bucket, "Key": "pre signed+"}, ExpiresIn=60
+        )
+        status, _, body = s3_server.request("GET", url_path(url), sign=False)
+        assert (status, body) == (200, b"secret data")
+    put_url = v4.generate_presigned_url(
+        "put_object", Params={"Bucket": bucket, "Key": "uploaded"}, ExpiresIn=60
+    )
+    status, _, _ = s3_server.request("PUT", url_path(put_url), body=b"via url", sign=False)
+    assert status == 200
+    assert _read(v4.get_object(Bucket=bucket, Key="uploaded")) == b"via url"
+    short = v4.generate_presigned_url(
+        "get_object", Params={"Bucket": bucket, "Key": "uploaded"}, ExpiresIn=1
+    )
+    time.sleep(2.1)
+    status, _, body = s3_server.request("GET", url_path(short), sign=False)
+    assert status == 403
+    assert b"<Code>AccessDenied</Code>" in body
+    assert b"Request has expired" in body
+    tampered = put_url.replace("uploaded", "uploaded2")
+    status, _, body = s3_server.request("PUT", url_path(tampered), body=b"x", sign=False)
+    assert status == 403
+    assert b"<Code>SignatureDoesNotMatch</Code>" in body
+
+
+def test_wrong_credentials(s3_server: S3Server, bucket: str) -> None:
+    wrong_secret = s3_server.client(secret="x" * 40, s3={"addressing_style": "path"})
+    with pytest.raises(ClientError) as info:
+        wrong_secret.list_objects_v2(Bucket=bucket)
+    assert (_code(info), _status(info)) == ("SignatureDoesNotMatch", 403)
+    unknown = s3_server.client(access_key="BKUNKNOWNKEY00000000", s3={"addressing_style": "path"})
+    with pytest.raises(ClientError) as info:
+        unknown.put_object(Bucket=bucket, Key="k", Body=b"x")
+    assert (_code(info), _status(info)) == ("InvalidAccessKeyId", 403)
+    anonymous = s3_server.client(signature_version=UNSIGNED, s3={"addressing_style": "path"})
+    with pytest.raises(ClientError) as info:
+        anonymous.list_objects_v2(Bucket=bucket)
+    assert (_code(info), _status(info)) == ("AccessDenied", 403)
+    with pytest.raises(ClientError) as info:
+        anonymous.put_object(Bucket=bucket, Key="k", Body=b"x")
+    assert _code(info) == "AccessDenied"
+    status, _, body = s3_server.request("GET", f"/{bucket}/k", sign=False)
+    assert status == 403
+    assert b"<Code>AccessDenied</Code>" in body
+    assert b"<RequestId>" in body
+
+
+def test_clock_skew(s3_server: S3Server, bucket: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = botocore.auth.get_current_datetime
+    monkeypatch.setattr(
+        botocore.auth, "get_current_datetime", lambda: real() - timedelta(minutes=20)
+    )
+    skewed = s3_server.client(s3={"addressing_style": "path"})
+    with pytest.raises(ClientError) as info:
+        skewed.list_objects_v2(Bucket=bucket)
+    assert (_code(info), _status(info)) == ("RequestTimeTooSkewed", 403)
+
+
+def test_key_management(s3_server: S3Server, bucket: str) -> None:
+    access_key, secret = s3_server.run(s3_server.credentials.create_key, "second")
+    assert access_key.startswith("BK")
+    assert (len(access_key), len(secret)) == (20, 40)
+    listed = s3_server.run(s3_server.credentials.list_keys)
+    assert {"e2e", "second"} <= {k.name for k in listed}
+    other = s3_server.client(access_key=access_key, secret=secret, s3={"addressing_style": "path"})
+    other.put_object(Bucket=bucket, Key="by-second", Body=b"2")
+    assert s3_server.run(s3_server.credentials.delete_key, access_key) is True
+    with pytest.raises(ClientError) as info:
+        other.put_object(Bucket=bucket, Key="by-second", Body=b"3")
+    assert _code(info) == "InvalidAccessKeyId"
+
+
+def test_public_read_bucket_and_object(s3_server: S3Server, s3: Any) -> None:
+    s3.create_bucket(Bucket="e2e-public", ACL="public-read")
+    s3.create_bucket(Bucket="e2e-private")
+    try:
+        s3.put_object(Bucket="e2e-public", Key="p", Body=b"public")
+        s3.put_object(Bucket="e2e-private", Key="open", Body=b"open", ACL="public-read")
+        s3.put_object(Bucket="e2e-private", Key="closed", Body=b"closed")
+        anonymous = s3_server.client(signature_version=UNSIGNED, s3={"addressing_style": "path"})
+        assert _read(anonymous.get_object(Bucket="e2e-public", Key="p")) == b"public"
+        assert anonymous.head_object(Bucket="e2e-public", Key="p")["ContentLength"] == 6
+        assert [o["Key"] for o in anonymous.list_objects_v2(Bucket="e2e-public")["Contents"]] == [
+            "p"
+        ]
+        with pytest.raises(ClientError) as info:
+            anonymous.get_object(Bucket="e2e-public", Key="missing")
+        assert _code(info) == "NoSuchKey"
+        assert _read(anonymous.get_object(Bucket="e2e-private", Key="open")) == b"open"
+        for key in ("closed", "missing"):
+            with pytest.raises(ClientError) as info:
+                anonymous.get_object(Bucket="e2e-private", Key=key)
+            assert _code(info) == "AccessDenied"
+        with pytest.raises(ClientError) as info:
+            anonymous.put_object(Bucket="e2e-public", Key="w", Body=b"x")
+        assert _code(info) == "AccessDenied"
+        with pytest.raises(ClientError) as info:
+            anonymous.delete_object(Bucket="e2e-public", Key="p")
+        assert _code(info) == "AccessDenied"
+        with pytest.raises(ClientError) as info:
+            anonymous.list_objects_v2(Bucket="e2e-private")
+        assert _code(info) == "AccessDenied"
+    finally:
+        for name, keys in (("e2e-public", ["p"]), ("e2e-private", ["open", "closed"])):
+            for key in keys:
+                s3.delete_object(Bucket=name, Key=key)
+            s3.delete_bucket(Bucket=name)
+
+
+# -- streaming uploads -------------------------------------------------------------------------
+
+
+def _streaming_put(
+    s3_server: S3Server,
+    path: str,
+    chunks: list[bytes],
+    *,
+    tamper: bool = False,
+) -> tuple[int, bytes]:
+    """PUT with STREAMING-AWS4-HMAC-SHA256-PAYLOAD: botocore signs the head, we the chunks."""
+    decoded = sum(len(c) for c in chunks)
+    encoded_len = 0
+    for chunk in [*chunks, b""]:
+        encoded_len += len(f"{len(chunk):x};chunk-signature=") + 64 + 2 + len(chunk) + 2
+    headers = {
+        "X-Amz-Content-SHA256": "STREAMING-AWS4-HMAC-SHA256-PAYLOAD",
+        "Content-Encoding": "aws-chunked",
+        "x-amz-decoded-content-length": str(decoded),
+        "Content-Length": str(encoded_len),
+    }
+    request = botocore.awsrequest.AWSRequest(
+        method="PUT", url=f"{s3_server.endpoint}{path}", headers=headers
+    )
+    credentials = botocore.credentials.Credentials(s3_server.access_key, s3_server.secret)
+    botocore.auth.SigV4Auth(credentials, "s3", s3_server.region).add_auth(request)
+    signed = dict(request.headers.items())
+    amz_date = signed["X-Amz-Date"]
+    seed = signed["Authorization"].rpartition("Signature=")[2]
+    scope = f"{amz_date[:8]}/{s3_server.region}/s3/aws4_request"
+    key = ("AWS4" + s3_server.secret).encode()
+    for part in (amz_date[:8], s3_server.region, "s3", "aws4_request"):
+        key = hmac.digest(key, part.encode(), "sha256")
+    empty = hashlib.sha256(b"").hexdigest()
+    previous = seed
+    body = bytearray()
+    for i, chunk in enumerate([*chunks, b""]):
+        string = (
+            f"AWS4-HMAC-SHA256-PAYLOAD\n{amz_date}\n{scope}\n{previous}\n{empty}\n"
+            f"{hashlib.sha256(chunk).hexdigest()}"
+        )
+        signature = hmac.new(key, string.encode(), hashlib.sha256).hexdigest()
+        previous = signature
+        sent = chunk
+        if tamper and i == len(chunks) - 1:
+            sent = bytes([chunk[0] ^ 1]) + chunk[1:]
+        body += f"{len(chunk):x};chunk-signature={signature}\r\n".encode() + sent + b"\r\n"
+    assert len(body) == encoded_len
+    conn = http.client.HTTPConnection(s3_server.host, s3_server.port, timeout=30)
+    try:
+        conn.request("PUT", path, body=bytes(body), headers=signed)
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def test_streaming_signed_upload(s3_server: S3Server, s3: Any, bucket: str) -> None:
+    chunks = [random.Random(7).randbytes(64 * 1024) for _ in range(5)] + [b"last bit"]
+    status, body = _streaming_put(s3_server, f"/{bucket}/streamed", chunks)
+    assert status == 200, body
+    assert _read(s3.get_object(Bucket=bucket, Key="streamed")) == b"".join(chunks)
+    status, body = _streaming_put(s3_server, f"/{bucket}/tampered", chunks, tamper=True)
+    assert status == 403
+    assert b"<Code>SignatureDoesNotMatch</Code>" in body
+    with pytest.raises(ClientError) as info:
+        s3.head_object(Bucket=bucket, Key="tampered")
+    assert _status(info) == 404
+
+
+def _signed_trailer_put(
+    s3_server: S3Server, path: str, chunks: list[bytes], crc: bytes
+) -> tuple[int, bytes]:
+    """PUT with STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER: signed chunks, signed trailer."""
+    headers = {
+        "X-Amz-Content-SHA256": "STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER",
+        "Content-Encoding": "aws-chunked",
+        "x-amz-decoded-content-length": str(sum(len(c) for c in chunks)),
+        "x-amz-trailer": "x-amz-checksum-crc32",
+    }
+    request = botocore.awsrequest.AWSRequest(
+        method="PUT", url=f"{s3_server.endpoint}{path}", headers=headers
+    )
+    credentials = botocore.credentials.Credentials(s3_server.access_key, s3_server.secret)
+    botocore.auth.SigV4Auth(credentials, "s3", s3_server.region).add_auth(request)
+    signed = dict(request.headers.items())
+    amz_date = signed["X-Amz-Date"]
+    previous = signed["Authorization"].rpartition("Signature=")[2]
+    scope = f"{amz_date[:8]}/{s3_server.region}/s3/aws4_request"
+    key = ("AWS4" + s3_server.secret).encode()
+    for part in (amz_date[:8], s3_server.region, "s3", "aws4_request"):
+        key = hmac.digest(key, part.encode(), "sha256")
+
+    def chain(kind: str, digest: str) -> str:
+        nonlocal previous
+        extra = f"{hashlib.sha256(b'').hexdigest()}\n" if kind == "PAYLOAD" else ""
+        string = f"AWS4-HMAC-SHA256-{kind}\n{amz_date}\n{scope}\n{previous}\n{extra}{digest}"
+        previous = hmac.new(key, string.encode(), hashlib.sha256).hexdigest()
+        return previous
+
+    body = bytearray()
+    for chunk in [*chunks, b""]:
+        signature = chain("PAYLOAD", hashlib.sha256(chunk).hexdigest())
+        body += f"{len(chunk):x};chunk-signature={signature}\r\n".encode() + chunk
+        body += b"\r\n" if chunk else b""
+    trailer = f"x-amz-checksum-crc32:{base64.b64encode(crc).decode()}"
+    signature = chain("TRAILER", hashlib.sha256((trailer + "\n").encode()).hexdigest())
+    body += f"{trailer}\r\nx-amz-trailer-signature:{signature}\r\n\r\n".encode()
+    signed["Content-Length"] = str(len(body))
+    conn = http.client.HTTPConnection(s3_server.host, s3_server.port, timeout=30)
+    try:
+        conn.request("PUT", path, body=bytes(body), headers=signed)
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def test_streaming_signed_trailer(s3_server: S3Server, s3: Any, bucket: str) -> None:
+    chunks = [b"a" * 70_000, b"b" * 10]
+    data = b"".join(chunks)
+    status, body = _signed_trailer_put(
+        s3_server, f"/{bucket}/st", chunks, zlib.crc32(data).to_bytes(4, "big")
+    )
+    assert status == 200, body
+    assert _read(s3.get_object(Bucket=bucket, Key="st")) == data
+    status, body = _signed_trailer_put(s3_server, f"/{bucket}/st2", chunks, b"\0\0\0\0")
+    assert status == 400
+    assert b"<Code>BadDigest</Code>" in body
+    with pytest.raises(ClientError) as info:
+        s3.head_object(Bucket=bucket, Key="st2")
+    assert _status(info) == 404
+
+
+def _unsigned_trailer_put(
+    s3_server: S3Server, path: str, data: bytes, crc: bytes
+) -> tuple[int, bytes]:
+    body = (
+        f"{len(data):x}\r\n".encode()
+        + data
+        + b"\r\n0\r\nx-amz-checksum-crc32:"
+        + base64.b64encode(crc)
+        + b"\r\n\r\n"
+    )
+    headers = {
+        "X-Amz-Content-SHA256": "STREAMING-UNSIGNED-PAYLOAD-TRAILER",
+        "Content-Encoding": "aws-chunked",
+        "x-amz-decoded-content-length": str(len(data)),
+        "x-amz-trailer": "x-amz-checksum-crc32",
+        "Content-Length": str(len(body)),
+    }
+    request = botocore.awsrequest.AWSRequest(
+        method="PUT", url=f"{s3_server.endpoint}{path}", headers=headers
+    )
+    credentials = botocore.credentials.Credentials(s3_server.access_key, s3_server.secret)
+    botocore.auth.SigV4Auth(credentials, "s3", s3_server.region).add_auth(request)
+    conn = http.client.HTTPConnection(s3_server.host, s3_server.port, timeout=30)
+    try:
+        conn.request("PUT", path, body=body, headers=dict(request.headers.items()))
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def test_streaming_unsigned_trailer(s3_server: S3Server, s3: Any, bucket: str) -> None:
+    data = b"trailing checksum " * 5000
+    good = zlib.crc32(data).to_bytes(4, "big")
+    status, body = _unsigned_trailer_put(s3_server, f"/{bucket}/t", data, good)
+    assert status == 200, body
+    assert _read(s3.get_object(Bucket=bucket, Key="t")) == data
+    status, body = _unsigned_trailer_put(s3_server, f"/{bucket}/t2", data, b"\0\0\0\0")
+    assert status == 400
+    assert b"<Code>BadDigest</Code>" in body
+    assert [o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]] == ["t"]
+
+
+def test_payload_signing_enabled(s3_server: S3Server, bucket: str) -> None:
+    """boto3 over http with payload signing: the body's SHA-256 is signed and checked."""
+    client = s3_server.client(
+        s3={"addressing_style": "path", "payload_signing_enabled": True},
+        request_checksum_calculation="when_required",
+    )
+    client.put_object(Bucket=bucket, Key="signed", Body=b"payload" * 10000)
+    assert _read(client.get_object(Bucket=bucket, Key="signed")) == b"payload" * 10000
+
+
+# -- addressing, errors, availability ----------------------------------------------------------
+
+
+@pytest.mark.usefixtures("localhost_resolver")
+def test_virtual_host_addressing(s3_server: S3Server, bucket: str) -> None:
+    client = s3_server.client(
+        endpoint=f"http://{s3_server.base_domain}:{s3_server.port}",
+        s3={"addressing_style": "virtual"},
+    )
+    client.put_object(Bucket=bucket, Key="vhost/key with space", Body=b"virtual")
+    assert _read(client.get_object(Bucket=bucket, Key="vhost/key with space")) == b"virtual"
+    assert [o["Key"] for o in client.list_objects_v2(Bucket=bucket)["Contents"]] == [
+        "vhost/key with space"
+    ]
+    client.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": "vhost/key with space"}]})
+    url = client.generate_presigned_url("list_objects_v2", Params={"Bucket": bucket}, ExpiresIn=60)
+    assert url.startswith(f"http://{bucket}.{s3_server.base_domain}:")
+    # Host header by hand over a plain loopback connection, signed by botocore.
+    path = "/hand-made"
+    host = f"{bucket}.{s3_server.base_domain}:{s3_server.port}"
+    request = botocore.awsrequest.AWSRequest(
+        method="PUT", url=f"http://{host}{path}", data=b"by hand"
+    )
+    credentials = botocore.credentials.Credentials(s3_server.access_key, s3_server.secret)
+    botocore.auth.S3SigV4Auth(credentials, "s3", s3_server.region).add_auth(request)
+    conn = http.client.HTTPConnection("127.0.0.1", s3_server.port, timeout=30)
+    try:
+        conn.putrequest("PUT", path, skip_host=True)
+        conn.putheader("Host", host)
+        for name, value in request.headers.items():
+            conn.putheader(name, value)
+        conn.putheader("Content-Length", "7")
+        conn.endheaders(b"by hand")
+        response = conn.getresponse()
+        assert response.status == 200, response.read()
+        response.read()
+    finally:
+        conn.close()
+    assert _read(client.get_object(Bucket=bucket, Key="hand-made")) == b"by hand"
+
+
+def _settled(s3_server: S3Server) -> Any:
+    """The app's statistics once the last request's bookkeeping ran (it ends after the
+    client has its answer)."""
+    deadline = time.monotonic() + 5
+    while (stats := s3_server.app.statistics()).in_flight and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return stats
+
+
+def test_statistics(s3_server: S3Server, s3: Any, bucket: str) -> None:
+    before = _settled(s3_server)
+    s3.put_object(Bucket=bucket, Key="stats", Body=b"s" * 1000)
+    _read(s3.get_object(Bucket=bucket, Key="stats"))
+    with pytest.raises(ClientError):
+        s3.get_object(Bucket=bucket, Key="nothing")
+    after = _settled(s3_server)
+    assert after.requests - before.requests == 3
+    assert after.responses_2xx - before.responses_2xx == 2
+    assert after.responses_4xx - before.responses_4xx == 1
+    assert after.bytes_received - before.bytes_received == 1000
+    assert after.bytes_sent - before.bytes_sent > 1000
+
+
+def test_awscli(s3_server: S3Server, bucket: str, tmp_path: Path) -> None:
+    """The AWS CLI (a second real client): multipart cp up and down, ls, rm."""
+    assert shutil.which("aws"), "the AWS CLI is missing (make test installs Debian's awscli)"
+    env = {
+        **os.environ,
+        "AWS_ACCESS_KEY_ID": s3_server.access_key,
+        "AWS_SECRET_ACCESS_KEY": s3_server.secret,
+        "AWS_DEFAULT_REGION": s3_server.region,
+        "AWS_CONFIG_FILE": os.devnull,
+        "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+    }
+
+    def aws(*args: str) -> str:
+        done = subprocess.run(
+            ["aws", "--endpoint-url", s3_server.endpoint, *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        return done.stdout
+
+    source = tmp_path / "up.bin"
+    source.write_bytes(random.Random(11).randbytes(12 * MiB + 7))
+    aws("s3", "cp", "--only-show-errors", str(source), f"s3://{bucket}/cli/up.bin")
+    assert "up.bin" in aws("s3", "ls", f"s3://{bucket}/cli/")
+    aws("s3", "cp", "--only-show-errors", f"s3://{bucket}/cli/up.bin", str(tmp_path / "down.bin"))
+    assert (tmp_path / "down.bin").read_bytes() == source.read_bytes()
+    aws("s3", "rm", "--recursive", f"s3://{bucket}/cli/")
+    assert aws("s3", "ls", f"s3://{bucket}/") == ""
+
+
+def test_unsupported_operations(s3: Any, bucket: str) -> None:
+    for call, kwargs in (
+        (s3.get_bucket_acl, {"Bucket": bucket}),
+        (s3.get_bucket_versioning, {"Bucket": bucket}),
+        (s3.get_bucket_policy, {"Bucket": bucket}),
+        (s3.get_object_tagging, {"Bucket": bucket, "Key": "k"}),
+    ):
+        with pytest.raises(ClientError) as info:
+            call(**kwargs)
+        assert (_code(info), _status(info)) == ("NotImplemented", 501)
+
+
+def test_unavailable_cluster_is_503(s3_server: S3Server, s3: Any, bucket: str) -> None:
+    store = s3_server.store
+    if not isinstance(store, FakeBlockStore):
+        pytest.skip("fault injection needs the in-memory block store")
+
+    async def fail(op: str, name: bytes | None = None, skip: int = 0) -> None:
+        store.fail(op, match=None if name is None else (lambda n: n == name), skip=skip)
+
+    s3_server.run(fail, "put_chunk")
+    with pytest.raises(ClientError) as info:
+        s3.put_object(Bucket=bucket, Key="k", Body=b"data")
+    assert (_code(info), _status(info)) == ("ServiceUnavailable", 503)
+    assert s3.list_objects_v2(Bucket=bucket)["KeyCount"] == 0
+    s3.put_object(Bucket=bucket, Key="k", Body=b"data")
+    s3_server.run(fail, "read", b"s3/buckets")
+    with pytest.raises(ClientError) as info:
+        s3.get_object(Bucket=bucket, Key="k")
+    assert _status(info) == 503
+    assert _read(s3.get_object(Bucket=bucket, Key="k")) == b"data"
+    # The first chunk fails: nothing was sent yet, so the client gets a proper 503.
+    s3_server.run(fail, "get_chunk")
+    with pytest.raises(ClientError) as info:
+        s3.get_object(Bucket=bucket, Key="k")
+    assert (_code(info), _status(info)) == ("ServiceUnavailable", 503)
+    # A later chunk fails: the head is out, so the body is cut short (as S3 does).
+    big = random.Random(3).randbytes(9 * MiB)
+    s3.put_object(Bucket=bucket, Key="big", Body=big)
+    s3_server.run(fail, "get_chunk", None, 1)
+    response = s3.get_object(Bucket=bucket, Key="big")
+    with pytest.raises(botocore.exceptions.BotoCoreError):
+        _read(response)
+    assert _read(s3.get_object(Bucket=bucket, Key="big")) == big

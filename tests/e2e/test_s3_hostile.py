@@ -1,0 +1,660 @@
+"""Hostile input: each bad request gets its S3 error, nothing is stored, the server lives on.
+
+The first half talks raw HTTP (http.client and sockets) to the real server on loopback; the
+second fires random method/path/query/header/body combinations at the ASGI app in-process
+(hypothesis) and checks the h11-style invariant: whatever arrives, the answer is never a 500
+and every error is S3 XML with a request id.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import http.client
+import socket
+import time
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
+from typing import Any
+from xml.etree import ElementTree
+
+import pytest
+import trio
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from interfaces.s3.app import S3App
+from interfaces.s3.credentials import CredentialStore
+from interfaces.s3.headers import Headers
+from interfaces.s3.sigv4 import (
+    canonical_headers,
+    canonical_query,
+    canonical_request,
+    canonical_uri,
+    derive_signing_key,
+    sign,
+    string_to_sign,
+)
+from storage.objects import ObjectStore
+from tests.e2e.conftest import S3Server
+from tests.fake_blockstore import FakeBlockStore
+
+
+def _error_code(body: bytes) -> str:
+    root = ElementTree.fromstring(body)
+    assert root.tag == "Error"
+    assert root.findtext("RequestId")
+    return root.findtext("Code") or ""
+
+
+def _absent(s3: Any, bucket: str, key: str) -> bool:
+    listed = s3.list_objects_v2(Bucket=bucket, Prefix=key).get("Contents", [])
+    return not any(o["Key"] == key for o in listed)
+
+
+@pytest.fixture
+def healthy_after(s3_server: S3Server) -> Iterator[None]:
+    """Check the server still answers after the test's abuse."""
+    yield
+    assert s3_server.healthy()
+
+
+pytestmark = pytest.mark.usefixtures("healthy_after")
+
+
+def test_malformed_xml_bodies(s3_server: S3Server, bucket: str) -> None:
+    upload = s3_server.request("POST", f"/{bucket}/mp?uploads")
+    upload_id = ElementTree.fromstring(upload[2]).findtext(
+        "{http://s3.amazonaws.com/doc/2006-03-01/}UploadId"
+    )
+    assert upload_id
+    bodies = [
+        b"",
+        b"not xml at all",
+        b"<Delete><Object><Key>a</Key></Object>",
+        b'<?xml version="1.0"?><!DOCTYPE d [<!ENTITY x "y">]><Delete>&x;</Delete>',
+        b"<Delete>" + b"<Object><Key>k</Key></Object>" * 1001 + b"</Delete>",
+        b"<Wrong/>",
+        b"<a>" * 50 + b"</a>" * 50,
+    ]
+    for body in bodies:
+        md5 = base64.b64encode(hashlib.md5(body, usedforsecurity=False).digest()).decode()
+        status, _, answer = s3_server.request(
+            "POST", f"/{bucket}?delete", body=body, headers={"Content-MD5": md5}
+        )
+        assert (status, _error_code(answer)) == (400, "MalformedXML"), body[:40]
+        status, _, answer = s3_server.request(
+            "POST", f"/{bucket}/mp?uploadId={upload_id}", body=body
+        )
+        assert status == 400
+        assert _error_code(answer) in ("MalformedXML", "InvalidPartOrder"), body[:40]
+        status, _, answer = s3_server.request("PUT", "/e2e-xml-bucket", body=body or b"<x")
+        assert (status, _error_code(answer)) == (400, "MalformedXML")
+    status, _, answer = s3_server.request(
+        "POST",
+        f"/{bucket}/mp?uploadId={upload_id}",
+        body=b"<CompleteMultipartUpload><Part><PartNumber>0</PartNumber><ETag>x</ETag></Part>"
+        b"</CompleteMultipartUpload>",
+    )
+    assert (status, _error_code(answer)) == (400, "InvalidArgument")
+    status, _, _ = s3_server.request("HEAD", "/e2e-xml-bucket")
+    assert status == 404
+
+
+def test_oversized_headers(s3_server: S3Server, bucket: str) -> None:
+    status, _, answer = s3_server.request(
+        "GET", f"/{bucket}/k", headers={"X-Padding": "p" * 20_000}
+    )
+    assert (status, _error_code(answer)) == (400, "RequestHeaderSectionTooLarge")
+    status, _, answer = s3_server.request(
+        "PUT", f"/{bucket}/meta", headers={"x-amz-meta-big": "m" * 3000}, body=b"x"
+    )
+    assert (status, _error_code(answer)) == (400, "MetadataTooLarge")
+    # Beyond the HTTP server's own limit (64 KiB) the request is refused before the app.
+    with socket.create_connection((s3_server.host, s3_server.port), timeout=10) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nX-Huge: " + b"h" * 200_000 + b"\r\n\r\n")
+        answer = _read_all(sock)
+    assert answer == b"" or answer.startswith(b"HTTP/1.1 4")
+
+
+def _read_all(sock: socket.socket) -> bytes:
+    out = bytearray()
+    while True:
+        try:
+            data = sock.recv(65536)
+        except (ConnectionResetError, TimeoutError):
+            break
+        if not data:
+            break
+        out += data
+    return bytes(out)
+
+
+def test_bad_ranges(s3_server: S3Server, bucket: str) -> None:
+    assert s3_server.request("PUT", f"/{bucket}/r", body=b"0123456789")[0] == 200
+    cases = {
+        "bytes=abc": (200, b"0123456789"),
+        "bytes=5-2": (200, b"0123456789"),
+        "bytes=0-1,3-4": (200, b"0123456789"),
+        "items=0-1": (200, b"0123456789"),
+        "bytes=99999999999999999999999-": (200, b"0123456789"),
+        "bytes=8-": (206, b"89"),
+        "bytes=-3": (206, b"789"),
+    }
+    for spec, (expected_status, expected_body) in cases.items():
+        status, _, body = s3_server.request("GET", f"/{bucket}/r", headers={"Range": spec})
+        assert (status, body) == (expected_status, expected_body), spec
+    for spec in ("bytes=10-", "bytes=-0", "bytes=100-200"):
+        status, headers, body = s3_server.request("GET", f"/{bucket}/r", headers={"Range": spec})
+        assert (status, _error_code(body)) == (416, "InvalidRange"), spec
+        assert headers["content-range"] == "bytes */10"
+
+
+def test_wrong_content_md5(s3_server: S3Server, s3: Any, bucket: str) -> None:
+    other = base64.b64encode(hashlib.md5(b"other", usedforsecurity=False).digest()).decode()
+    status, _, body = s3_server.request(
+        "PUT", f"/{bucket}/md5", body=b"payload", headers={"Content-MD5": other}
+    )
+    assert (status, _error_code(body)) == (400, "BadDigest")
+    status, _, body = s3_server.request(
+        "PUT", f"/{bucket}/md5", body=b"payload", headers={"Content-MD5": "not base64!"}
+    )
+    assert (status, _error_code(body)) == (400, "InvalidDigest")
+    assert _absent(s3, bucket, "md5")
+
+
+def test_content_sha256_mismatch(s3_server: S3Server, s3: Any, bucket: str) -> None:
+    signed = s3_server.sign("PUT", f"/{bucket}/sha", body=b"what was signed")
+    status, _, body = _raw(s3_server, "PUT", f"/{bucket}/sha", signed, b"what was sent!!")
+    assert (status, _error_code(body)) == (400, "XAmzContentSHA256Mismatch")
+    assert _absent(s3, bucket, "sha")
+    big = b"z" * (9 * 1024 * 1024)
+    signed = s3_server.sign("PUT", f"/{bucket}/sha-big", body=big)
+    status, _, body = _raw(s3_server, "PUT", f"/{bucket}/sha-big", signed, big[:-1] + b"y")
+    assert (status, _error_code(body)) == (400, "XAmzContentSHA256Mismatch")
+    assert _absent(s3, bucket, "sha-big")
+
+
+def test_truncated_bodies(s3_server: S3Server, s3: Any, bucket: str) -> None:
+    for declared, sent in ((100_000, 1000), (10 * 1024 * 1024, 5 * 1024 * 1024)):
+        body = b"t" * declared
+        headers = s3_server.sign("PUT", f"/{bucket}/trunc", body=body)
+        headers["Content-Length"] = str(declared)
+        headers["Host"] = f"{s3_server.host}:{s3_server.port}"
+        head = f"PUT /{bucket}/trunc HTTP/1.1\r\n" + "".join(
+            f"{k}: {v}\r\n" for k, v in headers.items()
+        )
+        with socket.create_connection((s3_server.host, s3_server.port), timeout=10) as sock:
+            sock.sendall(head.encode() + b"\r\n" + body[:sent])
+            sock.shutdown(socket.SHUT_WR)
+            answer = _read_all(sock)
+        # The end of input mid-body: hypercorn answers 400 itself (no body) and tells the
+        # app, whose body iterator raises IncompleteBody, so the store commits nothing.
+        assert answer == b"" or answer.startswith(b"HTTP/1.1 400"), answer[:300]
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not _absent(s3, bucket, "trunc"):
+            time.sleep(0.05)  # pragma: no cover - the server notices the close at once
+        assert _absent(s3, bucket, "trunc")
+
+
+def test_garbage_authorization(s3_server: S3Server, bucket: str) -> None:
+    date = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    cases = [
+        ("garbage", {"AuthorizationHeaderMalformed"}),
+        ("AWS4-HMAC-SHA256", {"AuthorizationHeaderMalformed"}),
+        ("AWS4-HMAC-SHA256 Credential=", {"AuthorizationHeaderMalformed"}),
+        (
+            "AWS4-HMAC-SHA256 Credential=BKX/20200101/us-east-1/s3/aws4_request, "
+            "SignedHeaders=host, Signature=zz",
+            {"AuthorizationHeaderMalformed"},
+        ),
+        (
+            f"AWS4-HMAC-SHA256 Credential=BKNOPE/{date[:8]}/us-east-1/s3/aws4_request, "
+            f"SignedHeaders=host;x-amz-content-sha256;x-amz-date, Signature={'0' * 64}",
+            {"InvalidAccessKeyId"},
+        ),
+        (
+            f"AWS4-HMAC-SHA256 Credential={s3_server.access_key}/{date[:8]}/us-east-1/s3/"
+            f"aws4_request, SignedHeaders=host;x-amz-content-sha256;x-amz-date, "
+            f"Signature={'0' * 64}",
+            {"SignatureDoesNotMatch"},
+        ),
+        (
+            f"AWS4-HMAC-SHA256 Credential={s3_server.access_key}/{date[:8]}/mars-1/s3/"
+            f"aws4_request, SignedHeaders=host;x-amz-content-sha256;x-amz-date, "
+            f"Signature={'0' * 64}",
+            {"AuthorizationHeaderMalformed"},
+        ),
+        ("AWS BKX:c2lnbmF0dXJl", {"InvalidAccessKeyId"}),
+        ("AWS :", {"AuthorizationHeaderMalformed"}),
+        ("\u00ff\u00fe" * 10, {"AuthorizationHeaderMalformed"}),
+    ]
+    for value, codes in cases:
+        headers = {
+            "Authorization": value,
+            "x-amz-date": date,
+            "x-amz-content-sha256": hashlib.sha256(b"x").hexdigest(),
+        }
+        status, _, body = s3_server.request(
+            "PUT", f"/{bucket}/auth", headers=headers, body=b"x", sign=False
+        )
+        assert status in (400, 403), value
+        assert _error_code(body) in codes, value
+    status, _, body = s3_server.request(
+        "GET", f"/{bucket}?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=x", sign=False
+    )
+    assert (status, _error_code(body)) == (400, "AuthorizationQueryParametersError")
+    status, _, _ = s3_server.request("HEAD", f"/{bucket}/auth")
+    assert status == 404
+
+
+def test_bad_aws_chunked_framing(s3_server: S3Server, s3: Any, bucket: str) -> None:
+    body = b"zz;chunk-signature=" + b"0" * 64 + b"\r\nabc\r\n"
+    headers = {
+        "X-Amz-Content-SHA256": "STREAMING-UNSIGNED-PAYLOAD-TRAILER",
+        "Content-Encoding": "aws-chunked",
+        "x-amz-decoded-content-length": "3",
+    }
+    signed = s3_server.sign("PUT", f"/{bucket}/chunky", headers=headers, body=body)
+    signed["X-Amz-Content-SHA256"] = "STREAMING-UNSIGNED-PAYLOAD-TRAILER"
+    status, _, answer = _raw(s3_server, "PUT", f"/{bucket}/chunky", signed, body)
+    assert status in (400, 403)
+    assert _error_code(answer) in ("IncompleteBody", "SignatureDoesNotMatch")
+    assert _absent(s3, bucket, "chunky")
+
+
+def _raw(
+    s3_server: S3Server, method: str, path: str, headers: dict[str, str], body: bytes
+) -> tuple[int, dict[str, str], bytes]:
+    conn = http.client.HTTPConnection(s3_server.host, s3_server.port, timeout=10)
+    try:
+        conn.request(method, path, body=body, headers=headers)
+        response = conn.getresponse()
+        return response.status, dict(response.getheaders()), response.read()
+    finally:
+        conn.close()
+
+
+def test_garbage_http(s3_server: S3Server) -> None:
+    for junk in (b"\x00\x01\x02garbage\r\n\r\n", b"GET\r\n\r\n", b"BREW /pot HTTP/1.1\r\n\r\n"):
+        with socket.create_connection((s3_server.host, s3_server.port), timeout=10) as sock:
+            sock.sendall(junk)
+            answer = _read_all(sock)
+        assert not answer.startswith(b"HTTP/1.1 5"), junk
+    status, _, body = s3_server.request("PATCH", "/some-bucket/key")
+    assert (status, _error_code(body)) == (405, "MethodNotAllowed")
+
+
+async def test_credential_register_unavailable() -> None:
+    """Lookups survive a cluster outage on the cached keys; without a cache they fail 503."""
+    store = FakeBlockStore()
+    credentials = CredentialStore(store, ttl=0.0)
+    await credentials.add_key(ACCESS_KEY, SECRET, "fuzz")
+    store.fail("read", times=1)
+    assert await credentials.lookup(ACCESS_KEY) == SECRET  # stale copy, logged
+    assert await credentials.lookup("BKNOSUCHKEY000000000") is None
+    cold = CredentialStore(store)
+    store.fail("read", times=5)
+    objects = ObjectStore(store)
+    app = S3App(objects, cold, clock=lambda: NOW)
+    headers = _sign("GET", "/", "", [("host", "localhost")], hashlib.sha256(b"").hexdigest())
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Any) -> None:
+        sent.append(dict(message))
+
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "path": "/",
+        "raw_path": b"/",
+        "query_string": b"",
+        "headers": [(k.encode(), v.encode()) for k, v in headers],
+    }
+    await app(scope, receive, send)
+    assert sent[0]["status"] == 503
+    assert _error_code(sent[1]["body"]) == "ServiceUnavailable"
+    store.clear_faults()
+
+
+class _CountingStore(FakeBlockStore):
+    """Records, at every chunk write, how many body messages the app had pulled."""
+
+    pulled = 0
+    pulled_at_put: list[int]
+    sent = 0
+    fetched_before_send: list[int]
+    fetched = 0
+
+    async def put_chunk(self, plaintext: Any, *, redundancy: Any = None) -> Any:
+        self.pulled_at_put.append(self.pulled)
+        return await super().put_chunk(plaintext, redundancy=redundancy)
+
+    async def get_chunk(self, ref: Any) -> bytes:
+        self.fetched += 1
+        self.fetched_before_send.append(self.fetched - self.sent)
+        return await super().get_chunk(ref)
+
+
+async def test_bodies_stream_with_back_pressure() -> None:
+    """PUT pulls the body only as chunks are stored; GET fetches at most 2 chunks ahead."""
+    store = _CountingStore()
+    store.pulled_at_put = []
+    store.fetched_before_send = []
+    objects = ObjectStore(store, chunk_size=1024 * 1024)
+    credentials = CredentialStore(store)
+    await credentials.add_key(ACCESS_KEY, SECRET)
+    await objects.create_bucket("bkt", owner=ACCESS_KEY)
+    app = S3App(objects, credentials, clock=lambda: NOW)
+    piece = b"b" * (256 * 1024)
+    count = 64  # 16 MiB in 16 chunks
+    headers = _sign(
+        "PUT",
+        "/bkt/big",
+        "",
+        [("host", "localhost"), ("content-length", str(len(piece) * count))],
+        "UNSIGNED-PAYLOAD",
+    )
+
+    async def receive() -> dict[str, Any]:
+        store.pulled += 1
+        return {"type": "http.request", "body": piece, "more_body": store.pulled < count}
+
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: Any) -> None:
+        sent.append(dict(message))
+        if message.get("body"):
+            store.sent += 1
+
+    def scope(method: str, raw_headers: list[tuple[str, str]]) -> dict[str, Any]:
+        return {
+            "type": "http",
+            "method": method,
+            "path": "/bkt/big",
+            "raw_path": b"/bkt/big",
+            "query_string": b"",
+            "headers": [(k.encode(), v.encode()) for k, v in raw_headers],
+        }
+
+    await app(scope("PUT", headers), receive, send)
+    assert sent[0]["status"] == 200
+    # The n-th 1 MiB chunk is stored after 4n (+ at most one) 256 KiB messages were pulled.
+    for n, pulled in enumerate(store.pulled_at_put[:-1], start=1):
+        assert pulled <= 4 * n + 1
+    sent.clear()
+    get_headers = _sign("GET", "/bkt/big", "", [("host", "localhost")], "UNSIGNED-PAYLOAD")
+    await app(scope("GET", get_headers), receive, send)
+    assert sent[0]["status"] == 200
+    assert sum(len(m.get("body", b"")) for m in sent[1:]) == len(piece) * count
+    assert max(store.fetched_before_send) <= 2
+
+
+# -- in-process fuzzing -------------------------------------------------------------------------
+
+ACCESS_KEY = "BKFUZZFUZZFUZZFUZZ00"
+SECRET = "fuzz-secret-fuzz-secret-fuzz-secret-0000"
+NOW = time.time()
+
+METHODS = st.sampled_from(
+    ["GET", "GET", "PUT", "PUT", "POST", "DELETE", "HEAD", "OPTIONS", "PATCH", "get"]
+)
+PATH_PIECES = st.sampled_from(
+    ["/", "bkt", "obj", "/", "%20", "+", "%ff", "%2F", "..", "a b", "é", "%", "x" * 300, "", "?"]
+)
+GOOD_PATHS = st.sampled_from(
+    ["/", "/bkt", "/bkt/", "/bkt/obj", "/bkt/obj", "/bkt/new", "/nobkt/obj", "/newbkt", "/BKT"]
+)
+PATHS = st.one_of(
+    GOOD_PATHS,
+    GOOD_PATHS,
+    GOOD_PATHS,
+    st.lists(PATH_PIECES, max_size=6).map(lambda p: "/" + "".join(p)),
+)
+QUERY_PIECES = st.sampled_from(
+    [
+        "uploads",
+        "uploadId=UPLOAD",
+        "uploadId=",
+        "uploadId=nope",
+        "partNumber=1",
+        "partNumber=0",
+        "partNumber=99999",
+        "versionId=null",
+        "versionId=v1",
+        "list-type=2",
+        "list-type=3",
+        "delete",
+        "location",
+        "versions",
+        "acl",
+        "tagging",
+        "max-keys=-1",
+        "max-keys=abc",
+        "max-keys=2",
+        "max-parts=1",
+        "max-uploads=0",
+        "part-number-marker=x",
+        "encoding-type=url",
+        "encoding-type=zip",
+        "prefix=o",
+        "delimiter=%2F",
+        "marker=a",
+        "start-after=z",
+        "continuation-token=%21%21",
+        "continuation-token=b2Jq",
+        "key-marker=o",
+        "version-id-marker=null",
+        "fetch-owner=true",
+        "response-content-type=text%2Fplain",
+        "X-Amz-Algorithm=AWS4-HMAC-SHA256",
+        "X-Amz-Expires=0",
+        "AWSAccessKeyId=x",
+        "x-id=GetObject",
+        "%ff=%fe",
+        "=",
+        "&",
+    ]
+)
+QUERIES = st.lists(QUERY_PIECES, max_size=4).map("&".join)
+HEADER_PIECES = st.sampled_from(
+    [
+        ("range", "bytes=0-1"),
+        ("range", "bytes=-0"),
+        ("range", "bytes=99-"),
+        ("range", "garbage"),
+        ("if-match", '"nope"'),
+        ("if-match", "*"),
+        ("if-none-match", "*"),
+        ("if-none-match", '"x"'),
+        ("if-modified-since", "Wed, 21 Oct 2015 07:28:00 GMT"),
+        ("if-unmodified-since", "garbage"),
+        ("content-md5", "bad"),
+        ("content-md5", "1B2M2Y8AsgTpgAmY7PhCfg=="),
+        ("x-amz-copy-source", "/bkt/obj"),
+        ("x-amz-copy-source", "bkt"),
+        ("x-amz-copy-source", "/nobkt/x?versionId=1"),
+        ("x-amz-copy-source-range", "bytes=0-1"),
+        ("x-amz-copy-source-range", "bytes=5-1"),
+        ("x-amz-copy-source-if-match", '"x"'),
+        ("x-amz-metadata-directive", "REPLACE"),
+        ("x-amz-metadata-directive", "MOVE"),
+        ("x-amz-acl", "public-read"),
+        ("x-amz-acl", "everyone"),
+        ("x-ballast-redundancy", "4+2"),
+        ("x-ballast-redundancy", "0"),
+        ("x-amz-meta-k", "v"),
+        ("x-amz-meta-big", "m" * 2100),
+        ("x-amz-checksum-crc32", "AAAAAA=="),
+        ("x-amz-checksum-sha1", "bad"),
+        ("x-amz-checksum-crc32c", "AAAAAA=="),
+        ("x-amz-storage-class", "GLACIER"),
+        ("x-amz-storage-class", "DIAMOND"),
+        ("content-encoding", "aws-chunked"),
+        ("x-amz-decoded-content-length", "3"),
+        ("x-amz-decoded-content-length", "x"),
+        ("x-amz-trailer", "x-amz-checksum-crc32"),
+        ("content-type", "text/plain"),
+        ("expect", "100-continue"),
+        ("authorization", "AWS4-HMAC-SHA256 garbage"),
+        ("x-amz-date", "20200101T000000Z"),
+        ("host", "bkt.s3.localhost"),
+        ("host", "s3.localhost"),
+    ]
+)
+PAYLOADS = st.sampled_from(
+    [
+        "hash",
+        "hash",
+        "hash",
+        "UNSIGNED-PAYLOAD",
+        "STREAMING-AWS4-HMAC-SHA256-PAYLOAD",
+        "STREAMING-UNSIGNED-PAYLOAD-TRAILER",
+        "STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER",
+        "0" * 64,
+        "STREAMING-NONSENSE",
+    ]
+)
+BODIES = st.one_of(
+    st.binary(max_size=300),
+    st.sampled_from(
+        [
+            b"<Delete><Object><Key>obj</Key></Object><Quiet>true</Quiet></Delete>",
+            b"<CompleteMultipartUpload><Part><PartNumber>1</PartNumber><ETag>x</ETag></Part>"
+            b"</CompleteMultipartUpload>",
+            b"<CreateBucketConfiguration><LocationConstraint>us-east-1</LocationConstraint>"
+            b"</CreateBucketConfiguration>",
+            b"3\r\nabc\r\n0\r\n\r\n",
+            b"3\r\nabc\r\n0\r\nx-amz-checksum-crc32:NSRBwg==\r\n\r\n",
+        ]
+    ),
+)
+
+
+def _sign(
+    method: str, path: str, query: str, headers: list[tuple[str, str]], payload: str
+) -> list[tuple[str, str]]:
+    date = datetime.fromtimestamp(NOW, UTC).strftime("%Y%m%dT%H%M%SZ")
+    headers = [(k, v) for k, v in headers if k not in ("authorization", "x-amz-date")]
+    headers += [("x-amz-date", date), ("x-amz-content-sha256", payload)]
+    names = sorted({k for k, _ in headers} | {"host"})
+    if "host" not in {k for k, _ in headers}:
+        headers.append(("host", "localhost"))
+    view = Headers(headers)
+    scope = f"{date[:8]}/us-east-1/s3/aws4_request"
+    canonical = canonical_request(
+        method.upper(),
+        canonical_uri(path),
+        canonical_query(query),
+        canonical_headers(view, names),
+        ";".join(names),
+        payload,
+    )
+    key = derive_signing_key(SECRET, date[:8], "us-east-1")
+    signature = sign(key, string_to_sign(date, scope, canonical))
+    auth = f"AWS4-HMAC-SHA256 Credential={ACCESS_KEY}/{scope}, SignedHeaders={';'.join(names)}, "
+    return [*headers, ("authorization", auth + f"Signature={signature}")]
+
+
+async def _exercise(
+    method: str,
+    path: str,
+    query: str,
+    headers: list[tuple[str, str]],
+    body: bytes,
+    splits: list[int],
+) -> tuple[int, dict[str, str], bytes]:
+    store = FakeBlockStore()
+    objects = ObjectStore(store, min_part_size=1)
+    credentials = CredentialStore(store)
+    await credentials.add_key(ACCESS_KEY, SECRET, "fuzz")
+    await objects.create_bucket("bkt", owner=ACCESS_KEY)
+
+    async def one(data: bytes) -> AsyncIterator[bytes]:
+        yield data
+
+    await objects.put_object("bkt", "obj", one(b"hello object"), owner=ACCESS_KEY)
+    app = S3App(objects, credentials, base_domains=("s3.localhost",), clock=lambda: NOW)
+    pieces = []
+    rest = body
+    for cut in splits:
+        pieces.append(rest[:cut])
+        rest = rest[cut:]
+    pieces.append(rest)
+    messages = [
+        {"type": "http.request", "body": p, "more_body": i < len(pieces) - 1}
+        for i, p in enumerate(pieces)
+    ]
+
+    async def receive() -> dict[str, Any]:
+        if messages:
+            return messages.pop(0)
+        return {"type": "http.disconnect"}
+
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: Any) -> None:
+        sent.append(dict(message))
+
+    scope = {
+        "type": "http",
+        "method": method,
+        "path": path,
+        "raw_path": path.encode("utf-8", "surrogateescape"),
+        "query_string": query.encode("utf-8", "surrogateescape"),
+        "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers],
+    }
+    with trio.fail_after(10):
+        await app(scope, receive, send)
+    assert sent, "no response"
+    assert sent[0]["type"] == "http.response.start"
+    status = int(sent[0]["status"])
+    response_headers = {k.decode(): v.decode("latin-1") for k, v in sent[0]["headers"]}
+    payload = b"".join(m.get("body", b"") for m in sent[1:])
+    assert sent[-1].get("more_body", False) is False
+    return status, response_headers, payload
+
+
+@settings(
+    max_examples=300,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(
+    method=METHODS,
+    path=PATHS,
+    query=QUERIES,
+    headers=st.lists(HEADER_PIECES, max_size=5),
+    body=BODIES,
+    splits=st.lists(st.integers(min_value=0, max_value=50), max_size=3),
+    signed=st.sampled_from([True, True, True, False]),
+    payload=PAYLOADS,
+)
+def test_fuzz_app_never_500(
+    method: str,
+    path: str,
+    query: str,
+    headers: list[tuple[str, str]],
+    body: bytes,
+    splits: list[int],
+    signed: bool,
+    payload: str,
+) -> None:
+    if "content-length" not in {k for k, _ in headers}:
+        headers = [*headers, ("content-length", str(len(body)))]
+    if signed:
+        claim = hashlib.sha256(body).hexdigest() if payload == "hash" else payload
+        headers = _sign(method, path, query, headers, claim)
+    status, response_headers, answer = trio.run(
+        _exercise, method, path, query, headers, body, splits
+    )
+    assert status != 500, answer
+    assert 200 <= status < 600
+    assert response_headers.get("x-amz-request-id")
+    if method.upper() != "HEAD" and status != 304:
+        assert len(answer) == int(response_headers["content-length"])
+    if status >= 400 and method.upper() != "HEAD":
+        _error_code(answer)
