@@ -7,11 +7,16 @@ reported as one clear error line and a non-zero exit status, never as a tracebac
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import logging
 import string
+import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
+import trio
 
 from dht.errors import CredentialError
 from dht.identity import (
@@ -25,8 +30,17 @@ from dht.identity import (
     save_network,
     save_passport,
 )
+from dht.ids import Address
 from storage.errors import InvalidArgument
 from storage.policy import Redundancy
+
+from .admin_client import AdminClient, AdminClientError
+from .config import ConfigError, load_config, parse_address
+from .local_cluster import LocalClusterError, prepare_local_cluster
+from .logs import configure_logging
+from .node import Node, NodeStartError
+from .runner import Service, first_error, run_until_signalled
+from .up import Endpoints, LocalDeployment
 
 logger = logging.getLogger("ballast.cli")
 
@@ -216,6 +230,434 @@ def passport_issue(
     except OSError as error:
         raise _fail(f"cannot write passport {out}: {error.strerror}") from None
     click.echo(f"passport for node {issued.node_id.hex()} ({role}) in {descriptor.name!r}: {out}")
+
+
+LOG_LEVELS = ["debug", "info", "warning", "error"]
+
+
+def _serve(service: Service, on_ready: Callable[[Any], None] | None = None) -> None:
+    """Run ``service`` until a signal; expected start-up failures become one error line."""
+    failure: str | None = None
+    try:
+        trio.run(run_until_signalled, service, on_ready)
+    except* (NodeStartError, ConfigError) as group:
+        failure = str(first_error(group))
+    if failure is not None:
+        raise _fail(failure)
+
+
+@node.command("run")
+@click.option(
+    "--config", "config_file", type=click.Path(dir_okay=False, path_type=Path), required=True
+)
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text")
+@click.option("--log-level", type=click.Choice(LOG_LEVELS), default="info")
+def node_run(config_file: Path, log_format: str, log_level: str) -> None:
+    """Run one node (one per machine) from a configuration file, until Ctrl-C/SIGTERM."""
+    configure_logging(level=log_level, log_format=log_format)
+    try:
+        config = load_config(config_file)
+    except ConfigError as error:
+        raise _fail(str(error)) from None
+    node_service = Node(config)
+    try:
+        node_service.credentials  # noqa: B018 - load and check them before anything starts
+    except NodeStartError as error:
+        raise _fail(str(error)) from None
+    _serve(node_service.run)
+
+
+DEFAULT_ADMIN = "127.0.0.1:9100"
+DEFAULT_DATA = Path.home() / ".local" / "share" / "ballast"
+
+
+def _print_endpoints(endpoints: Endpoints, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(endpoints.to_json(), sort_keys=True), nl=True)
+        sys.stdout.flush()
+        return
+    env = (
+        f"AWS_ACCESS_KEY_ID={endpoints.access_key} "
+        f"AWS_SECRET_ACCESS_KEY={endpoints.secret_key} AWS_DEFAULT_REGION={endpoints.region}"
+    )
+    url = f"http://{endpoints.s3}"
+    click.echo("")
+    click.echo(f"Ballast is up: {len(endpoints.nodes)} nodes, data in {endpoints.data_dir}")
+    click.echo(f"  S3 endpoint:  {url}")
+    click.echo(f"  access key:   {endpoints.access_key}")
+    click.echo(f"  secret key:   {endpoints.secret_key}")
+    if endpoints.admin is not None:
+        at = f"--admin {endpoints.admin}"
+        click.echo(f"  status:       ballast status {at}")
+        click.echo(f"  S3 keys:      ballast s3 key create --name NAME {at}")
+        click.echo(f"  buckets:      ballast bucket create NAME --redundancy 3 {at}")
+    click.echo("Try:")
+    click.echo(f"  {env} aws --endpoint-url {url} s3 mb s3://demo")
+    click.echo(f"  {env} aws --endpoint-url {url} s3 cp README.md s3://demo/")
+    click.echo(f"  {env} aws --endpoint-url {url} s3 ls s3://demo/")
+    click.echo("Press Ctrl-C to stop.")
+    sys.stdout.flush()
+
+
+@main.command("up")
+@click.option(
+    "--data",
+    "data_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=DEFAULT_DATA,
+    show_default=True,
+)
+@click.option("--nodes", type=click.IntRange(1, 32), default=3, show_default=True)
+@click.option("--s3", "s3_listen", default="127.0.0.1:9000", show_default=True)
+@click.option("--admin", "admin_listen", default=DEFAULT_ADMIN, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object when ready")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text")
+@click.option("--log-level", type=click.Choice(LOG_LEVELS), default="warning")
+def up(
+    data_dir: Path,
+    nodes: int,
+    s3_listen: str,
+    admin_listen: str,
+    as_json: bool,
+    log_format: str,
+    log_level: str,
+) -> None:
+    """Start a local multi-node cluster with an S3 endpoint, in the foreground."""
+    configure_logging(level=log_level, log_format=log_format)
+    try:
+        s3_address = parse_address(s3_listen)
+        admin_address = parse_address(admin_listen) if admin_listen else None
+    except ConfigError as error:
+        raise click.BadParameter(str(error)) from None
+    try:
+        cluster = prepare_local_cluster(data_dir, nodes=nodes)
+    except LocalClusterError as error:
+        raise _fail(str(error)) from None
+    deployment = LocalDeployment(cluster, s3=s3_address, admin=admin_address)
+    _serve(deployment.run, lambda endpoints: _print_endpoints(endpoints, as_json))
+
+
+def _human_bytes(count: object) -> str:
+    if not isinstance(count, int | float):
+        return "-"
+    value = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"
+
+
+def _admin_client(admin: str | None) -> AdminClient:
+    """An admin client for ``--admin HOST:PORT`` (default :data:`DEFAULT_ADMIN`)."""
+    try:
+        return AdminClient(parse_address(admin or DEFAULT_ADMIN))
+    except ConfigError as error:
+        raise _fail(f"--admin: {error}") from None
+
+
+def fetch_status(admin: Address, *, timeout: float = 10.0) -> dict[str, Any]:
+    """GET a node's ``/status`` document."""
+    try:
+        return AdminClient(admin, timeout=timeout).status()
+    except AdminClientError as error:
+        raise _fail(str(error)) from None
+
+
+def _echo_json(document: object) -> None:
+    click.echo(json.dumps(document, indent=2, sort_keys=True))
+
+
+_STATE_STYLE = {"alive": "green", "suspected": "yellow", "evicted": "red"}
+
+
+def _use_percent(member: dict[str, Any]) -> str:
+    used, capacity = member.get("used_bytes"), member.get("capacity_bytes")
+    if isinstance(used, int) and isinstance(capacity, int) and capacity > 0:
+        return f"{100 * used / capacity:.1f}%"
+    return "-"
+
+
+def _console() -> Any:
+    """A rich console; when output is not a terminal, wide enough not to wrap tables."""
+    from rich.console import Console
+
+    console = Console()
+    return console if console.is_terminal else Console(width=160)
+
+
+def _uptime(seconds: object) -> str:
+    if not isinstance(seconds, int | float):
+        return "-"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    days, hours = divmod(hours, 24)
+    if days:
+        return f"{days}d {hours}h"
+    if hours:
+        return f"{hours}h {minutes:02d}m"
+    return f"{minutes}m {secs:02d}s"
+
+
+def _print_status(document: dict[str, Any]) -> None:
+    """The status document as a table of members and a few summary lines."""
+    from rich import box
+    from rich.table import Table
+
+    console = _console()
+    here = document.get("node", {})
+    members = [m for m in document.get("members", []) if isinstance(m, dict)]
+    alive = sum(1 for m in members if m.get("state") == "alive")
+    table = Table(
+        title=f"network {here.get('network', '?')!r}: {alive}/{len(members)} members alive",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+    )
+    table.add_column("node", no_wrap=True)
+    table.add_column("address", no_wrap=True)
+    table.add_column("state", no_wrap=True)
+    for column in ("capacity", "used", "use%", "blocks", "registers", "uptime"):
+        table.add_column(column, justify="right", no_wrap=True)
+    for member in members:
+        node_id = str(member.get("id", ""))
+        state = str(member.get("state", "?"))
+        marker = " *" if node_id == here.get("id") else ""
+        table.add_row(
+            node_id[:12] + marker,
+            str(member.get("address", "")),
+            f"[{_STATE_STYLE.get(state, 'white')}]{state}[/]",
+            _human_bytes(member.get("capacity_bytes")),
+            _human_bytes(member.get("used_bytes")),
+            _use_percent(member),
+            str(member.get("blocks", "-")),
+            str(member.get("registers", "-")),
+            _uptime(member.get("uptime_s")),
+        )
+    console.print(table)
+    console.print("* the node that answered")
+    service = document.get("service", {})
+    if isinstance(service, dict) and service:
+        console.print(
+            f"block service here: {service.get('blocks_stored', 0)} blocks stored, "
+            f"{service.get('blocks_served', 0)} served, "
+            f"{service.get('paxos_requests', 0)} consensus messages"
+        )
+    gateway = document.get("gateway")
+    if isinstance(gateway, dict):
+        s3 = gateway.get("s3", {})
+        kv = gateway.get("kv_client", {})
+        if isinstance(s3, dict) and s3:
+            console.print(
+                f"S3: {s3.get('requests', 0)} requests "
+                f"({s3.get('responses_2xx', 0)} ok, {s3.get('responses_4xx', 0)} 4xx, "
+                f"{s3.get('responses_5xx', 0)} 5xx), {s3.get('in_flight', 0)} in flight"
+            )
+        if isinstance(kv, dict) and kv:
+            console.print(
+                f"KV client: {kv.get('chunks_put', 0)} chunks written, "
+                f"{kv.get('chunks_got', 0)} read, {kv.get('register_ops', 0)} register ops, "
+                f"{kv.get('unavailable', 0)} quorum failures"
+            )
+
+
+@main.command("status")
+@click.option("--admin", default=None, help=f"a node's admin address (default {DEFAULT_ADMIN})")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="print the status document as JSON")
+def status(admin: str | None, config_file: Path | None, as_json: bool) -> None:
+    """Show the cluster's members, their state, capacity and use."""
+    try:
+        if config_file is not None:
+            address = load_config(config_file).admin_listen
+            if address is None:
+                raise _fail(f"{config_file} has no [admin] listen address")
+        else:
+            address = parse_address(admin or DEFAULT_ADMIN)
+    except ConfigError as error:
+        raise _fail(str(error)) from None
+    document = fetch_status(address)
+    if as_json:
+        _echo_json(document)
+        return
+    _print_status(document)
+
+
+# -- day-2 operations against a running node ----------------------------------------------
+
+_admin_option = click.option(
+    "--admin",
+    default=DEFAULT_ADMIN,
+    show_default=True,
+    help="the admin address of the node hosting the S3 gateway",
+)
+_json_option = click.option("--json", "as_json", is_flag=True, help="print JSON, not a table")
+
+BUCKET_ACLS = ("private", "public-read", "public-read-write", "authenticated-read")
+
+
+def _call(operation: Callable[[], Any]) -> Any:
+    """Run one admin request; its failure becomes the command's one error line."""
+    try:
+        return operation()
+    except AdminClientError as error:
+        raise _fail(str(error)) from None
+
+
+def _print_rows(title: str, columns: list[str], rows: list[list[str]]) -> None:
+    from rich import box
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD)
+    for column in columns:
+        table.add_column(column, no_wrap=True)
+    for row in rows:
+        table.add_row(*row)
+    _console().print(table)
+
+
+def _when(seconds: object) -> str:
+    if not isinstance(seconds, int | float):
+        return str(seconds)
+    import datetime
+
+    moment = datetime.datetime.fromtimestamp(seconds, datetime.UTC)
+    return moment.strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+@main.group("s3")
+def s3_group() -> None:
+    """Manage the S3 gateway of a running node."""
+
+
+@s3_group.group("key")
+def s3_key() -> None:
+    """Create, list and delete S3 access keys."""
+
+
+@s3_key.command("create")
+@click.option("--name", default=None, help="a label for the key (default: the access key)")
+@_admin_option
+@_json_option
+def s3_key_create(name: str | None, admin: str, as_json: bool) -> None:
+    """Create an access key and print its secret (shown only this once)."""
+    client = _admin_client(admin)
+    answer = _call(lambda: client.create_key(name))
+    if as_json:
+        _echo_json(answer)
+        return
+    click.echo(f"access key: {answer.get('access_key')}")
+    click.echo(f"secret key: {answer.get('secret_key')}")
+    click.echo(f"name:       {answer.get('name')}")
+    click.echo("The secret is not stored anywhere you can read it again: keep it now.")
+
+
+@s3_key.command("list")
+@_admin_option
+@_json_option
+def s3_key_list(admin: str, as_json: bool) -> None:
+    """List the access keys (never their secrets)."""
+    client = _admin_client(admin)
+    keys = _call(client.list_keys)
+    if as_json:
+        _echo_json({"keys": keys})
+        return
+    _print_rows(
+        f"{len(keys)} S3 access key(s)",
+        ["access key", "name", "created"],
+        [[str(k.get("access_key")), str(k.get("name")), _when(k.get("created"))] for k in keys],
+    )
+
+
+@s3_key.command("delete")
+@click.argument("access_key")
+@_admin_option
+@_json_option
+def s3_key_delete(access_key: str, admin: str, as_json: bool) -> None:
+    """Delete ACCESS_KEY (gateways may accept it for a few more seconds: their cache TTL)."""
+    client = _admin_client(admin)
+    answer = _call(lambda: client.delete_key(access_key))
+    if as_json:
+        _echo_json(answer)
+        return
+    click.echo(f"deleted access key {access_key}")
+
+
+@main.group("bucket")
+def bucket() -> None:
+    """Create, list and delete buckets on a running node's S3 gateway."""
+
+
+def _check_redundancy(text: str | None) -> str | None:
+    if text is None:
+        return None
+    try:
+        return str(Redundancy.parse(text))
+    except InvalidArgument as error:
+        raise _fail(f"bad --redundancy: {error}") from None
+
+
+@bucket.command("create")
+@click.argument("name")
+@click.option(
+    "--redundancy",
+    default=None,
+    help="replicas (3) or data+parity (4+2); default: the gateway's default",
+)
+@click.option("--acl", default="private", show_default=True, help="|".join(BUCKET_ACLS))
+@click.option("--owner", default=None, help="the owner recorded on the bucket")
+@_admin_option
+@_json_option
+def bucket_create(
+    name: str, redundancy: str | None, acl: str, owner: str | None, admin: str, as_json: bool
+) -> None:
+    """Create bucket NAME with a redundancy policy."""
+    policy = _check_redundancy(redundancy)
+    if acl not in BUCKET_ACLS:
+        raise _fail(f"--acl {acl!r}: choose one of {', '.join(BUCKET_ACLS)}")
+    client = _admin_client(admin)
+    answer = _call(lambda: client.create_bucket(name, redundancy=policy, acl=acl, owner=owner))
+    if as_json:
+        _echo_json(answer)
+        return
+    click.echo(
+        f"bucket {answer.get('name')!r} created "
+        f"(redundancy {answer.get('redundancy')}, acl {answer.get('acl')})"
+    )
+
+
+@bucket.command("list")
+@_admin_option
+@_json_option
+def bucket_list(admin: str, as_json: bool) -> None:
+    """List the buckets with their redundancy and ACL."""
+    client = _admin_client(admin)
+    buckets = _call(client.list_buckets)
+    if as_json:
+        _echo_json({"buckets": buckets})
+        return
+    _print_rows(
+        f"{len(buckets)} bucket(s)",
+        ["name", "redundancy", "acl", "owner", "created"],
+        [
+            [str(b.get(f)) for f in ("name", "redundancy", "acl", "owner")]
+            + [str(b.get("created", ""))[:19].replace("T", " ") + "Z"]
+            for b in buckets
+        ],
+    )
+
+
+@bucket.command("delete")
+@click.argument("name")
+@_admin_option
+@_json_option
+def bucket_delete(name: str, admin: str, as_json: bool) -> None:
+    """Delete the empty bucket NAME."""
+    client = _admin_client(admin)
+    answer = _call(lambda: client.delete_bucket(name))
+    if as_json:
+        _echo_json(answer)
+        return
+    click.echo(f"deleted bucket {name!r}")
 
 
 if __name__ == "__main__":

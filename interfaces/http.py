@@ -13,6 +13,8 @@ from hypercorn.trio import serve
 
 from dht.ids import Address
 
+from .runner import first_error
+
 logger = logging.getLogger(__name__)
 
 Scope = MutableMapping[str, Any]
@@ -53,7 +55,11 @@ async def serve_app(
             host, _, port = host_port.rpartition(":")
             task_status.started(Address(host.strip("[]"), int(port)))
 
-    await serve(app, hypercorn_config(address), task_status=_Status())  # type: ignore[arg-type]
+    try:
+        await serve(app, hypercorn_config(address), task_status=_Status())  # type: ignore[arg-type]
+    except* OSError as group:
+        # hypercorn binds inside its own nurseries: surface the bind error itself.
+        raise first_error(group) from None
 
 
 async def send_response(

@@ -476,6 +476,7 @@ class S3App:
         self._requests = 0
         self._in_flight = 0
         self._by_class = [0, 0, 0, 0, 0, 0]  # index: status // 100
+        self._by_operation: dict[tuple[str, str], int] = {}
         self._aborted = 0
         self._bytes_received = 0
         self._bytes_sent = 0
@@ -493,6 +494,11 @@ class S3App:
             bytes_received=self._bytes_received,
             bytes_sent=self._bytes_sent,
         )
+
+    def operation_counts(self) -> dict[tuple[str, str], int]:
+        """Requests answered so far by ``(operation, status class)``, e.g.
+        ``("PutObject", "2xx")``; a request that did not route counts as operation ``"?"``."""
+        return dict(self._by_operation)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Serve one ASGI connection scope (``http``; ``lifespan`` is acknowledged)."""
@@ -541,6 +547,9 @@ class S3App:
                 self._bytes_received += state.body.size
         self._by_class[min(max(status // 100, 0), 5)] += 1
         op_name = state.endpoint.name if state.endpoint else "?"
+        status_class = f"{min(max(status // 100, 0), 5)}xx"
+        counted = (op_name, status_class)
+        self._by_operation[counted] = self._by_operation.get(counted, 0) + 1
         elapsed = (time.monotonic() - begin) * 1000
         logger.debug(
             "%s %s %s%s -> %d %s (%.1f ms)",
