@@ -151,14 +151,16 @@ def _prepare(data_dir: Path, nodes: int, capacity_bytes: int | None) -> LocalClu
         capacity_bytes = max(1 << 30, int(shutil.disk_usage(data_dir).free * 0.9) // nodes)
     addresses = [Address("127.0.0.1", entry["port"]) for entry in chosen]
     configs = []
-    for entry, address in zip(chosen, addresses, strict=True):
+    for index, (entry, address) in enumerate(zip(chosen, addresses, strict=True)):
         node_dir = data_dir / entry["dir"]
         node_dir.mkdir(exist_ok=True)
+        # The nodes start in order: each joins through the ones already running, so none
+        # waits on (or warns about) a peer that is not up yet.
         config = NodeConfig(
             data_dir=node_dir,
             listen=address,
             capacity_bytes=capacity_bytes,
-            bootstrap=tuple(a for a in addresses if a != address),
+            bootstrap=tuple(addresses[:index]),
             eviction_delay=30.0,
         )
         if not config.key_file.exists():
