@@ -36,9 +36,11 @@ from storage.policy import Redundancy
 
 from .admin_client import AdminClient, AdminClientError
 from .config import ConfigError, load_config, parse_address
+from .gateway import ServingNode
+from .gateway_key import GatewayKey, save_gateway_key
 from .local_cluster import LocalClusterError, prepare_local_cluster
 from .logs import configure_logging
-from .node import Node, NodeStartError
+from .node import NodeStartError
 from .runner import Service, first_error, run_until_signalled
 from .up import Endpoints, LocalDeployment
 
@@ -47,6 +49,7 @@ logger = logging.getLogger("ballast.cli")
 NODE_KEY_FILE = "node.key"
 NODE_PUBLIC_KEY_FILE = "node.pub"
 OWNER_KEY_FILE = "owner.key"
+GATEWAY_KEY_FILE = "gateway.key"
 
 
 def _version() -> str:
@@ -133,7 +136,8 @@ def network_create(name: str, redundancy: str, directory: Path) -> None:
     policy = _redundancy_data(redundancy)
     owner_path = directory / OWNER_KEY_FILE
     network_path = directory / f"{name}.network"
-    for path in (owner_path, network_path):
+    gateway_path = directory / GATEWAY_KEY_FILE
+    for path in (owner_path, network_path, gateway_path):
         if path.exists():
             raise _fail(f"{path} already exists; refusing to overwrite it")
     try:
@@ -141,6 +145,7 @@ def network_create(name: str, redundancy: str, directory: Path) -> None:
         owner = NodeIdentity.generate()
         descriptor = NetworkDescriptor.create(owner, name, policy)
         save_identity(owner_path, owner)
+        save_gateway_key(gateway_path, GatewayKey.generate())
         save_network(network_path, descriptor)
     except CredentialError as error:
         raise _fail(str(error)) from None
@@ -148,6 +153,7 @@ def network_create(name: str, redundancy: str, directory: Path) -> None:
         raise _fail(f"cannot write to {directory}: {error.strerror}") from None
     click.echo(f"network {name!r} created (default redundancy {redundancy})")
     click.echo(f"  owner key:    {owner_path}   (keep it secret: it issues passports)")
+    click.echo(f"  gateway key:  {gateway_path}   (copy to the nodes that serve S3)")
     click.echo(f"  network file: {network_path}   (give it to every node)")
 
 
@@ -259,9 +265,9 @@ def node_run(config_file: Path, log_format: str, log_level: str) -> None:
         config = load_config(config_file)
     except ConfigError as error:
         raise _fail(str(error)) from None
-    node_service = Node(config)
+    node_service = ServingNode(config)
     try:
-        node_service.credentials  # noqa: B018 - load and check them before anything starts
+        node_service.node.credentials  # noqa: B018 - load and check them before anything starts
     except NodeStartError as error:
         raise _fail(str(error)) from None
     _serve(node_service.run)

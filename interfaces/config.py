@@ -17,6 +17,7 @@ Example::
 
     [s3]
     listen = "127.0.0.1:9000"            # optional: serve the S3 API from this node
+    gateway_key = "/etc/ballast/gateway.key"   # default: data_dir/gateway.key
 
 Every mistake (unknown key, wrong type, bad address or size) raises :class:`ConfigError` naming
 the file and the key.
@@ -114,6 +115,7 @@ class NodeConfig:
     eviction_delay: float = 30.0
     admin_listen: Address | None = None
     s3_listen: Address | None = None
+    s3_gateway_key: Path | None = None
 
     @property
     def key_file(self) -> Path:
@@ -131,6 +133,11 @@ class NodeConfig:
         return self.data_dir / "network"
 
     @property
+    def gateway_key_file(self) -> Path:
+        """The key owning the S3 gateway's registers (same file on every S3 node)."""
+        return self.s3_gateway_key or self.data_dir / "gateway.key"
+
+    @property
     def silo_dir(self) -> Path:
         """Where blocks and consensus state are stored."""
         return self.data_dir / "silo"
@@ -140,7 +147,7 @@ _ALLOWED = {
     "node": {"data_dir", "listen", "advertise", "capacity", "bootstrap"},
     "membership": {"eviction_delay"},
     "admin": {"listen"},
-    "s3": {"listen"},
+    "s3": {"listen", "gateway_key"},
 }
 
 
@@ -193,6 +200,10 @@ def parse_config(document: dict[str, Any], *, source: str = "<config>") -> NodeC
                 values[target] = parser(tables[table][key])
             except ConfigError as error:
                 raise ConfigError(f"{where(table, key)}: {error}") from None
+    if "gateway_key" in s3:
+        if not isinstance(s3["gateway_key"], str) or not s3["gateway_key"]:
+            raise ConfigError(f"{where('s3', 'gateway_key')} must be a path string")
+        values["s3_gateway_key"] = Path(s3["gateway_key"])
     return NodeConfig(data_dir=Path(node["data_dir"]), bootstrap=bootstrap, **values)
 
 

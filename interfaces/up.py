@@ -9,6 +9,7 @@ a key-value client, the object store, the S3 credential store and the S3 endpoin
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,17 +17,11 @@ from pathlib import Path
 import trio
 
 from dht.ids import Address
-from storage.kv_client import KVClient
-from storage.objects import ObjectStore
-from storage.placement import OverlayPlacement
 from storage.policy import Redundancy
-from storage.registers import ClientKeys
 
-from .admin_api import GatewayAdmin
-from .http import serve_app
+from .gateway import Gateway, run_gateway
 from .local_cluster import LocalCluster
 from .node import Node, NodeStartError
-from .s3.app import S3App
 from .s3.credentials import CredentialStore
 
 logger = logging.getLogger(__name__)
@@ -117,29 +112,18 @@ class LocalDeployment:
             gateway = self.nodes[0]
             await _wait_for_members(gateway, len(self.nodes), MEMBERSHIP_WAIT)
             redundancy = Redundancy(replicas=min(3, len(self.nodes)))
-            keys = ClientKeys(cluster.gateway_key.signing, cluster.gateway_key.data_key)
-            client = KVClient(
-                gateway.parts.rpc,
-                OverlayPlacement(gateway.parts.overlay),
-                keys=keys,
-                default_redundancy=redundancy,
+            served: Gateway = await nursery.start(
+                functools.partial(
+                    run_gateway,
+                    gateway,
+                    cluster.gateway_key,
+                    self.s3,
+                    redundancy=redundancy,
+                    region=self.region,
+                )
             )
-            await nursery.start(client.run)
-            objects = ObjectStore(client, default_redundancy=redundancy)
-            credentials = CredentialStore(client)
-            access_key, secret = await _initial_credentials(credentials, cluster.data_dir)
-            app = S3App(objects, credentials, region=self.region)
-            gateway.gateway = GatewayAdmin(
-                objects,
-                credentials,
-                nodes_available=lambda: len(gateway.parts.overlay.members()),
-                s3=app,
-                kv_statistics=client.statistics,
-            )
-            try:
-                bound = await nursery.start(serve_app, app, self.s3)
-            except OSError as error:
-                raise NodeStartError(f"cannot listen on {self.s3} (S3): {error.strerror}") from None
+            access_key, secret = await _initial_credentials(served.credentials, cluster.data_dir)
+            bound = served.s3
             task_status.started(
                 Endpoints(
                     s3=bound,

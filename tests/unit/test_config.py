@@ -34,6 +34,7 @@ listen = "127.0.0.1:9100"
 
 [s3]
 listen = "127.0.0.1:9000"
+gateway_key = "/etc/ballast/gateway.key"
 """
 
 
@@ -50,6 +51,7 @@ def test_full_config(tmp_path: Path) -> None:
     assert config.admin_listen == Address("127.0.0.1", 9100)
     assert config.s3_listen == Address("127.0.0.1", 9000)
     assert config.silo_dir == Path("/var/lib/ballast/silo")
+    assert config.gateway_key_file == Path("/etc/ballast/gateway.key")
 
 
 def test_minimal_config_uses_defaults(tmp_path: Path) -> None:
@@ -59,6 +61,7 @@ def test_minimal_config_uses_defaults(tmp_path: Path) -> None:
     assert config.listen == Address("127.0.0.1", 4100)
     assert config.s3_listen is None
     assert config.bootstrap == ()
+    assert config.gateway_key_file == Path("d/gateway.key")
 
 
 @pytest.mark.parametrize(
@@ -75,6 +78,7 @@ def test_minimal_config_uses_defaults(tmp_path: Path) -> None:
         ('[node]\ndata_dir = "d"\n[membership]\neviction_delay = "soon"\n', "eviction_delay"),
         ("[node\n", "not valid TOML"),
         ("node = 3\n", "[node] must be a table"),
+        ('[node]\ndata_dir = "d"\n[s3]\ngateway_key = 5\n', "[s3] gateway_key"),
     ],
 )
 def test_bad_config_is_a_config_error(tmp_path: Path, text: str, message: str) -> None:

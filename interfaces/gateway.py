@@ -1,0 +1,113 @@
+"""The S3 gateway a node can host: key-value client, object store, credentials and S3 endpoint.
+
+Any node whose configuration has ``[s3] listen`` (and every ``ballast up``) runs one. All
+gateways of a network that hold the same gateway key serve the same buckets: the buckets,
+objects and access keys live in registers owned by that key, never on the gateway itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import trio
+
+from dht.errors import CredentialError
+from dht.ids import Address
+from storage.kv_client import KVClient
+from storage.objects import ObjectStore
+from storage.placement import OverlayPlacement
+from storage.policy import Redundancy
+from storage.registers import ClientKeys
+
+from .admin_api import GatewayAdmin
+from .config import NodeConfig
+from .gateway_key import GatewayKey, load_gateway_key
+from .http import serve_app
+from .node import Node, NodeStartError
+from .s3.app import S3App
+from .s3.credentials import CredentialStore
+
+
+@dataclass(frozen=True)
+class Gateway:
+    """A serving gateway: where S3 answers, and the stores behind it."""
+
+    s3: Address
+    objects: ObjectStore
+    credentials: CredentialStore
+    client: KVClient
+
+
+def network_redundancy(node: Node) -> Redundancy:
+    """The network's default policy, capped so registers fit the members seen right now."""
+    policy = dict(node.credentials.network.redundancy)
+    if "replicas" in policy:
+        return Redundancy(replicas=policy["replicas"])
+    return Redundancy(data=policy["data"], parity=policy["parity"])
+
+
+async def run_gateway(
+    node: Node,
+    key: GatewayKey,
+    listen: Address,
+    *,
+    redundancy: Redundancy | None = None,
+    region: str = "us-east-1",
+    task_status: trio.TaskStatus[Gateway] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve S3 from ``node`` until cancelled; report the :class:`Gateway` once listening.
+
+    Raises:
+        NodeStartError: the S3 address cannot be bound.
+    """
+    policy = redundancy or network_redundancy(node)
+    client = KVClient(
+        node.parts.rpc,
+        OverlayPlacement(node.parts.overlay),
+        keys=ClientKeys(key.signing, key.data_key),
+        default_redundancy=policy,
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(client.run)
+        objects = ObjectStore(client, default_redundancy=policy)
+        credentials = CredentialStore(client)
+        app = S3App(objects, credentials, region=region)
+        node.gateway = GatewayAdmin(
+            objects,
+            credentials,
+            nodes_available=lambda: len(node.parts.overlay.members()),
+            s3=app,
+            kv_statistics=client.statistics,
+        )
+        try:
+            bound = await nursery.start(serve_app, app, listen)
+        except OSError as error:
+            raise NodeStartError(f"cannot listen on {listen} (S3): {error.strerror}") from None
+        task_status.started(Gateway(bound, objects, credentials, client))
+
+
+class ServingNode:
+    """A node process: the :class:`Node`, plus the S3 gateway when ``[s3] listen`` is set."""
+
+    def __init__(self, config: NodeConfig) -> None:
+        self.node = Node(config)
+        self.gateway: Gateway | None = None
+
+    async def run(self, *, task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run until cancelled; report the node once it (and its gateway) serve.
+
+        Raises:
+            NodeStartError: credentials, ports, data directory or gateway key are unusable.
+        """
+        config = self.node.config
+        key: GatewayKey | None = None
+        if config.s3_listen is not None:
+            try:
+                key = load_gateway_key(config.gateway_key_file)
+            except CredentialError as error:
+                raise NodeStartError(f"S3 gateway: {error}") from None
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.node.run)
+            if key is not None and config.s3_listen is not None:
+                self.gateway = await nursery.start(run_gateway, self.node, key, config.s3_listen)
+            task_status.started(self.node)
