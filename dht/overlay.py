@@ -4,7 +4,7 @@
 :class:`~dht.lookup.NodeLookup` and a :class:`~dht.membership.Membership` onto anything that
 implements :class:`~dht.contracts.RemoteCaller` and :class:`~dht.contracts.HandlerRegistry`
 (the secure RPC in production, ``tests/fake_network.py`` in tests), and serves
-``dht.ping``, ``dht.gossip`` and ``dht.find_node``.
+``dht.ping``, ``dht.gossip``, ``dht.find_node`` and ``dht.members``.
 
 How the parts feed each other:
 
@@ -27,6 +27,7 @@ import logging
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import trio
 
@@ -40,12 +41,22 @@ from .membership import (
     MembershipEvent,
     MembershipStatistics,
     MemberState,
+    entry_to_wire,
 )
-from .routing import RoutingStatistics, RoutingTable, nearest, random_id_in_range
+from .routing import (
+    RoutingStatistics,
+    RoutingTable,
+    contact_to_wire,
+    nearest,
+    random_id_in_range,
+)
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Overlay", "OverlayConfig", "OverlayStatistics"]
+__all__ = ["MEMBERS", "Overlay", "OverlayConfig", "OverlayStatistics"]
+
+#: The read-only member-list RPC for non-members (see the module docstring).
+MEMBERS = "dht.members"
 
 
 @dataclass(frozen=True)
@@ -92,8 +103,8 @@ class Overlay:
     Args:
         own: this node's contact.
         caller: the RPC for outgoing calls.
-        registry: where ``dht.ping``, ``dht.gossip`` and ``dht.find_node`` are registered
-            (at construction).
+        registry: where ``dht.ping``, ``dht.gossip``, ``dht.find_node`` and ``dht.members``
+            are registered (at construction).
         config: parameters.
         bootstrap: contacts of existing members to join through (empty for the first node).
         rng: randomness for gossip targets and refresh ids (seed it in tests).
@@ -139,6 +150,7 @@ class Overlay:
         self.membership.add_listener(self._member_changed)
         self.membership.register_handlers(registry)
         registry.register(FIND_NODE, self.lookups.handle_find_node)
+        registry.register(MEMBERS, self._handle_members)
         self._heads_send, self._heads_receive = trio.open_memory_channel[tuple[Contact, Contact]](
             64
         )
@@ -213,6 +225,14 @@ class Overlay:
                 await self.lookup_nodes(self.own.node_id)
             nursery.start_soon(self._refresh_loop)
             task_status.started()
+
+    async def _handle_members(self, caller: Contact, args: Any) -> dict[str, Any]:
+        """Serve ``dht.members``: the member list, read-only (the caller is not added)."""
+        del caller, args
+        return {
+            "members": [entry_to_wire(m) for m in self.membership.all_members()],
+            "from": contact_to_wire(self.own),
+        }
 
     # --- wiring -----------------------------------------------------------------------------
 
