@@ -27,6 +27,10 @@ pytest: $(STAMP)
 bench: $(STAMP)
 	$(VENV)/bin/pip install --quiet -e '.[test,bench]' --no-build-isolation
 	$(PY) benchmarks/erasure.py
+	$(PY) benchmarks/transport.py
+	$(PY) benchmarks/silo.py
+	$(PY) benchmarks/kv.py
+	$(PY) benchmarks/s3.py
 
 debian-packages:
 	@bash .ci/debian-packages

@@ -10,6 +10,12 @@ The backend comes from ONE fixture, :func:`block_store_factory`: an async contex
 factory yielding a :class:`~storage.api.BlockStore`. It is entered inside the server's
 event loop, so a real cluster (nodes in a nursery) can replace the in-memory fake by
 overriding only that fixture.
+
+:func:`cluster_s3` is the same endpoint on a real cluster: :func:`cluster_block_store_factory`
+starts in-process nodes (:class:`tests.cluster.conftest.Cluster`: secure RPC on loopback,
+overlay, silo, block service) in the server's event loop and serves S3 through a
+:class:`~storage.kv_client.KVClient` on node 0, the gateway. :func:`running_cluster_s3` gives
+a private one (for tests that stop nodes).
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -38,6 +45,8 @@ from interfaces.s3.app import S3App
 from interfaces.s3.credentials import CredentialStore
 from storage.api import BlockStore
 from storage.objects import ObjectStore
+from storage.policy import Redundancy
+from tests.cluster.conftest import Cluster
 from tests.fake_blockstore import FakeBlockStore
 
 T = TypeVar("T")
@@ -253,6 +262,101 @@ def bucket(s3: Any) -> Iterator[str]:
         for upload in uploads:
             s3.abort_multipart_upload(Bucket=name, Key=upload["Key"], UploadId=upload["UploadId"])
         s3.delete_bucket(Bucket=name)
+
+
+# -- the same endpoint on a real cluster ---------------------------------------------------------
+
+#: Nodes of the shared cluster behind :func:`cluster_s3` (more than the replica count, so
+#: that placement really chooses).
+CLUSTER_NODES = 4
+#: Seconds any one key-value operation of the gateway may take.
+CLUSTER_CLIENT_TIMEOUT = 10.0
+
+
+@dataclass
+class ClusterS3Server:
+    """An S3 endpoint served by node 0 (the gateway) of an in-process cluster."""
+
+    server: S3Server
+    clusters: list[Cluster]
+
+    @property
+    def cluster(self) -> Cluster:
+        """The running cluster (valid once the server has started)."""
+        return self.clusters[0]
+
+    def stop_node(self, index: int) -> None:
+        """Stop node ``index`` (its silo is closed, its port refuses connections)."""
+        if index == 0:
+            raise ValueError("node 0 is the gateway; stop a storage node instead")
+        self.server.run(self.cluster.stop, index)
+
+    def restart_node(self, index: int) -> None:
+        """Start a stopped node again (same key, port and data) and wait for convergence."""
+
+        async def restart() -> None:
+            await self.cluster.restart(index)
+            await self.cluster.wait_converged()
+
+        self.server.run(restart)
+
+    def running_nodes(self) -> int:
+        """How many nodes are up."""
+
+        async def count() -> int:
+            return len(self.cluster.running())
+
+        return self.server.run(count)
+
+
+def cluster_block_store_factory(
+    root: Path, nodes: int, clusters: list[Cluster], *, replicas: int = 3
+) -> BlockStoreFactory:
+    """A backend factory: ``nodes`` real nodes under ``root``, a KVClient on node 0.
+
+    The started :class:`Cluster` is appended to ``clusters`` so that tests can stop and
+    restart its nodes. Leaving the context cancels every node (silos close, shielded).
+    """
+
+    @asynccontextmanager
+    async def real() -> AsyncIterator[BlockStore]:
+        async with trio.open_nursery() as nursery:
+            cluster = Cluster(nursery, root)
+            clusters.append(cluster)
+            for _ in range(nodes):
+                cluster.add()
+            for index in range(nodes):
+                await cluster.start(index)
+            await cluster.wait_converged()
+            client = await cluster.client(
+                0, redundancy=Redundancy(replicas=replicas), timeout=CLUSTER_CLIENT_TIMEOUT
+            )
+            try:
+                yield client
+            finally:
+                nursery.cancel_scope.cancel()
+
+    return real
+
+
+@contextlib.contextmanager
+def running_cluster_s3(root: Path, nodes: int = CLUSTER_NODES) -> Iterator[ClusterS3Server]:
+    """Start an S3 endpoint on a fresh ``nodes``-node cluster under ``root``; stop it after."""
+    clusters: list[Cluster] = []
+    thread = _ServerThread(cluster_block_store_factory(root, nodes, clusters))
+    server = thread.start()
+    try:
+        yield ClusterS3Server(server, clusters)
+    finally:
+        server.close_clients()
+        thread.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterS3Server]:
+    """The S3 endpoint on a real :data:`CLUSTER_NODES`-node cluster, shared by a module."""
+    with running_cluster_s3(tmp_path_factory.mktemp("s3-cluster")) as running:
+        yield running
 
 
 @pytest.fixture
