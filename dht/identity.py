@@ -390,8 +390,12 @@ def write_private_file(path: str | os.PathLike[str], data: bytes) -> None:
         os.close(dir_fd)
 
 
-def _read_credential_file(path: str | os.PathLike[str], what: str, *, secret: bool) -> bytes:
-    """Read a credential file, refusing oversize files and (for secrets) loose permissions."""
+def read_credential_file(path: str | os.PathLike[str], what: str, *, secret: bool) -> bytes:
+    """Read a credential file, refusing oversize files and (for secrets) loose permissions.
+
+    Raises:
+        CredentialError: unreadable, too large, or (``secret``) readable by group or others.
+    """
     try:
         with open(path, "rb") as f:
             st = os.fstat(f.fileno())
@@ -429,7 +433,7 @@ def load_identity(path: str | os.PathLike[str]) -> NodeIdentity:
         CredentialError: unreadable, readable by group/others, malformed or truncated, or the
             stored public key does not match the seed.
     """
-    data = _read_credential_file(path, "node key file", secret=True)
+    data = read_credential_file(path, "node key file", secret=True)
     fields = _unpack_map(data, "ballast-node-key", f"node key file {os.fspath(path)!r}")
     seed = _field(fields, "seed", bytes, "node key file", size=SEED_BYTES)
     public_key = _field(fields, "public_key", bytes, "node key file", size=PUBLIC_KEY_BYTES)
@@ -450,7 +454,7 @@ def load_network(path: str | os.PathLike[str]) -> NetworkDescriptor:
     Raises:
         CredentialError: unreadable, malformed, truncated or wrongly signed.
     """
-    data = _read_credential_file(path, "network file", secret=False)
+    data = read_credential_file(path, "network file", secret=False)
     try:
         return NetworkDescriptor.from_bytes(data)
     except CredentialError as e:
@@ -473,7 +477,7 @@ def load_passport(
         CredentialError: unreadable, malformed, truncated, tampered, for another network or
             for another node key.
     """
-    data = _read_credential_file(path, "passport file", secret=False)
+    data = read_credential_file(path, "passport file", secret=False)
     try:
         passport = Passport.from_bytes(data, network)
         if identity is not None:

@@ -71,11 +71,7 @@ def _redundancy_data(text: str) -> dict[str, int]:
         policy = Redundancy.parse(text)
     except InvalidArgument as error:
         raise click.BadParameter(str(error)) from None
-    if policy.replicas is not None:
-        return {"replicas": policy.replicas}
-    assert policy.data is not None
-    assert policy.parity is not None
-    return {"data": policy.data, "parity": policy.parity}
+    return policy.as_dict()
 
 
 def _read_public_key(text: str) -> bytes:

@@ -39,11 +39,8 @@ class Gateway:
 
 
 def network_redundancy(node: Node) -> Redundancy:
-    """The network's default policy, capped so registers fit the members seen right now."""
-    policy = dict(node.credentials.network.redundancy)
-    if "replicas" in policy:
-        return Redundancy(replicas=policy["replicas"])
-    return Redundancy(data=policy["data"], parity=policy["parity"])
+    """The network's default policy, from its (owner-signed, validated) descriptor."""
+    return Redundancy(**node.credentials.network.redundancy)
 
 
 async def run_gateway(

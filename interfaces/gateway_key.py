@@ -14,12 +14,11 @@ import msgpack
 import nacl.utils
 
 from dht.errors import CredentialError
-from dht.identity import NodeIdentity, write_private_file
+from dht.identity import NodeIdentity, read_credential_file, write_private_file
 
 FORMAT = "ballast-gateway-key"
 VERSION = 1
 DATA_KEY_BYTES = 32
-MAX_FILE_BYTES = 4096
 
 
 @dataclass(frozen=True)
@@ -51,15 +50,9 @@ def load_gateway_key(path: str | os.PathLike[str]) -> GatewayKey:
         CredentialError: unreadable, readable by others, malformed or of another format.
     """
     name = os.fspath(path)
+    raw = read_credential_file(path, "gateway key", secret=True)
     try:
-        with open(path, "rb") as f:
-            if os.fstat(f.fileno()).st_mode & 0o077:
-                raise CredentialError(f"gateway key {name!r} is readable by others; chmod 600 it")
-            raw = f.read(MAX_FILE_BYTES + 1)
-    except OSError as error:
-        raise CredentialError(f"cannot read gateway key {name!r}: {error.strerror}") from None
-    try:
-        fields = msgpack.unpackb(raw, raw=False) if len(raw) <= MAX_FILE_BYTES else None
+        fields = msgpack.unpackb(raw, raw=False)
     except (ValueError, TypeError, msgpack.UnpackException):
         fields = None
     if (

@@ -123,6 +123,12 @@ class Redundancy:
         else:
             raise InvalidArgument("give replicas, or both data and parity")
 
+    def as_dict(self) -> dict[str, int]:
+        """The plain form a network descriptor carries: ``{"replicas": r}`` or
+        ``{"data": k, "parity": m}``; ``Redundancy(**form)`` reads it back."""
+        fields = {"replicas": self.replicas, "data": self.data, "parity": self.parity}
+        return {name: value for name, value in fields.items() if value is not None}
+
     @classmethod
     def parse(cls, text: str) -> Redundancy:
         """Parse the CLI spelling: ``"3"`` (replicas) or ``"4+2"`` (data+parity).

@@ -147,3 +147,15 @@ def test_policy_is_frozen_and_hashable() -> None:
     with pytest.raises(AttributeError):
         policy.replicas = 4  # type: ignore[misc]
     assert {policy, Redundancy.parse("3")} == {policy}
+
+
+@pytest.mark.parametrize(
+    ("policy", "form"),
+    [
+        (Redundancy(replicas=3), {"replicas": 3}),
+        (Redundancy(data=4, parity=2), {"data": 4, "parity": 2}),
+    ],
+)
+def test_plain_form_round_trips(policy: Redundancy, form: dict[str, int]) -> None:
+    assert policy.as_dict() == form
+    assert Redundancy(**form) == policy
