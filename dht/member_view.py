@@ -178,13 +178,13 @@ class MemberView:
             raise RemoteProtocolError("members must be an array of bounded length")
         decoded = [entry_from_wire(e) for e in entries]
         changed = False
-        for contact, state, incarnation in decoded:
+        for contact, state, incarnation, draining in decoded:
             key = bytes(contact.node_id)
             old = self._members.get(key)
             if old is not None and (incarnation, _RANK[state]) <= old.version:
                 continue
             since = now if old is None or old.state is not state else old.state_since
-            self._members[key] = Member(contact, state, incarnation, now, since)
+            self._members[key] = Member(contact, state, incarnation, now, since, draining)
             changed = True
         return changed
 

@@ -11,8 +11,9 @@ list on every node of a cluster of up to a few hundred nodes; HashiCorp memberli
 retrying dead members so that healed partitions merge again.
 
 Every node keeps one *entry* per member it has heard of: its contact, a *state* (alive,
-suspected, evicted), the member's *incarnation* number, and local timestamps (last direct
-contact, time of the last state change). Entries are ordered by the key
+suspected, evicted), the member's *incarnation* number, whether the member is *draining*
+(moving its data away before it leaves; storage places nothing new on it), and local
+timestamps (last direct contact, time of the last state change). Entries are ordered by the key
 ``(incarnation, rank(state))`` with ``alive < suspected < evicted``, and merging two entries
 for the same member keeps the larger key. That order is total, so merging is commutative,
 associative and idempotent: any two nodes that have exchanged (directly or through others)
@@ -28,6 +29,8 @@ Consequences of the order, which are the SWIM rules:
   also how an evicted node that comes back is re-admitted, and how a node that restarted
   with incarnation 0 gets ahead of its old entries.
 * A node never holds itself as anything but alive.
+* The draining flag belongs to an incarnation: only the member changes it, by raising its
+  incarnation (:meth:`Membership.set_draining`), so it travels with the entry that wins.
 * One deliberate exception to the pure order: a second-hand eviction of a member this node
   heard from directly within the last two ping intervals is adopted as a suspicion only.
   The member is demonstrably up, our next ping carries the suspicion to it, and its
@@ -60,15 +63,17 @@ transport checks passports); the id of a gossiped contact must be the hash of it
 
 Wire format (msgpack):
 
-* ``dht.ping``: request ``{"inc": int, "view": [state, inc] | None, "from": contact}`` (the
-  caller's own incarnation, what it believes about the callee, and its own contact, whose
-  id must be the authenticated caller's); reply ``{"inc": int, "view": [state, inc] | None}``
-  from the callee's side. Handlers never take an address from the transport: the address
-  of an incoming connection may be an ephemeral port, so addresses come from the members'
-  own declarations (the ``from`` of a ping, a member's own entry in its gossip).
-* ``dht.gossip``: request and reply ``{"members": [[contact, state, inc], ...], "from":
-  contact}`` where ``contact`` is ``[node_id, host, port, public_key]`` and ``state`` is
-  ``"alive"``, ``"suspected"`` or ``"evicted"``; ``from`` is the sender's own contact (its
+* ``dht.ping``: request ``{"inc": int, "view": [state, inc] | None, "draining": bool,
+  "from": contact}`` (the caller's own incarnation, what it believes about the callee, its
+  draining flag, and its own contact, whose id must be the authenticated caller's); reply
+  ``{"inc": int, "view": [state, inc] | None, "draining": bool}`` from the callee's side.
+  Handlers never take an address from the transport: the address of an incoming
+  connection may be an ephemeral port, so addresses come from the members' own declarations
+  (the ``from`` of a ping, a member's own entry in its gossip).
+* ``dht.gossip``: request and reply ``{"members": [[contact, state, inc, draining], ...],
+  "from": contact}`` where ``contact`` is ``[node_id, host, port, public_key]``, ``state`` is
+  ``"alive"``, ``"suspected"`` or ``"evicted"`` and ``draining`` a bool (optional: a 3-element
+  entry is not draining); ``from`` is the sender's own contact (its
   id must be the authenticated peer's; a reply to an address-only bootstrap call is how the
   joiner learns its bootstrap node's id).
 """
@@ -132,6 +137,7 @@ class Member:
         incarnation: the member's own version counter (only the member raises it).
         last_seen: local time of the last direct contact (or of first hearing of it).
         state_since: local time when this node adopted ``state``.
+        draining: the member is moving its data away (set by the member itself).
     """
 
     contact: Contact
@@ -139,6 +145,7 @@ class Member:
     incarnation: int
     last_seen: float
     state_since: float
+    draining: bool = False
 
     @property
     def node_id(self) -> NodeId:
@@ -236,20 +243,28 @@ class MembershipStatistics:
 
 
 def entry_to_wire(member: Member) -> list[Any]:
-    """Encode an entry as ``[contact, state, incarnation]``."""
-    return [contact_to_wire(member.contact), member.state.value, member.incarnation]
+    """Encode an entry as ``[contact, state, incarnation, draining]``."""
+    return [
+        contact_to_wire(member.contact),
+        member.state.value,
+        member.incarnation,
+        member.draining,
+    ]
 
 
-def entry_from_wire(obj: object) -> tuple[Contact, MemberState, int]:
-    """Decode ``[contact, state, incarnation]``.
+def entry_from_wire(obj: object) -> tuple[Contact, MemberState, int, bool]:
+    """Decode ``[contact, state, incarnation, draining]`` (``draining`` may be absent).
 
     Raises:
         RemoteProtocolError: the entry is malformed.
     """
-    if not isinstance(obj, list | tuple) or len(obj) != 3:
-        raise RemoteProtocolError("member entry must be a 3-element array")
+    if not isinstance(obj, list | tuple) or len(obj) not in (3, 4):
+        raise RemoteProtocolError("member entry must be a 3- or 4-element array")
+    draining = obj[3] if len(obj) == 4 else False
+    if not isinstance(draining, bool):
+        raise RemoteProtocolError("member draining flag must be a bool")
     contact = contact_from_wire(obj[0])
-    return (contact, *view_from_wire(obj[1:]))
+    return (contact, *view_from_wire(obj[1:3]), draining)
 
 
 def view_from_wire(obj: object) -> tuple[MemberState, int]:
@@ -324,6 +339,16 @@ class MemberTable:
                 me, incarnation=bumped, last_seen=now, state_since=now
             )
 
+    def set_own_draining(self, draining: bool, now: float) -> bool:
+        """Set this node's draining flag under a new incarnation; return whether it changed."""
+        me = self._members[bytes(self.own.node_id)]
+        if me.draining == draining:
+            return False
+        self._members[bytes(self.own.node_id)] = replace(
+            me, incarnation=me.incarnation + 1, draining=draining, last_seen=now, state_since=now
+        )
+        return True
+
     def merge(
         self,
         contact: Contact,
@@ -332,10 +357,12 @@ class MemberTable:
         now: float,
         *,
         vouch_within: float | None = None,
+        draining: bool = False,
     ) -> MembershipEvent | None:
         """Fold one entry in by the ``(incarnation, state)`` order.
 
         Args:
+            draining: the entry's draining flag (kept with the entry if it wins).
             vouch_within: if given, a second-hand *eviction* of a member we heard from
                 directly within this many seconds is taken as a suspicion only: the member
                 is demonstrably up and will refute on our next ping (this keeps a healed
@@ -361,12 +388,14 @@ class MemberTable:
         if old is not None and (incarnation, _RANK[state]) <= old.version:
             return None
         if old is None:
-            new = Member(contact, state, incarnation, now, now)
+            new = Member(contact, state, incarnation, now, now, draining)
         else:
             since = now if state is not old.state else old.state_since
-            new = Member(contact, state, incarnation, old.last_seen, since)
+            new = Member(contact, state, incarnation, old.last_seen, since, draining)
         self._members[key] = new
         previous = None if old is None else old.state
+        if previous is state and old is not None and old.draining != draining:
+            return MembershipEvent(new, previous)  # only the draining flag changed
         if previous is state or (previous is None and state is MemberState.EVICTED):
             return None
         return MembershipEvent(new, previous)
@@ -389,14 +418,18 @@ class MemberTable:
         old = self._members.get(bytes(node_id))
         if old is None or old.state is not MemberState.ALIVE or node_id == self.own.node_id:
             return None
-        return self.merge(old.contact, MemberState.SUSPECTED, old.incarnation, now)
+        return self.merge(
+            old.contact, MemberState.SUSPECTED, old.incarnation, now, draining=old.draining
+        )
 
     def evict_overdue(self, now: float, eviction_delay: float) -> list[MembershipEvent]:
         """Local decision: evict members suspected for ``eviction_delay`` or longer."""
         events = []
         for m in list(self._members.values()):
             if m.state is MemberState.SUSPECTED and now - m.state_since >= eviction_delay:
-                event = self.merge(m.contact, MemberState.EVICTED, m.incarnation, now)
+                event = self.merge(
+                    m.contact, MemberState.EVICTED, m.incarnation, now, draining=m.draining
+                )
                 if event is not None:
                     events.append(event)
         return events
@@ -496,6 +529,24 @@ class Membership:
         """This node's current incarnation."""
         return self._table.incarnation
 
+    @property
+    def draining(self) -> bool:
+        """Whether this node announces that it is draining."""
+        me = self._table.get(self.own.node_id)
+        return me is not None and me.draining
+
+    def set_draining(self, draining: bool) -> None:
+        """Announce (or withdraw) that this node is draining, under a new incarnation.
+
+        Storage then places nothing new here and moves what this node holds elsewhere.
+        """
+        if self._table.set_own_draining(draining, self._now()):
+            logger.info(
+                "membership: this node %s draining (incarnation %d)",
+                "is" if draining else "is no longer",
+                self._table.incarnation,
+            )
+
     # --- subscriptions ---------------------------------------------------------------------
 
     def subscribe(self, max_buffer_size: int = 1024) -> trio.MemoryReceiveChannel[MembershipEvent]:
@@ -558,10 +609,14 @@ class Membership:
         if member is not None:
             self.note_alive(member.contact)
 
-    def _merge(self, contact: Contact, state: MemberState, incarnation: int) -> None:
+    def _merge(
+        self, contact: Contact, state: MemberState, incarnation: int, draining: bool
+    ) -> None:
         vouch = 2 * self.config.ping_interval
         self._publish(
-            self._table.merge(contact, state, incarnation, self._now(), vouch_within=vouch)
+            self._table.merge(
+                contact, state, incarnation, self._now(), vouch_within=vouch, draining=draining
+            )
         )
 
     def _merge_wire(self, entries: object) -> None:
@@ -569,15 +624,19 @@ class Membership:
         if not isinstance(entries, list | tuple) or len(entries) > MAX_MEMBERS:
             raise RemoteProtocolError("members must be an array of bounded length")
         decoded = [entry_from_wire(e) for e in entries]
-        for contact, state, incarnation in decoded:
-            self._merge(contact, state, incarnation)
+        for contact, state, incarnation, draining in decoded:
+            self._merge(contact, state, incarnation, draining)
 
     def _view_of(self, node_id: bytes) -> list[Any] | None:
         m = self._table.get(node_id)
         return None if m is None else [m.state.value, m.incarnation]
 
     def _ping_args(self, peer: Contact, *, request: bool) -> dict[str, Any]:
-        args = {"inc": self._table.incarnation, "view": self._view_of(peer.node_id)}
+        args = {
+            "inc": self._table.incarnation,
+            "view": self._view_of(peer.node_id),
+            "draining": self.draining,
+        }
         if request:
             args["from"] = contact_to_wire(self.own)
         return args
@@ -598,7 +657,10 @@ class Membership:
             raise RemoteProtocolError("ping incarnation must be a non-negative integer")
         view = args.get("view")
         about_me = None if view is None else view_from_wire(view)
-        self._merge(peer, MemberState.ALIVE, incarnation)
+        draining = args.get("draining", False)
+        if not isinstance(draining, bool):
+            raise RemoteProtocolError("ping draining flag must be a bool")
+        self._merge(peer, MemberState.ALIVE, incarnation, draining)
         self.note_alive(peer)
         if about_me is not None:
             self._table.hear_about_self(*about_me, self._now())

@@ -10,7 +10,15 @@ The silo is the only code in Ballast that fsyncs or commits. It holds
   each (:mod:`storage.silo_files`), with an index row in SQLite either way;
 * **acceptor state** of mutable blocks: an :class:`AcceptorRecord` per address, opaque bytes
   to the silo;
-* **settings**: a small key-value table for node-local metadata.
+* **settings**: a small key-value table for node-local metadata;
+* **replica targets**: for a whole (replicated) block, the number of copies its writer asked
+  for, so that repair knows what "full redundancy" means for it (fragments carry their
+  geometry in their manifest).
+
+A silo can stop *accepting new data* (:meth:`Silo.set_accepting`), as a draining node does:
+puts of blocks it does not hold and acceptor records for addresses it has none for then
+raise :class:`~storage.errors.NoSpace`, while existing records can still be replaced, read
+and deleted.
 
 Layout of a silo directory: ``silo.sqlite3`` (WAL mode, ``synchronous=FULL``), ``blocks/``
 (sharded block files), ``tmp/`` (block files being written), ``LOCK`` (an exclusive
@@ -74,7 +82,9 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "FILE_THRESHOLD",
+    "MAX_REPLICAS",
     "AcceptorRecord",
+    "BlockEntry",
     "BlockKey",
     "PaxosKey",
     "SettingKey",
@@ -85,7 +95,9 @@ __all__ = [
 
 DB_NAME = "silo.sqlite3"
 MAX_FRAGMENT = 2**31 - 1
-_SCHEMA_VERSION = 1
+#: Largest replica target a block may carry.
+MAX_REPLICAS = 64
+_SCHEMA_VERSION = 2
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS blocks (
     address  BLOB    NOT NULL,
@@ -108,9 +120,16 @@ CREATE TABLE IF NOT EXISTS settings (
     value    BLOB    NOT NULL,
     checksum INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS replica_targets (
+    address  BLOB    NOT NULL PRIMARY KEY,
+    replicas INTEGER NOT NULL,
+    checksum INTEGER NOT NULL  -- CRC32 of address and replicas (_target_checksum)
+);
 """
 
 Buffer: TypeAlias = bytes | bytearray | memoryview
+#: address, fragment, size, replica target, its checksum
+_EntryRow: TypeAlias = tuple[bytes, int, int, int | None, int | None]
 
 
 @dataclass(frozen=True)
@@ -146,6 +165,18 @@ class SettingKey:
 
 
 SiloKey: TypeAlias = BlockKey | PaxosKey | SettingKey
+
+
+@dataclass(frozen=True)
+class BlockEntry:
+    """One held block as repair lists it: its key, payload size and replica target.
+
+    ``replicas`` is ``None`` for fragments and for blocks stored without a target.
+    """
+
+    key: BlockKey
+    size: int
+    replicas: int | None
 
 
 @dataclass(frozen=True)
@@ -240,6 +271,7 @@ class Silo:
         self._idle = trio.Event()
         self._idle.set()
         self._closed = False
+        self._accepting = True
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -381,16 +413,23 @@ class Silo:
     # --- blocks --------------------------------------------------------------------------
 
     async def put_block(
-        self, address: BlockAddress, payload: Buffer, fragment: int | None = None
+        self,
+        address: BlockAddress,
+        payload: Buffer,
+        fragment: int | None = None,
+        *,
+        replicas: int | None = None,
     ) -> None:
         """Store a block (or fragment ``fragment`` of it) durably; replaces an existing one.
 
-        Returns once the payload and its index row are on disk (fsynced).
+        Returns once the payload and its index row are on disk (fsynced). ``replicas``, for a
+        whole block, records how many copies the cluster should keep of it (kept across
+        later puts that give none).
 
         Raises:
-            InvalidArgument: bad address, fragment or payload type.
-            NoSpace: storing it would exceed the capacity (nothing is stored), or the disk
-                is full.
+            InvalidArgument: bad address, fragment, replicas or payload type.
+            NoSpace: storing it would exceed the capacity (nothing is stored), the disk is
+                full, or the silo does not accept new data and does not hold this key.
             trio.ClosedResourceError: the silo is closed.
 
         Cancellation: the block may or may not be stored; either way the silo stays
@@ -398,6 +437,7 @@ class Silo:
         """
         key = _block_key(_address(address), _fragment(fragment))
         data = _payload(payload)
+        target = _replicas(replicas, key.fragment)
         size = len(data)
         with self._call():
             await self._acquire(key)
@@ -408,7 +448,9 @@ class Silo:
                 raise
             submitted = False
             try:
-                job = await self._submit_put(key, data)
+                if not self._accepting and not await self._holds(key):
+                    raise NoSpace("this node is draining: it accepts no new blocks")
+                job = await self._submit_put(key, data, target)
                 submitted = True
             finally:
                 if not submitted:
@@ -416,7 +458,9 @@ class Silo:
                     self._release(key)
             await job.wait()
 
-    async def _submit_put(self, key: BlockKey, data: bytes) -> Job[tuple[int, bool]]:
+    async def _submit_put(
+        self, key: BlockKey, data: bytes, replicas: int | None
+    ) -> Job[tuple[int, bool]]:
         address, fragment = key.address, _stored_fragment(key.fragment)
         size = len(data)
         if size < FILE_THRESHOLD:
@@ -428,6 +472,7 @@ class Silo:
                     "INSERT OR REPLACE INTO blocks VALUES (?, ?, ?, ?, ?)",
                     (address, fragment, size, checksum, data),
                 )
+                _put_target(conn, address, replicas)
                 return old
 
             def unlink_old_file(old: tuple[int, bool]) -> None:
@@ -449,6 +494,7 @@ class Silo:
                 "INSERT OR REPLACE INTO blocks VALUES (?, ?, ?, ?, NULL)",
                 (address, fragment, size, checksum),
             )
+            _put_target(conn, address, replicas)
             return old
 
         # No checkpoint between the file write and this submit: a cancellation arriving
@@ -561,6 +607,23 @@ class Silo:
 
         await self._writer.submit(update, on_done=done).wait()
 
+    @property
+    def accepting(self) -> bool:
+        """Whether the silo takes new blocks and acceptor records (see the module doc)."""
+        return self._accepting
+
+    def set_accepting(self, accepting: bool) -> None:
+        """Start (``True``) or stop (``False``) accepting new data; existing keys stay writable."""
+        self._accepting = bool(accepting)
+
+    async def _holds(self, key: BlockKey) -> bool:
+        address, fragment = key.address, _stored_fragment(key.fragment)
+
+        def exists(conn: sqlite3.Connection) -> bool:
+            return _old_block(conn, address, fragment)[0] >= 0
+
+        return await self._reader.run(exists)
+
     async def has_block(self, address: BlockAddress, fragment: int | None = None) -> bool:
         """Return whether the silo holds a block (without reading or verifying it).
 
@@ -599,6 +662,8 @@ class Silo:
             conn.execute(
                 "DELETE FROM blocks WHERE address = ? AND fragment = ?", (address_, fragment_)
             )
+            if fragment_ == WHOLE_BLOCK:
+                conn.execute("DELETE FROM replica_targets WHERE address = ?", (address_,))
             return old
 
         def unlink_file(old: tuple[int, bool]) -> None:
@@ -647,6 +712,103 @@ class Silo:
         rows = await self._list_block_rows(after, limit)
         return [_block_key(address, fragment) for address, fragment, _ in rows]
 
+    async def list_block_entries(
+        self, *, after: BlockKey | None = None, limit: int = 1000
+    ) -> list[BlockEntry]:
+        """Like :meth:`list_blocks`, with each block's size and replica target.
+
+        A replica-target record that fails its checksum is logged, counted as a corruption
+        and reported as ``None`` (unknown), never as a wrong number.
+        """
+        rows = await self._list_entry_rows(after, limit)
+        entries = []
+        for address, fragment, size, replicas, checksum in rows:
+            key = _block_key(address, fragment)
+            if replicas is not None and _target_checksum(address, replicas) != checksum:
+                self._report_corrupt(key, Corrupt("replica target fails its checksum"))
+                replicas = None
+            entries.append(BlockEntry(key, size, replicas))
+        return entries
+
+    async def _list_entry_rows(
+        self, after: BlockKey | None, limit: int
+    ) -> list[tuple[bytes, int, int, int | None, int | None]]:
+        start = self._list_start(after, limit)
+
+        def select(
+            conn: sqlite3.Connection,
+        ) -> list[tuple[bytes, int, int, int | None, int | None]]:
+            return conn.execute(
+                "SELECT b.address, b.fragment, b.size, t.replicas, t.checksum FROM blocks b"
+                " LEFT JOIN replica_targets t ON t.address = b.address AND b.fragment = -1"
+                " WHERE (b.address, b.fragment) > (?, ?) ORDER BY b.address, b.fragment"
+                " LIMIT ?",
+                (*start, limit),
+            ).fetchall()
+
+        with self._call():
+            return await self._reader.run(select)
+
+    def _list_start(self, after: BlockKey | None, limit: int) -> tuple[bytes, int]:
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise InvalidArgument("limit must be a positive int")
+        if after is None:
+            return (b"", WHOLE_BLOCK - 1)
+        if isinstance(after, BlockKey):
+            return (_address(after.address), _stored_fragment(_fragment(after.fragment)))
+        raise InvalidArgument("after must be a BlockKey or None")
+
+    async def holdings(self, addresses: list[BlockAddress]) -> dict[BlockAddress, list[int | None]]:
+        """Return, for each address held in any form, its keys: ``None`` (whole) or fragments.
+
+        Addresses held in no form are absent from the result. One query for the lot.
+
+        Raises:
+            InvalidArgument: a bad address.
+            trio.ClosedResourceError: the silo is closed.
+        """
+        wanted = [_address(a) for a in addresses]
+
+        def select(conn: sqlite3.Connection) -> list[tuple[bytes, int]]:
+            rows: list[tuple[bytes, int]] = []
+            for start in range(0, len(wanted), 500):
+                part = wanted[start : start + 500]
+                marks = ",".join("?" * len(part))
+                rows += conn.execute(
+                    f"SELECT address, fragment FROM blocks WHERE address IN ({marks})", part
+                ).fetchall()
+            return rows
+
+        with self._call():
+            rows = await self._reader.run(select)
+        held: dict[BlockAddress, list[int | None]] = {}
+        for address, fragment in rows:
+            key = _block_key(address, fragment)
+            held.setdefault(key.address, []).append(key.fragment)
+        return held
+
+    async def replica_target(self, address: BlockAddress) -> int | None:
+        """Return the replica target stored with whole block ``address`` (None: unknown).
+
+        A target record that fails its checksum is reported and taken as unknown.
+        """
+        addr = _address(address)
+
+        def select(conn: sqlite3.Connection) -> tuple[int, int] | None:
+            row = conn.execute(
+                "SELECT replicas, checksum FROM replica_targets WHERE address = ?", (addr,)
+            ).fetchone()
+            return None if row is None else (int(row[0]), int(row[1]))
+
+        with self._call():
+            row = await self._reader.run(select)
+        if row is None:
+            return None
+        if _target_checksum(addr, row[0]) != row[1]:
+            self._report_corrupt(BlockKey(addr), Corrupt("replica target fails its checksum"))
+            return None
+        return row[0]
+
     async def iter_blocks(self, *, page_size: int = 1000) -> AsyncIterator[BlockKey]:
         """Iterate over every held block, a page of :meth:`list_blocks` at a time."""
         after: BlockKey | None = None
@@ -661,14 +823,7 @@ class Silo:
     async def _list_block_rows(
         self, after: BlockKey | None, limit: int
     ) -> list[tuple[bytes, int, int]]:
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-            raise InvalidArgument("limit must be a positive int")
-        if after is None:
-            start = (b"", WHOLE_BLOCK - 1)
-        elif isinstance(after, BlockKey):
-            start = (_address(after.address), _stored_fragment(_fragment(after.fragment)))
-        else:
-            raise InvalidArgument("after must be a BlockKey or None")
+        start = self._list_start(after, limit)
 
         def select(conn: sqlite3.Connection) -> list[tuple[bytes, int, int]]:
             return conn.execute(
@@ -715,7 +870,8 @@ class Silo:
 
         Raises:
             InvalidArgument: bad address or record.
-            NoSpace: the record would exceed the capacity (nothing is stored).
+            NoSpace: the record would exceed the capacity (nothing is stored), or the silo
+                does not accept new data and has no record for this address.
             trio.ClosedResourceError: the silo is closed.
 
         Cancellation: the record may or may not be stored (and must then be assumed
@@ -733,8 +889,12 @@ class Silo:
         size = record.stored_size()
         checksum = _acceptor_checksum(addr, *fields)
 
+        accepting = self._accepting
+
         def upsert(conn: sqlite3.Connection) -> int:
             old = _old_acceptor_size(conn, addr)
+            if old < 0 and not accepting:
+                raise NoSpace("this node is draining: it takes on no new mutable blocks")
             conn.execute(
                 "INSERT OR REPLACE INTO paxos VALUES (?, ?, ?, ?, ?, ?)",
                 (addr, *fields, checksum),
@@ -1020,6 +1180,30 @@ def _block_key(address: bytes, fragment: int | None) -> BlockKey:
     return BlockKey(BlockAddress(address), None if fragment == WHOLE_BLOCK else fragment)
 
 
+def _replicas(replicas: object, fragment: int | None) -> int | None:
+    if replicas is None:
+        return None
+    if isinstance(replicas, bool) or not isinstance(replicas, int):
+        raise InvalidArgument("replicas must be an int or None")
+    if not 1 <= replicas <= MAX_REPLICAS:
+        raise InvalidArgument(f"replicas must be in 1..{MAX_REPLICAS}")
+    if fragment is not None:
+        raise InvalidArgument("a fragment carries no replica target")
+    return replicas
+
+
+def _target_checksum(address: bytes, replicas: int) -> int:
+    return zlib.crc32(struct.pack(">I", replicas), zlib.crc32(b"target" + address))
+
+
+def _put_target(conn: sqlite3.Connection, address: bytes, replicas: int | None) -> None:
+    if replicas is not None:
+        conn.execute(
+            "INSERT OR REPLACE INTO replica_targets VALUES (?, ?, ?)",
+            (address, replicas, _target_checksum(address, replicas)),
+        )
+
+
 def _stored_fragment(fragment: int | None) -> int:
     return WHOLE_BLOCK if fragment is None else fragment
 
@@ -1060,7 +1244,7 @@ def _verified_acceptor_row(address: bytes, row: tuple[Any, ...]) -> AcceptorReco
 
 def _create_schema(conn: sqlite3.Connection) -> None:
     version = conn.execute("PRAGMA user_version").fetchone()[0]
-    if version not in (0, _SCHEMA_VERSION):
+    if version not in (0, 1, _SCHEMA_VERSION):  # version 2 only added replica_targets
         raise InvalidArgument(f"silo schema version {version} is not supported")
     # Statement by statement: executescript() would commit the writer's open transaction.
     for statement in _SCHEMA.split(";"):

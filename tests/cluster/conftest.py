@@ -58,6 +58,8 @@ DEFAULT_CAPACITY = 1 << 30
 
 #: Builds the registry a node's BlockService registers on (tests wrap the RpcNode).
 RegistryWrapper = Callable[[int, RpcNode], HandlerRegistry]
+#: Called in a node's nursery once its overlay runs (to start more services on it).
+StartHook = Callable[["ClusterNode", trio.Nursery], Awaitable[None]]
 
 
 @dataclass
@@ -100,8 +102,12 @@ class Cluster:
         root: Path,
         *,
         registry_wrapper: RegistryWrapper | None = None,
+        overlay_config: OverlayConfig = OVERLAY,
+        on_start: StartHook | None = None,
     ) -> None:
         self._nursery = nursery
+        self._overlay_config = overlay_config
+        self._on_start = on_start
         self.root = root
         self.owner = NodeIdentity.generate()
         self.network = NetworkDescriptor.create(self.owner, "kv-test", {"replicas": 3})
@@ -162,12 +168,14 @@ class Cluster:
                         rpc.contact,
                         rpc,
                         rpc,
-                        config=OVERLAY,
+                        config=self._overlay_config,
                         bootstrap=bootstrap,
                         incarnation=node.incarnation,
                     )
                     node.overlay = overlay
                     await nursery.start(overlay.run)
+                    if self._on_start is not None:
+                        await self._on_start(node, nursery)
                     task_status.started()
         finally:
             node.nursery = None

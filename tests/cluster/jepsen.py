@@ -411,7 +411,7 @@ async def member_states(rpc: RpcNode, node: NodeProcess, timeout: float = 1.0) -
     reply = await rpc.call(Contact(NodeId(b""), node.address), MEMBERS, None, timeout=timeout)
     states = {}
     for entry in reply["members"]:
-        contact, state, _ = entry_from_wire(entry)
+        contact, state, _, _ = entry_from_wire(entry)
         states[bytes(contact.node_id)] = state.value
     return states
 

@@ -6,6 +6,7 @@ import itertools
 import math
 import random
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -142,14 +143,51 @@ def test_second_hand_eviction_of_a_member_we_just_heard_from_is_only_a_suspicion
 
 def test_wire_entries_round_trip_and_reject_garbage() -> None:
     member = Member(make_contact(3), SUSPECTED, 7, 0.0, 0.0)
-    assert entry_from_wire(entry_to_wire(member)) == (member.contact, SUSPECTED, 7)
+    assert entry_from_wire(entry_to_wire(member)) == (member.contact, SUSPECTED, 7, False)
     good = entry_to_wire(member)
-    for bad in [None, good[:2], [good[0], "dead", 1], [good[0], "alive", -1]]:
+    assert entry_from_wire(good[:3]) == (member.contact, SUSPECTED, 7, False)
+    draining = replace(member, draining=True)
+    assert entry_from_wire(entry_to_wire(draining)) == (member.contact, SUSPECTED, 7, True)
+    for bad in [
+        None,
+        good[:2],
+        [good[0], "dead", 1],
+        [good[0], "alive", -1],
+        [*good[:3], "yes"],
+        [*good, False],
+    ]:
         with pytest.raises(RemoteProtocolError):
             entry_from_wire(bad)
     for bad_view in [[], ["alive", True], ["alive", 2**64], "alive"]:
         with pytest.raises(RemoteProtocolError):
             view_from_wire(bad_view)
+
+
+def test_draining_flag_travels_with_the_incarnation_that_set_it() -> None:
+    me, other = make_contact(1), make_contact(2)
+    mine, theirs = MemberTable(me, incarnation=4), MemberTable(other)
+    assert mine.set_own_draining(True, now=1.0)
+    assert not mine.set_own_draining(True, now=2.0)  # no change, no new incarnation
+    assert mine.incarnation == 5
+    for contact, state, incarnation, draining in map(entry_from_wire, mine.to_wire()):
+        theirs.merge(contact, state, incarnation, now=3.0, draining=draining)
+    seen = theirs.get(me.node_id)
+    assert seen is not None
+    assert (seen.draining, seen.incarnation) == (True, 5)
+    # A stale entry (older incarnation, not draining) does not clear the flag...
+    assert theirs.merge(me, ALIVE, 4, now=4.0) is None
+    # ...and a local suspicion keeps it.
+    theirs.suspect(me.node_id, now=5.0)
+    suspected = theirs.get(me.node_id)
+    assert suspected is not None
+    assert (suspected.state, suspected.draining) == (SUSPECTED, True)
+    # Withdrawing it is another incarnation, which wins everywhere.
+    assert mine.set_own_draining(False, now=6.0)
+    for contact, state, incarnation, draining in map(entry_from_wire, mine.to_wire()):
+        event = theirs.merge(contact, state, incarnation, now=7.0, draining=draining)
+        if contact.node_id == me.node_id:
+            assert event is not None
+            assert not event.member.draining
 
 
 def test_config_is_validated() -> None:
@@ -425,7 +463,7 @@ async def test_handlers_reject_malformed_requests() -> None:
         assert info.value.code == "bad_request"
     # A well-formed ping from a stranger introduces it.
     reply = await membership.handle_ping(caller, {"inc": 2, "view": None, "from": caller_wire})
-    assert reply == {"inc": 0, "view": ["alive", 2]}
+    assert reply == {"inc": 0, "view": ["alive", 2], "draining": False}
     assert [m.node_id for m in membership.members()] == [me.node_id, caller.node_id]
     assert {PING, GOSSIP} == {"dht.ping", "dht.gossip"}
 
