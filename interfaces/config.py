@@ -12,6 +12,12 @@ Example::
     [membership]
     eviction_delay = "30s"               # how long a silent member stays suspected before eviction
 
+    [repair]
+    interval = "30s"                     # time between repair passes when nothing changes
+    bandwidth = "64MiB"                  # most bytes per second sent for repair and moves
+    scrub_interval = "24h"               # time between checksum scrubs of the whole silo
+    scrub_rate = "8MiB"                  # most bytes per second a scrub reads
+
     [admin]
     listen = "127.0.0.1:9100"            # /metrics (Prometheus) and /status (JSON)
 
@@ -28,11 +34,14 @@ from __future__ import annotations
 import math
 import re
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from dht.ids import Address
+
+T = TypeVar("T", int, float)
 
 
 class ConfigError(Exception):
@@ -113,6 +122,10 @@ class NodeConfig:
     capacity_bytes: int = 100 * 1024**3
     bootstrap: tuple[Address, ...] = ()
     eviction_delay: float = 30.0
+    repair_interval: float = 30.0
+    repair_bandwidth: int = 64 * 1024**2
+    scrub_interval: float = 24 * 3600.0
+    scrub_rate: int = 8 * 1024**2
     admin_listen: Address | None = None
     s3_listen: Address | None = None
     s3_gateway_key: Path | None = None
@@ -146,6 +159,7 @@ class NodeConfig:
 _ALLOWED = {
     "node": {"data_dir", "listen", "advertise", "capacity", "bootstrap"},
     "membership": {"eviction_delay"},
+    "repair": {"interval", "bandwidth", "scrub_interval", "scrub_rate"},
     "admin": {"listen"},
     "s3": {"listen", "gateway_key"},
 }
@@ -170,6 +184,7 @@ def parse_config(document: dict[str, Any], *, source: str = "<config>") -> NodeC
     membership = _table(document, "membership", source)
     admin = _table(document, "admin", source)
     s3 = _table(document, "s3", source)
+    repair = _table(document, "repair", source)
 
     def where(table: str, key: str) -> str:
         return f"{source}: [{table}] {key}"
@@ -185,13 +200,17 @@ def parse_config(document: dict[str, Any], *, source: str = "<config>") -> NodeC
         bootstrap = tuple(parse_address(item) for item in bootstrap_list)
     except ConfigError as error:
         raise ConfigError(f"{where('node', 'bootstrap')}: {error}") from None
-    tables = {"node": node, "membership": membership, "admin": admin, "s3": s3}
+    tables = {"node": node, "membership": membership, "admin": admin, "s3": s3, "repair": repair}
     values: dict[str, Any] = {}
     for table, key, parser, target in (
         ("node", "listen", parse_address, "listen"),
         ("node", "advertise", parse_address, "advertise"),
         ("node", "capacity", parse_size, "capacity_bytes"),
         ("membership", "eviction_delay", parse_duration, "eviction_delay"),
+        ("repair", "interval", _positive(parse_duration), "repair_interval"),
+        ("repair", "bandwidth", _positive(parse_size), "repair_bandwidth"),
+        ("repair", "scrub_interval", _positive(parse_duration), "scrub_interval"),
+        ("repair", "scrub_rate", _positive(parse_size), "scrub_rate"),
         ("admin", "listen", parse_address, "admin_listen"),
         ("s3", "listen", parse_address, "s3_listen"),
     ):
@@ -205,6 +224,18 @@ def parse_config(document: dict[str, Any], *, source: str = "<config>") -> NodeC
             raise ConfigError(f"{where('s3', 'gateway_key')} must be a path string")
         values["s3_gateway_key"] = Path(s3["gateway_key"])
     return NodeConfig(data_dir=Path(node["data_dir"]), bootstrap=bootstrap, **values)
+
+
+def _positive(parser: Callable[[Any], T]) -> Callable[[Any], T]:
+    """``parser``, refusing zero (a rate or interval of zero would stall or spin)."""
+
+    def parse(text: Any) -> T:
+        value = parser(text)
+        if not value:
+            raise ConfigError(f"must be more than zero, not {text!r}")
+        return value
+
+    return parse
 
 
 def load_config(path: str | Path) -> NodeConfig:

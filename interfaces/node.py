@@ -8,6 +8,7 @@ durable before the process can exit.
 from __future__ import annotations
 
 import ipaddress
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -32,7 +33,12 @@ from dht.membership import MembershipConfig
 from dht.overlay import Overlay, OverlayConfig
 from dht.rpc import RpcNode
 from storage.errors import StorageError
+from storage.kv_client import KVClient
 from storage.kv_service import BlockService
+from storage.placement import OverlayPlacement
+from storage.policy import Redundancy
+from storage.registers import ClientKeys
+from storage.repair import RepairConfig, RepairService
 from storage.silo import Silo
 
 from .config import NodeConfig
@@ -44,6 +50,7 @@ logger = logging.getLogger(__name__)
 INFO_METHOD = "node.info"
 INFO_TIMEOUT = 2.0
 ADMIN_PREFIX = "/admin/"
+NODE_ADMIN_PREFIX = "/admin/node/"
 MAX_ADMIN_BODY = 64 * 1024
 
 
@@ -82,6 +89,7 @@ class _Parts:
     rpc: RpcNode
     overlay: Overlay
     service: BlockService
+    repair: RepairService
 
 
 @dataclass(frozen=True)
@@ -200,8 +208,9 @@ class Node:
             bootstrap=bootstrap,
             incarnation=int(time.time()),
         )
-        self._parts = _Parts(silo, rpc, overlay, service)
         await nursery.start(overlay.run)
+        repair = await self._start_repair(nursery, credentials, silo, rpc, overlay)
+        self._parts = _Parts(silo, rpc, overlay, service, repair)
         if config.admin_listen is not None:
             try:
                 self.admin_address = await nursery.start(
@@ -211,6 +220,41 @@ class Node:
                 raise NodeStartError(
                     f"cannot listen on {config.admin_listen} (admin): {error.strerror}"
                 ) from None
+
+    async def _start_repair(
+        self,
+        nursery: trio.Nursery,
+        credentials: Credentials,
+        silo: Silo,
+        rpc: RpcNode,
+        overlay: Overlay,
+    ) -> RepairService:
+        """Start the register mover (a key-value client owning no registers) and repair."""
+        policy = Redundancy(**credentials.network.redundancy)
+        mover = KVClient(
+            rpc,
+            OverlayPlacement(overlay),
+            keys=ClientKeys.generate(),
+            default_redundancy=policy,
+        )
+        await nursery.start(mover.run)
+        config = self.config
+        repair = RepairService(
+            silo,
+            rpc,
+            overlay.membership,
+            mover,
+            default_replicas=policy.replicas or 3,
+            config=RepairConfig(
+                scan_interval=config.repair_interval,
+                bandwidth=config.repair_bandwidth,
+                scrub_interval=config.scrub_interval,
+                scrub_rate=config.scrub_rate,
+            ),
+        )
+        repair.register_handlers(rpc)
+        await nursery.start(repair.run)
+        return repair
 
     @property
     def parts(self) -> _Parts:
@@ -243,6 +287,8 @@ class Node:
             "blocks": silo.blocks,
             "registers": silo.acceptor_records,
             "uptime_s": round(time.time() - self.started_at, 1),
+            "draining": parts.repair.draining,
+            "repair": _plain(parts.repair.statistics()),
         }
 
     def _info_handler(self) -> Handler:
@@ -319,32 +365,75 @@ class Node:
             await send_json(send, 404, {"error": f"no such endpoint {path}"})
 
     async def _admin_operation(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Forward ``/admin/...`` to the gateway: loopback callers only, since these change
-        credentials and buckets even when the admin listener is opened for scraping."""
+        """Serve ``/admin/node/...`` here and forward other ``/admin/...`` to the gateway:
+        loopback callers only, since these change the node, credentials and buckets even
+        when the admin listener is opened for scraping."""
         client = scope.get("client")
         if not _is_loopback(client[0] if client else None):
             await send_json(send, 403, {"error": "admin operations are allowed from loopback"})
             return
-        if self.gateway is None:
+        node_operation = scope["path"].startswith(NODE_ADMIN_PREFIX)
+        if not node_operation and self.gateway is None:
             await send_json(
                 send,
                 404,
                 {"error": "this node hosts no S3 gateway (ask the node that serves S3)"},
             )
             return
-        body = bytearray()
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                return  # the client went away
-            body += message.get("body", b"")
-            if len(body) > MAX_ADMIN_BODY:
-                await send_json(send, 413, {"error": "request body too large"})
-                return
-            if not message.get("more_body", False):
-                break
-        status, document = await self.gateway.handle(scope["method"], scope["path"], bytes(body))
+        try:
+            body = await _read_body(receive)
+        except _BodyTooLarge:
+            await send_json(send, 413, {"error": "request body too large"})
+            return
+        if body is None:
+            return  # the client went away
+        if node_operation:
+            status, document = await self._node_operation(scope["method"], scope["path"], body)
+        else:
+            assert self.gateway is not None
+            status, document = await self.gateway.handle(scope["method"], scope["path"], body)
         await send_json(send, status, document)
+
+    async def _node_operation(
+        self, method: str, path: str, body: bytes
+    ) -> tuple[int, dict[str, Any]]:
+        """``/admin/node/drain`` (GET: progress; POST ``{"draining": bool}``: start or stop),
+        ``/admin/node/repair`` (POST: run a repair pass now), ``/admin/node/scrub`` (POST:
+        verify every record now and heal bad copies; answers when done)."""
+        repair = self.parts.repair
+        operation = path[len(NODE_ADMIN_PREFIX) :]
+        if operation == "drain" and method == "GET":
+            return 200, self._drain_document()
+        if method != "POST":
+            return 405, {"error": f"{method} {path} is not supported"}
+        if operation == "drain":
+            try:
+                request = json.loads(body or b"{}")
+            except ValueError:
+                request = None
+            if not isinstance(request, dict) or not isinstance(request.get("draining", True), bool):
+                logger.warning("admin: bad drain request body %r", body[:200])
+                return 400, {"error": 'the body must be {"draining": true|false}'}
+            await repair.set_draining(request.get("draining", True))
+            return 200, self._drain_document()
+        if operation == "repair":
+            found_work = await repair.repair_now()
+            return 200, {"found_work": found_work, "repair": _plain(repair.statistics())}
+        if operation == "scrub":
+            bad = await repair.scrub_now()
+            return 200, {"corrupt": bad, "repair": _plain(repair.statistics())}
+        return 404, {"error": f"no such node operation {path}"}
+
+    def _drain_document(self) -> dict[str, Any]:
+        repair = self.parts.repair
+        stats = self.parts.silo.statistics()
+        return {
+            "draining": repair.draining,
+            "blocks": stats.blocks,
+            "registers": stats.acceptor_records,
+            "remaining": stats.blocks + stats.acceptor_records if repair.draining else 0,
+            "repair": _plain(repair.statistics()),
+        }
 
     def _registry(self) -> CollectorRegistry:
         parts = self.parts
@@ -353,12 +442,35 @@ class Node:
             ("rpc", parts.rpc.statistics),
             ("overlay", parts.overlay.statistics),
             ("kv", parts.service.statistics),
+            ("repair", parts.repair.statistics),
         ]
         counters: list[LabelledCounter] = []
         if self.gateway is not None:
             sources += self.gateway.metric_sources()
             counters += self.gateway.metric_counters()
         return node_registry(self.credentials.identity.node_id.hex()[:12], sources, counters)
+
+
+class _BodyTooLarge(Exception):
+    """An admin request body exceeds :data:`MAX_ADMIN_BODY`."""
+
+
+async def _read_body(receive: Receive) -> bytes | None:
+    """The request body, or None if the client went away before sending all of it.
+
+    Raises:
+        _BodyTooLarge: it exceeds :data:`MAX_ADMIN_BODY`.
+    """
+    body = bytearray()
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return None
+        body += message.get("body", b"")
+        if len(body) > MAX_ADMIN_BODY:
+            raise _BodyTooLarge
+        if not message.get("more_body", False):
+            return bytes(body)
 
 
 def _is_loopback(host: str | None) -> bool:

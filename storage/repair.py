@@ -296,6 +296,7 @@ class RepairService:
         self._geometry: dict[BlockAddress, tuple[int, int]] = {}
         self._send_at = 0.0
         self._cpu = trio.CapacityLimiter(1)
+        self._limiter = trio.CapacityLimiter(self.config.parallel)
 
     # -- RPC ------------------------------------------------------------------------------
 
@@ -583,10 +584,9 @@ class RepairService:
         for plan, size in todo:
             tally.work += 1
             tally.bytes_to_move += size * (len(plan.copies) + len(plan.rebuilds))
-        limiter = trio.CapacityLimiter(self.config.parallel)
 
         async def run(plan: BlockPlan) -> None:
-            async with limiter:
+            async with self._limiter:
                 await self._execute(plan)
 
         async with trio.open_nursery() as nursery:
@@ -740,6 +740,7 @@ class RepairService:
             addresses = await self._silo.list_paxos(after=after, limit=self.config.page)
             examined += len(addresses)
             in_place: list[tuple[BlockAddress, RegisterValue]] = []
+            moves: list[tuple[BlockAddress, RegisterValue, tuple[NodeId, ...]]] = []
             for address in addresses:
                 state = await self._load_state(address)
                 value = None if state is None else state.value
@@ -751,11 +752,14 @@ class RepairService:
                 if desired is None:
                     continue
                 if value.is_moving or set(value.replica_set) != set(desired):
-                    tally.work += 1
-                    tally.under_target += 1
-                    await self._move(address, value, desired)
+                    moves.append((address, value, desired))
                 else:
                     in_place.append((address, value))
+            tally.work += len(moves)
+            tally.under_target += len(moves)
+            async with trio.open_nursery() as nursery:
+                for address, value, desired in moves:
+                    nursery.start_soon(self._move, address, value, desired)
             await self._sync_lagging(view, in_place, tally)
             if len(addresses) < self.config.page:
                 return examined
@@ -784,7 +788,8 @@ class RepairService:
         assert self._registers is not None
         hint = tuple(value.replica_set)
         try:
-            await self._registers.move_register(address, desired, hint=hint)
+            async with self._limiter:
+                await self._registers.move_register(address, desired, hint=hint)
         except (StorageError, RpcError) as exc:
             self._n.failures += 1
             level = logging.INFO if isinstance(exc, Conflict | Unavailable) else logging.WARNING
@@ -830,23 +835,29 @@ class RepairService:
             for node, addresses in wanted.items():
                 for start in range(0, len(addresses), MAX_QUERY):
                     nursery.start_soon(ask, node, addresses[start : start + MAX_QUERY])
-        assert self._registers is not None
+        lagging = []
         for address, value in registers:
             mine = await self._accepted_ballot(address)
             seen = [ballots[n].get(address) for n in value.replica_set if n in ballots]
-            answered = len(seen) == len(value.replica_set) - 1
-            if answered and all(b == mine for b in seen):
-                continue
-            if not answered and all(b == mine for b in seen):
-                continue  # a member is unreachable: nothing to sync it with now
-            tally.work += 1
-            tally.under_target += 1
-            try:
-                await self._registers.sync_register(address, hint=tuple(value.replica_set))
-                self._n.registers_synced += 1
-            except (StorageError, RpcError) as exc:
-                self._n.failures += 1
-                logger.info("repair: sync of register %s failed: %s", address.hex()[:16], exc)
+            if all(b == mine for b in seen):
+                continue  # up to date, or a member is unreachable: nothing to sync it with
+            lagging.append((address, value))
+        tally.work += len(lagging)
+        tally.under_target += len(lagging)
+
+        async def sync(address: BlockAddress, value: RegisterValue) -> None:
+            assert self._registers is not None
+            async with self._limiter:
+                try:
+                    await self._registers.sync_register(address, hint=tuple(value.replica_set))
+                    self._n.registers_synced += 1
+                except (StorageError, RpcError) as exc:
+                    self._n.failures += 1
+                    logger.info("repair: sync of register %s failed: %s", address.hex()[:16], exc)
+
+        async with trio.open_nursery() as nursery:
+            for address, value in lagging:
+                nursery.start_soon(sync, address, value)
 
     async def _drop_retired(self, address: BlockAddress) -> None:
         """Drop an acceptor record no configuration needs here (only while draining)."""

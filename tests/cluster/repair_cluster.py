@@ -21,6 +21,7 @@ from dht.overlay import OverlayConfig
 from storage.api import ChunkRef
 from storage.ids import BlockAddress
 from storage.kv_client import KVClient
+from storage.paxos import AcceptorState, Ballot
 from storage.placement import OverlayPlacement
 from storage.policy import Redundancy
 from storage.registers import ClientKeys
@@ -203,6 +204,50 @@ async def chunk_census(rc: RepairCluster, refs: list[ChunkRef]) -> list[ChunkCen
         )
         for ref in refs
     ]
+
+
+@dataclass(frozen=True)
+class RegisterCensus:
+    """Where one register is: each running node's accepted ballot and value for it."""
+
+    address: BlockAddress
+    states: dict[NodeId, AcceptorState]
+
+    def newest(self) -> AcceptorState | None:
+        """The state with the highest accepted ballot."""
+        accepted = [s for s in self.states.values() if s.accepted_ballot is not None]
+        return max(accepted, key=lambda s: s.accepted_ballot or Ballot(0, b""), default=None)
+
+    def at_full_redundancy(self) -> bool:
+        """Not moving, and every member of its replica set runs and holds the newest value."""
+        newest = self.newest()
+        if newest is None or newest.value is None or newest.value.is_moving:
+            return False
+        return all(
+            node in self.states and self.states[node].accepted_ballot == newest.accepted_ballot
+            for node in newest.value.replica_set
+        )
+
+    def matches_placement(self, eligible: list[Contact]) -> bool:
+        """Its replica set is the placement rule's targets."""
+        newest = self.newest()
+        if newest is None or newest.value is None:
+            return False
+        size = len(newest.value.replica_set)
+        want = {c.node_id for c in targets(self.address, eligible, size)}
+        return set(newest.value.replica_set) == want
+
+
+async def register_census(rc: RepairCluster, addresses: list[BlockAddress]) -> list[RegisterCensus]:
+    """Read every running node's acceptor state of each register from its silo."""
+    states: dict[BlockAddress, dict[NodeId, AcceptorState]] = {a: {} for a in addresses}
+    for node in rc.running():
+        assert node.silo is not None
+        for address in addresses:
+            record = await node.silo.load_paxos(address)
+            if record is not None and record.value is not None:
+                states[address][node.identity.node_id] = AcceptorState.from_bytes(record.value)
+    return [RegisterCensus(a, states[a]) for a in addresses]
 
 
 async def wait_for(

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Iterable
 from pathlib import Path
 
 import trio
 
 from storage.api import ChunkRef
+from storage.ids import BlockAddress
+from storage.registers import register_address
 from tests.cluster.repair_cluster import (
     ERASURE,
     REPLICATED,
     RepairCluster,
     chunk_census,
     random_payload,
+    register_census,
     repair_cluster,
     wait_for,
 )
@@ -38,6 +42,44 @@ async def write_chunks(rc: RepairCluster, count: int, seed: int) -> dict[ChunkRe
     return written
 
 
+async def write_registers(rc: RepairCluster, count: int) -> dict[bytes, bytes]:
+    """Write ``count`` registers (half with replicas=3, half with 4+2's replica count)."""
+    client = await rc.cluster.client(0, timeout=10.0)
+    written: dict[bytes, bytes] = {}
+    limiter = trio.CapacityLimiter(16)
+
+    async def one(i: int) -> None:
+        name, value = f"register-{i}".encode(), f"value {i} ".encode() * (1 + i % 7)
+        async with limiter:
+            await client.edit(name, lambda _old: value, redundancy=REPLICATED if i % 2 else ERASURE)
+        written[name] = value
+
+    async with trio.open_nursery() as nursery:
+        for i in range(count):
+            nursery.start_soon(one, i)
+    return written
+
+
+def register_addresses(rc: RepairCluster, names: Iterable[bytes]) -> list[BlockAddress]:
+    return [register_address(rc.cluster.keys.signing.public_key, n) for n in names]
+
+
+async def read_registers(rc: RepairCluster, written: dict[bytes, bytes], via: int) -> None:
+    client = await rc.cluster.client(via, timeout=10.0)
+    limiter = trio.CapacityLimiter(16)
+    bad: list[bytes] = []
+
+    async def one(name: bytes, value: bytes) -> None:
+        async with limiter:
+            if (await client.read(name)).value != value:
+                bad.append(name)
+
+    async with trio.open_nursery() as nursery:
+        for name, value in written.items():
+            nursery.start_soon(one, name, value)
+    assert not bad, f"{len(bad)} registers read back wrong"
+
+
 async def read_all(rc: RepairCluster, written: dict[ChunkRef, bytes], via: int) -> None:
     client = await rc.cluster.client(via, timeout=10.0)
     limiter = trio.CapacityLimiter(16)
@@ -55,53 +97,75 @@ async def read_all(rc: RepairCluster, written: dict[ChunkRef, bytes], via: int) 
 
 
 async def test_a_node_killed_for_good_is_repaired_around(tmp_path: Path) -> None:
+    """6 nodes, 1,000 blocks of mixed kinds; one node dies for good; all heal and read."""
     async with repair_cluster(tmp_path, 6) as rc:
-        written = await write_chunks(rc, 200, seed=7)
-        refs = list(written)
+        chunks = await write_chunks(rc, 500, seed=7)
+        registers = await write_registers(rc, 500)
+        refs, addresses = list(chunks), register_addresses(rc, registers)
 
         async def complete() -> bool:
             nodes = len(rc.running())
-            return all(c.at_full_redundancy(nodes) for c in await chunk_census(rc, refs))
+            census = await chunk_census(rc, refs)
+            if not all(c.at_full_redundancy(nodes) for c in census):
+                return False
+            return all(r.at_full_redundancy() for r in await register_census(rc, addresses))
 
-        await wait_for("full redundancy after the writes", complete, 30)
+        await wait_for("full redundancy after the writes", complete, 60)
         victim = await rc.kill_for_good(3)
+        started = trio.current_time()
         await rc.wait_evicted(victim)
-        await wait_for("full redundancy without node 3", complete, 60)
-        census = await chunk_census(rc, refs)
-        assert all(victim not in c.holders for c in census)
-        await read_all(rc, written, via=1)
-        copies = sum(rc.service(n.index).statistics().copies_made for n in rc.running())
-        rebuilds = sum(rc.service(n.index).statistics().fragments_rebuilt for n in rc.running())
-        assert copies > 0
-        assert rebuilds > 0
+        await wait_for("full redundancy without node 3", complete, 120)
+        healed_after = trio.current_time() - started
+        assert all(victim not in c.holders for c in await chunk_census(rc, refs))
+        for r in await register_census(rc, addresses):
+            newest = r.newest()
+            assert newest is not None
+            assert newest.value is not None
+            assert victim not in newest.value.replica_set
+        await read_all(rc, chunks, via=1)
+        await read_registers(rc, registers, via=2)
+        stats = [rc.service(n.index).statistics() for n in rc.running()]
+        assert sum(s.copies_made for s in stats) > 0
+        assert sum(s.fragments_rebuilt for s in stats) > 0
+        assert sum(s.registers_moved for s in stats) > 0
+        moved = sum(s.bytes_moved for s in stats)
+        print(f"repair: {moved} bytes moved; full redundancy {healed_after:.1f} s after the kill")
 
 
 async def test_new_nodes_take_their_share(tmp_path: Path) -> None:
+    """Two nodes join a loaded cluster: holders match placement again, load is balanced."""
     async with repair_cluster(tmp_path, 6) as rc:
-        written = await write_chunks(rc, 200, seed=11)
-        refs = list(written)
+        chunks = await write_chunks(rc, 300, seed=11)
+        registers = await write_registers(rc, 200)
+        refs, addresses = list(chunks), register_addresses(rc, registers)
         await rc.add_node()
         await rc.add_node()
         await rc.cluster.wait_converged()
 
         async def placed() -> bool:
-            census = await chunk_census(rc, refs)
-            return all(c.matches_placement(rc.eligible()) for c in census)
+            eligible = rc.eligible()
+            if not all(c.matches_placement(eligible) for c in await chunk_census(rc, refs)):
+                return False
+            census = await register_census(rc, addresses)
+            return all(r.matches_placement(eligible) and r.at_full_redundancy() for r in census)
 
-        await wait_for("every chunk on its placement targets", placed, 90)
+        await wait_for("every block on its placement targets", placed, 120)
         counts = []
         for node in rc.running():
             assert node.silo is not None
             counts.append(node.silo.statistics().blocks)
         mean = sum(counts) / len(counts)
         assert max(counts) <= 1.5 * mean, counts
-        await read_all(rc, written, via=7)
+        await read_all(rc, chunks, via=7)
+        await read_registers(rc, registers, via=6)
 
 
 async def test_a_drained_node_ends_empty_and_everything_reads(tmp_path: Path) -> None:
+    """A draining node moves everything away, refuses new blocks, and ends holding nothing."""
     async with repair_cluster(tmp_path, 6) as rc:
-        written = await write_chunks(rc, 120, seed=13)
-        refs = list(written)
+        chunks = await write_chunks(rc, 150, seed=13)
+        registers = await write_registers(rc, 100)
+        refs, addresses = list(chunks), register_addresses(rc, registers)
         drained = rc.cluster.nodes[2]
         await rc.service(2).set_draining(True)
 
@@ -110,8 +174,15 @@ async def test_a_drained_node_ends_empty_and_everything_reads(tmp_path: Path) ->
             stats = drained.silo.statistics()
             return stats.blocks == 0 and stats.acceptor_records == 0
 
-        await wait_for("node 2 to hold nothing", empty, 60)
-        census = await chunk_census(rc, refs)
-        assert all(c.at_full_redundancy(len(rc.eligible())) for c in census)
+        await wait_for("node 2 to hold nothing", empty, 90)
+        eligible = len(rc.eligible())
+        assert all(c.at_full_redundancy(eligible) for c in await chunk_census(rc, refs))
+        census = await register_census(rc, addresses)
+        assert all(r.at_full_redundancy() for r in census)
         assert rc.service(2).statistics().drain_remaining == 0
-        await read_all(rc, written, via=0)
+        # Writes during the drain never land on the draining node.
+        more = await write_chunks(rc, 20, seed=14)
+        assert drained.silo is not None
+        assert drained.silo.statistics().blocks == 0
+        await read_all(rc, {**chunks, **more}, via=0)
+        await read_registers(rc, registers, via=2)
