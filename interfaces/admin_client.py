@@ -124,3 +124,28 @@ class AdminClient:
     def delete_bucket(self, name: str) -> dict[str, Any]:
         """Delete an empty bucket."""
         return self.request("DELETE", f"/admin/buckets/{quote(name, safe='')}")
+
+    # -- the node's own operations (repair, drain, scrub) ---------------------------------
+
+    def drain_progress(self) -> dict[str, Any]:
+        """The node's drain document: ``{draining, blocks, registers, remaining, repair}``."""
+        return self.request("GET", "/admin/node/drain")
+
+    def set_draining(self, draining: bool) -> dict[str, Any]:
+        """Start (``True``) or stop (``False``) draining the node; answers the drain document.
+
+        The node persists the setting: a restarted node keeps draining.
+        """
+        return self.request("POST", "/admin/node/drain", {"draining": draining})
+
+    def repair(self) -> dict[str, Any]:
+        """Run one repair pass on the node now: ``{found_work, repair}``."""
+        return self.request("POST", "/admin/node/repair", {})
+
+    def scrub(self) -> dict[str, Any]:
+        """Verify every record the node holds now and heal bad copies: ``{corrupt, repair}``.
+
+        The node answers when the scrub is done, which takes the silo's size divided by its
+        scrub rate: give the client a ``timeout`` to match.
+        """
+        return self.request("POST", "/admin/node/scrub", {})

@@ -6,12 +6,15 @@ reported as one clear error line and a non-zero exit status, never as a tracebac
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import json
 import logging
 import string
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +37,7 @@ from dht.ids import Address
 from storage.errors import InvalidArgument
 from storage.policy import Redundancy
 
-from .admin_client import AdminClient, AdminClientError
+from .admin_client import DEFAULT_TIMEOUT, AdminClient, AdminClientError
 from .config import ConfigError, load_config, parse_address
 from .gateway import ServingNode
 from .gateway_key import GatewayKey, save_gateway_key
@@ -169,7 +172,7 @@ def network_show(network_file: Path) -> None:
 
 @main.group()
 def node() -> None:
-    """Set up and run a storage node."""
+    """Set up, run, drain and repair a storage node."""
 
 
 @node.command("init")
@@ -350,10 +353,10 @@ def _human_bytes(count: object) -> str:
     return f"{value:.1f} TiB"
 
 
-def _admin_client(admin: str | None) -> AdminClient:
+def _admin_client(admin: str | None, *, timeout: float = DEFAULT_TIMEOUT) -> AdminClient:
     """An admin client for ``--admin HOST:PORT`` (default :data:`DEFAULT_ADMIN`)."""
     try:
-        return AdminClient(parse_address(admin or DEFAULT_ADMIN))
+        return AdminClient(parse_address(admin or DEFAULT_ADMIN), timeout=timeout)
     except ConfigError as error:
         raise _fail(f"--admin: {error}") from None
 
@@ -418,25 +421,42 @@ def _print_status(document: dict[str, Any]) -> None:
     table.add_column("node", no_wrap=True)
     table.add_column("address", no_wrap=True)
     table.add_column("state", no_wrap=True)
-    for column in ("capacity", "used", "use%", "blocks", "registers", "uptime"):
+    for column in (
+        "capacity",
+        "used",
+        "use%",
+        "blocks",
+        "registers",
+        "under target",
+        "to move",
+        "repair rate",
+        "uptime",
+    ):
         table.add_column(column, justify="right", no_wrap=True)
     for member in members:
         node_id = str(member.get("id", ""))
         state = str(member.get("state", "?"))
         marker = " *" if node_id == here.get("id") else ""
+        draining = " [cyan](draining)[/]" if member.get("draining") is True else ""
+        repair = _repair_figures(member) or {}
+        rate = repair.get("repair_rate")
         table.add_row(
             node_id[:12] + marker,
             str(member.get("address", "")),
-            f"[{_STATE_STYLE.get(state, 'white')}]{state}[/]",
+            f"[{_STATE_STYLE.get(state, 'white')}]{state}[/]{draining}",
             _human_bytes(member.get("capacity_bytes")),
             _human_bytes(member.get("used_bytes")),
             _use_percent(member),
             str(member.get("blocks", "-")),
             str(member.get("registers", "-")),
+            str(repair.get("under_target", "-")),
+            _human_bytes(repair.get("bytes_to_move")),
+            f"{_human_bytes(rate)}/s" if isinstance(rate, int | float) else "-",
             _uptime(member.get("uptime_s")),
         )
     console.print(table)
     console.print("* the node that answered")
+    console.print(_repair_line(summarize_repair(document)), highlight=False)
     service = document.get("service", {})
     if isinstance(service, dict) and service:
         console.print(
@@ -462,12 +482,36 @@ def _print_status(document: dict[str, Any]) -> None:
             )
 
 
+_timeout_type = click.FloatRange(min=0, min_open=True)
+
+
 @main.command("status")
 @click.option("--admin", default=None, help=f"a node's admin address (default {DEFAULT_ADMIN})")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="print the status document as JSON")
-def status(admin: str | None, config_file: Path | None, as_json: bool) -> None:
-    """Show the cluster's members, their state, capacity and use."""
+@click.option(
+    "--wait-healthy",
+    is_flag=True,
+    help="first wait, with a progress bar, until nothing is under target and no member is "
+    "suspected",
+)
+@click.option(
+    "--timeout",
+    type=_timeout_type,
+    default=None,
+    metavar="SECONDS",
+    help="with --wait-healthy: give up (exit status 1) after SECONDS (default: no limit)",
+)
+def status(
+    admin: str | None,
+    config_file: Path | None,
+    as_json: bool,
+    wait_healthy: bool,
+    timeout: float | None,
+) -> None:
+    """Show the cluster's members, their state, capacity, use and repair backlog."""
+    if timeout is not None and not wait_healthy:
+        raise _fail("--timeout applies only with --wait-healthy")
     try:
         if config_file is not None:
             address = load_config(config_file).admin_listen
@@ -477,11 +521,17 @@ def status(admin: str | None, config_file: Path | None, as_json: bool) -> None:
             address = parse_address(admin or DEFAULT_ADMIN)
     except ConfigError as error:
         raise _fail(str(error)) from None
-    document = fetch_status(address)
+    started = time.monotonic()
+    document = _wait_healthy(address, timeout) if wait_healthy else fetch_status(address)
     if as_json:
         _echo_json(document)
         return
     _print_status(document)
+    if wait_healthy:
+        click.echo(
+            f"healthy after {time.monotonic() - started:.0f} s: "
+            "nothing under target, no member suspected"
+        )
 
 
 # -- day-2 operations against a running node ----------------------------------------------
@@ -660,6 +710,439 @@ def bucket_delete(name: str, admin: str, as_json: bool) -> None:
         _echo_json(answer)
         return
     click.echo(f"deleted bucket {name!r}")
+
+
+# -- repair, drain and scrubbing ----------------------------------------------------------
+
+#: Seconds between two progress requests while a command waits.
+POLL_INTERVAL = 1.0
+
+_node_admin_option = click.option(
+    "--admin",
+    default=DEFAULT_ADMIN,
+    show_default=True,
+    help="the node's admin address (it accepts these operations from loopback only)",
+)
+
+
+def _count(value: object) -> int:
+    """A count from a status document; anything that is not a count reads as 0."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def _member_rows(document: dict[str, Any]) -> list[dict[str, Any]]:
+    members = document.get("members")
+    return [m for m in members if isinstance(m, dict)] if isinstance(members, list) else []
+
+
+def _repair_figures(member: dict[str, Any]) -> dict[str, Any] | None:
+    """A member's repair statistics, or None when it did not report them."""
+    figures = member.get("repair")
+    return figures if isinstance(figures, dict) else None
+
+
+@dataclasses.dataclass(frozen=True)
+class RepairSummary:
+    """The repair backlog of a cluster, summed over the members of a ``/status`` document.
+
+    Attributes:
+        under_target: blocks and registers below their redundancy (each counted once: only its
+            responsible holder counts it).
+        bytes_to_move: bytes the members' last passes still had to copy or rebuild.
+        suspected: members suspected of having failed.
+        silent: live members that reported no repair figures (their backlog is unknown).
+        draining: ``(address, blocks and registers left)`` of each draining member.
+        stale: live members whose figures predate the last change of the member list.
+    """
+
+    under_target: int = 0
+    bytes_to_move: int = 0
+    suspected: int = 0
+    silent: int = 0
+    draining: tuple[tuple[str, int], ...] = ()
+    stale: int = 0
+
+    @property
+    def healthy(self) -> bool:
+        """Nothing under target, every live member accounted for, none suspected."""
+        return not (self.under_target or self.suspected or self.silent or self.stale)
+
+
+def summarize_repair(document: dict[str, Any]) -> RepairSummary:
+    """Sum the members' repair figures in a ``/status`` document."""
+    under_target = bytes_to_move = suspected = silent = 0
+    draining: list[tuple[str, int]] = []
+    for member in _member_rows(document):
+        state = member.get("state")
+        if state == "suspected":
+            suspected += 1
+        elif state != "alive":
+            continue
+        figures = _repair_figures(member)
+        if figures is None:
+            silent += state == "alive"
+            continue
+        under_target += _count(figures.get("under_target"))
+        bytes_to_move += _count(figures.get("bytes_to_move"))
+        if member.get("draining") is True:
+            address = str(member.get("address", "?"))
+            draining.append((address, _count(figures.get("drain_remaining"))))
+    return RepairSummary(under_target, bytes_to_move, suspected, silent, tuple(draining))
+
+
+class HealthWatch:
+    """Judges successive ``/status`` documents of one cluster while waiting for it to heal.
+
+    Each member's figures describe its last complete repair pass, so right after the member
+    list changes (an eviction, a join, a drain starting) they still describe the old list: an
+    evicted member's blocks are not yet counted as under target. When the list changes, the
+    watch therefore counts a live member as stale until its pass counter moves on.
+    """
+
+    def __init__(self) -> None:
+        self._view: frozenset[tuple[str, str, bool]] | None = None
+        self._baseline: dict[str, int] = {}
+
+    def observe(self, document: dict[str, Any]) -> RepairSummary:
+        """Summarize ``document``, counting the members whose figures are stale."""
+        members = _member_rows(document)
+        view = frozenset(
+            (str(m.get("id")), str(m.get("state")), m.get("draining") is True) for m in members
+        )
+        passes: dict[str, int] = {}
+        for member in members:
+            figures = _repair_figures(member)
+            if figures is not None and isinstance(figures.get("passes"), int):
+                passes[str(member.get("id"))] = figures["passes"]
+        if self._view is not None and view != self._view:
+            self._baseline = passes
+        self._view = view
+        stale = sum(
+            1
+            for m in members
+            if m.get("state") == "alive"
+            and str(m.get("id")) in self._baseline
+            and passes.get(str(m.get("id"))) == self._baseline[str(m.get("id"))]
+        )
+        return dataclasses.replace(summarize_repair(document), stale=stale)
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+def _backlog(summary: RepairSummary) -> str:
+    """The backlog in a few words, for a progress bar or an error line."""
+    parts = [f"{summary.under_target} under target"]
+    if summary.bytes_to_move:
+        parts.append(f"{_human_bytes(summary.bytes_to_move)} to move")
+    if summary.suspected:
+        parts.append(f"{_plural(summary.suspected, 'member')} suspected")
+    if summary.silent:
+        parts.append(f"{_plural(summary.silent, 'member')} not answering")
+    if summary.stale:
+        parts.append(f"{_plural(summary.stale, 'member')} yet to finish a repair pass")
+    return ", ".join(parts)
+
+
+def _repair_line(summary: RepairSummary) -> str:
+    """The status table's summary of the cluster's repair work."""
+    line = (
+        f"repair: {summary.under_target} blocks and registers under target, "
+        f"{_human_bytes(summary.bytes_to_move)} to move; "
+    )
+    if summary.draining:
+        drains = ", ".join(
+            f"{address} ({left} left)" if left else f"{address} (done)"
+            for address, left in summary.draining
+        )
+        line += f"draining: {drains}"
+    else:
+        line += "no drain in progress"
+    if summary.silent:
+        line += f" ({_plural(summary.silent, 'member')} did not answer: figures incomplete)"
+    return line
+
+
+def _progress_console() -> Any:
+    """The console progress bars draw on: stderr, so that stdout stays parseable."""
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+class _Countdown:
+    """A progress bar that counts a backlog down to zero from the largest value it has seen
+    (without a progress display, it only remembers the figures)."""
+
+    def __init__(self, progress: Any = None, task: Any = None) -> None:
+        self._progress = progress
+        self._task = task
+        self._total = 0
+
+    def update(self, remaining: int, label: str) -> None:
+        """Show ``remaining`` (and ``label`` beside the bar)."""
+        self._total = max(self._total, remaining, 1)
+        if self._progress is not None:
+            self._progress.update(
+                self._task,
+                total=self._total,
+                completed=self._total - remaining,
+                label=label,
+                refresh=True,
+            )
+
+
+@contextmanager
+def _countdown(description: str) -> Iterator[_Countdown]:
+    """A transient progress bar on stderr, erased when done so that the command's summary
+    line takes its place; nothing is drawn when stderr is not a terminal."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    console = _progress_console()
+    if not console.is_terminal:
+        yield _Countdown()
+        return
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.fields[label]}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    )
+    with progress:
+        yield _Countdown(progress, progress.add_task(description, total=1, label=""))
+
+
+def _sleep_until_next_poll(deadline: float | None) -> None:
+    pause = POLL_INTERVAL
+    if deadline is not None:
+        pause = min(pause, max(0.0, deadline - time.monotonic()))
+    time.sleep(pause)
+
+
+def _wait_healthy(address: Address, timeout: float | None) -> dict[str, Any]:
+    """Poll ``/status`` until the cluster is healthy; return the last document."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    watch = HealthWatch()
+    document = fetch_status(address)
+    summary = watch.observe(document)
+    try:
+        with _countdown("repairing") as bar:
+            while True:
+                bar.update(summary.under_target, _backlog(summary))
+                if summary.healthy:
+                    return document
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise _fail(f"not healthy after {timeout:g} s: {_backlog(summary)}")
+                _sleep_until_next_poll(deadline)
+                document = fetch_status(address)
+                summary = watch.observe(document)
+    except KeyboardInterrupt:
+        raise _fail(f"stopped waiting: {_backlog(summary)}") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class DrainProgress:
+    """A node's drain document (``/admin/node/drain``), checked."""
+
+    draining: bool
+    blocks: int
+    registers: int
+    remaining: int
+    failures: int
+
+    @classmethod
+    def from_document(cls, document: dict[str, Any]) -> DrainProgress:
+        """Read the fields the commands rely on.
+
+        Raises:
+            click.ClickException: a field is missing or is not what a node sends.
+        """
+
+        def unexpected() -> click.ClickException:
+            text = json.dumps(document, sort_keys=True)
+            return _fail(f"the node answered an unexpected drain document: {text[:200]}")
+
+        def count(key: str) -> int:
+            value = document.get(key)
+            if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+                return value
+            raise unexpected()
+
+        draining = document.get("draining")
+        if not isinstance(draining, bool):
+            raise unexpected()
+        figures = document.get("repair")
+        failures = _count(figures.get("failures")) if isinstance(figures, dict) else 0
+        return cls(draining, count("blocks"), count("registers"), count("remaining"), failures)
+
+    def label(self) -> str:
+        """What is left, for the progress bar."""
+        text = f"{self.remaining} blocks and registers left"
+        return text + (f", {_plural(self.failures, 'failure')}" if self.failures else "")
+
+
+def _wait_drained(
+    client: AdminClient, document: dict[str, Any], timeout: float | None
+) -> dict[str, Any]:
+    """Poll the node's drain until it holds nothing; return the last drain document."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    progress = DrainProgress.from_document(document)
+    try:
+        with _countdown(f"draining {client.address}") as bar:
+            while True:
+                if not progress.draining:
+                    raise _fail(
+                        f"the drain of {client.address} was cancelled; the node holds "
+                        f"{progress.blocks} blocks and {progress.registers} registers"
+                    )
+                bar.update(progress.remaining, progress.label())
+                if progress.remaining == 0:
+                    return document
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise _fail(
+                        f"the drain of {client.address} is not done after {timeout:g} s: "
+                        f"{progress.label()} (it goes on; follow it with ballast status)"
+                    )
+                _sleep_until_next_poll(deadline)
+                document = _call(client.drain_progress)
+                progress = DrainProgress.from_document(document)
+    except KeyboardInterrupt:
+        raise _fail(
+            f"stopped waiting with {progress.remaining} blocks and registers left; the node "
+            f"keeps draining (to stop it: ballast node drain --cancel --admin {client.address})"
+        ) from None
+
+
+@node.command("drain")
+@_node_admin_option
+@click.option("--wait", is_flag=True, help="show progress until the node holds nothing")
+@click.option("--cancel", is_flag=True, help="stop draining: the node takes new data again")
+@click.option(
+    "--timeout",
+    type=_timeout_type,
+    default=None,
+    metavar="SECONDS",
+    help="with --wait: give up (exit status 1) after SECONDS; the drain goes on",
+)
+@_json_option
+def node_drain(admin: str, wait: bool, cancel: bool, timeout: float | None, as_json: bool) -> None:
+    """Move every block and register off a node, so that it can be stopped and removed.
+
+    The node stops taking new data at once and hands what it holds to the other members; the
+    setting survives restarts until --cancel.
+    """
+    if cancel and wait:
+        raise _fail("--cancel and --wait cannot be combined")
+    if timeout is not None and not wait:
+        raise _fail("--timeout applies only with --wait")
+    client = _admin_client(admin)
+    started = time.monotonic()
+    document = _call(lambda: client.set_draining(not cancel))
+    first = DrainProgress.from_document(document)
+    if wait:
+        document = _wait_drained(client, document, timeout)
+    if as_json:
+        _echo_json(document)
+    elif cancel:
+        click.echo(
+            f"drain cancelled: the node takes new data again "
+            f"(it holds {first.blocks} blocks and {first.registers} registers)"
+        )
+    elif first.remaining == 0:
+        click.echo("drain complete: the node holds nothing and can be removed")
+    elif wait:
+        click.echo(
+            f"drain complete in {time.monotonic() - started:.0f} s: {first.blocks} blocks and "
+            f"{first.registers} registers moved off; the node holds nothing and can be removed"
+        )
+    else:
+        click.echo(
+            f"draining: {first.blocks} blocks and {first.registers} registers to move off; "
+            f"follow it with: ballast node drain --wait --admin {client.address}"
+        )
+
+
+def _checked(document: dict[str, Any], key: str, kind: type) -> dict[str, Any]:
+    """``document``'s repair figures, after checking ``key`` holds a ``kind``.
+
+    Raises:
+        click.ClickException: the document is not what a node sends.
+    """
+    value, figures = document.get(key), document.get("repair")
+    well_formed = isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
+    if not (well_formed and isinstance(figures, dict)):
+        text = json.dumps(document, sort_keys=True)
+        raise _fail(f"the node answered an unexpected document: {text[:200]}")
+    return figures
+
+
+@node.command("repair")
+@_node_admin_option
+@click.option(
+    "--timeout",
+    type=_timeout_type,
+    default=600.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="how long to wait for the pass to finish",
+)
+@_json_option
+def node_repair(admin: str, timeout: float, as_json: bool) -> None:
+    """Run one repair pass on a node now (nodes also run them by themselves)."""
+    client = _admin_client(admin, timeout=timeout)
+    document = _call(client.repair)
+    figures = _checked(document, "found_work", bool)
+    if as_json:
+        _echo_json(document)
+        return
+    outcome = "it copied, rebuilt or moved data" if document["found_work"] else "nothing to do"
+    click.echo(
+        f"repair pass done: {outcome}; {_count(figures.get('under_target'))} blocks and "
+        f"registers were under target, {_human_bytes(_count(figures.get('bytes_to_move')))} "
+        "to move"
+    )
+    click.echo(
+        f"since the node started: {_count(figures.get('copies_made'))} copies made, "
+        f"{_count(figures.get('fragments_rebuilt'))} fragments rebuilt, "
+        f"{_count(figures.get('registers_moved'))} registers moved, "
+        f"{_count(figures.get('copies_released'))} copies released, "
+        f"{_plural(_count(figures.get('failures')), 'failure')}"
+    )
+
+
+@node.command("scrub")
+@_node_admin_option
+@click.option(
+    "--timeout",
+    type=_timeout_type,
+    default=3600.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="how long to wait: a scrub reads everything at the node's [repair] scrub_rate",
+)
+@_json_option
+def node_scrub(admin: str, timeout: float, as_json: bool) -> None:
+    """Verify every record a node holds now, replacing corrupt copies from other holders."""
+    client = _admin_client(admin, timeout=timeout)
+    document = _call(client.scrub)
+    figures = _checked(document, "corrupt", int)
+    if as_json:
+        _echo_json(document)
+        return
+    corrupt = _count(document["corrupt"])
+    line = f"scrub done: {_plural(corrupt, 'corrupt record')} found"
+    if corrupt:
+        line += "; corrupt copies are replaced from other holders (the node logs any it cannot)"
+    click.echo(line)
+    click.echo(
+        f"since the node started: {_plural(_count(figures.get('scrub_passes')), 'scrub')}, "
+        f"{_human_bytes(_count(figures.get('scrubbed_bytes')))} verified, "
+        f"{_count(figures.get('corrupt_found'))} corrupt found, "
+        f"{_count(figures.get('corrupt_repaired'))} healed"
+    )
 
 
 if __name__ == "__main__":

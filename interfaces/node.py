@@ -326,6 +326,7 @@ class Node:
                 "address": str(member.contact.address),
                 "state": member.state.value,
                 "incarnation": member.incarnation,
+                "draining": member.draining,
             }
             row.update({k: v for k, v in facts.get(node_id, {}).items() if k not in row})
             rows.append(row)

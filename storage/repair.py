@@ -66,7 +66,7 @@ from typing import Any, Protocol
 import trio
 
 from dht.contracts import HandlerRegistry, RemoteCaller
-from dht.errors import RpcError
+from dht.errors import RemoteError, RpcError
 from dht.ids import Contact, NodeId
 from dht.membership import Member, MembershipEvent, MemberState
 
@@ -310,7 +310,7 @@ class RepairService:
             registers = _addresses(raw, "registers")
         except InvalidArgument as exc:
             logger.warning("repair: bad holdings query from %s: %s", caller.node_id.hex(), exc)
-            raise
+            raise RemoteError("invalid", str(exc)) from None
         held = await self._silo.holdings(blocks) if blocks else {}
         ballots = [await self._accepted_ballot(address) for address in registers]
         return {
@@ -347,8 +347,8 @@ class RepairService:
             nursery.start_soon(self._scrub_loop)
             task_status.started()
             while True:
+                self._wake = trio.Event()  # a change during the pass wakes the next one
                 busy = await self.repair_now()
-                self._wake = trio.Event()
                 if busy or (self.draining and self.drain_remaining() > 0):
                     await trio.sleep(self.config.settle_delay)
                     continue

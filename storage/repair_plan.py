@@ -19,14 +19,17 @@ each piece of work to exactly one of them:
 * **Fragments.** Each target should hold one fragment (or, when fewer than ``k + m`` members
   are eligible, the ``k + m`` fragments spread over them as evenly as possible, nearest
   first: a chunk keeps all its fragments even when it cannot have them on distinct nodes).
-  The free slots of the targets are paired, in placement order, with the fragment indexes
-  no target holds, in index order. A pair is served by the nearest non-target node that holds
-  that index (a copy: it is moving off-placement data home) or, if none does, rebuilt by the
-  responsible holder from any ``k`` fragments.
+  Walking the targets in placement order, each *places* the lowest indexes it holds that no
+  earlier target placed, up to its slots; whatever else a node holds is *extra* (a duplicate,
+  or data off its placement). The free slots are paired, in placement order, with the
+  indexes no target placed, in index order. A pair is served by the nearest node holding
+  that index as an extra (a copy: it is moving misplaced data home) or, if none does,
+  rebuilt by the responsible holder from any ``k`` fragments.
 * **Release (copy-then-release).** A holder outside the targets drops its copy only once the
   targets hold it: for a replica, every target holds one (before the pass, or through this
-  holder's own copies, which return only when durable); for a fragment, some target holds
-  that index. So a repair never removes a copy before its replacement is durable.
+  holder's own copies, which return only when durable); for a fragment held as an extra,
+  some target has placed that index, or this holder's copy of it succeeded. So a repair
+  never removes a copy before its replacement is durable.
 
 Holdings that differ between holders (a node not answering, a write racing the query) at
 worst duplicate a copy or postpone a release to the next pass; they never release a copy
@@ -197,17 +200,23 @@ def plan_fragments(
     total = data + parity
     order = _placement_order(address, target_set, [own, *others])
     target_ids = [t.node_id for t in target_set]
-    in_targets = own.node_id in target_ids
-    on_targets: set[int] = set()
-    for node in target_ids:
-        on_targets |= held.get(node, frozenset())
-    empty = [  # free slots of targets that answered, in placement order
-        t
-        for rank, t in enumerate(target_set)
-        if t.node_id in held
-        for _ in range(_slots(rank, len(target_set), total) - len(held[t.node_id]))
-    ]
-    needed = sorted(set(range(total)) - on_targets)
+    # Walk the targets in placement order: each keeps, as *placed*, the lowest indexes it
+    # holds that no earlier target keeps, up to its slots; the rest it holds are *extra*.
+    placed: set[int] = set()
+    free: list[Contact] = []  # a target once per free slot, in placement order
+    extra: dict[NodeId, frozenset[int]] = {}
+    for rank, target in enumerate(target_set):
+        if target.node_id not in held:
+            continue  # did not answer: neither sent anything nor counted
+        slots = _slots(rank, len(target_set), total)
+        keeps = sorted(held[target.node_id] - placed)[:slots]
+        placed.update(keeps)
+        extra[target.node_id] = held[target.node_id] - frozenset(keeps)
+        free += [target] * (slots - len(keeps))
+    for node, indexes in held.items():
+        if node not in target_ids:
+            extra[node] = indexes
+    needed = sorted(set(range(total)) - placed)
     anywhere: set[int] = set()
     for indexes in held.values():
         anywhere |= indexes
@@ -215,30 +224,28 @@ def plan_fragments(
     mine = responsible.node_id == own.node_id
     copies: list[Copy] = []
     rebuilds: list[Rebuild] = []
-    outside = [c for c in order if c.node_id not in target_ids]
-    for index, target in zip(needed, empty, strict=False):
-        supplier = next((c for c in outside if index in held.get(c.node_id, ())), None)
+    for index, target in zip(needed, free, strict=False):
+        supplier = next((c for c in order if index in extra.get(c.node_id, ())), None)
         if supplier is not None:
             if supplier.node_id == own.node_id:
                 copies.append(Copy(target, index))
         elif mine and len(anywhere) >= data:
             rebuilds.append(Rebuild(target, index, _sources(order, held, data)))
     release: dict[int | None, frozenset[Copy]] = {}
-    if not in_targets:
-        for index in sorted(held[own.node_id]):
-            if index in on_targets:
-                release[index] = frozenset()
-            else:
-                mine_to = [c for c in copies if c.fragment == index]
-                if mine_to:
-                    release[index] = frozenset(mine_to)
+    for index in sorted(extra[own.node_id]):
+        if index in placed:
+            release[index] = frozenset()
+        else:
+            mine_to = [c for c in copies if c.fragment == index]
+            if mine_to:
+                release[index] = frozenset(mine_to)
     return BlockPlan(
         address=address,
         copies=tuple(copies),
         rebuilds=tuple(rebuilds),
         release=release,
         responsible=mine,
-        under_target=len(on_targets) < total,
+        under_target=len(placed) < total,
         redundancy_left=len(anywhere) - data,
     )
 

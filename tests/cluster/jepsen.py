@@ -54,6 +54,7 @@ their RPC node.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -99,6 +100,7 @@ logger = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[2]
 NODE_PORT = 4100
+ADMIN_PORT = 9100
 CLI = [sys.executable, "-m", "interfaces.cli"]
 
 
@@ -118,6 +120,12 @@ class NodeProcess:
     process: subprocess.Popen[str] | None = None
     paused: bool = False
     starts: int = 0
+    retired: bool = False
+
+    @property
+    def member(self) -> bool:
+        """Whether the node belongs to the cluster: started once and not retired."""
+        return self.starts > 0 and not self.retired
 
     @property
     def address(self) -> Address:
@@ -151,13 +159,25 @@ class ProcessCluster:
         root: a directory for credentials, data directories, configs and logs.
         eviction_delay: the nodes' ``[membership] eviction_delay`` (a TOML duration).
         redundancy: the network's default redundancy (``3`` or ``4+2``).
+        initial: how many hosts :func:`start_cluster` starts (the others are spares the
+            test can add later); default all.
+
+    Every node serves its admin endpoint on ``127.0.0.1:9100`` inside its namespace
+    (admin operations are loopback-only; :meth:`admin` runs a request there).
     """
 
     def __init__(
-        self, lab: NetnsLab, root: Path, *, eviction_delay: str = "2s", redundancy: str = "3"
+        self,
+        lab: NetnsLab,
+        root: Path,
+        *,
+        eviction_delay: str = "2s",
+        redundancy: str = "3",
+        initial: int | None = None,
     ) -> None:
         """Describe the cluster; :meth:`prepare` makes the credentials."""
         self.lab = lab
+        self.initial = lab.count if initial is None else initial
         self.root = root
         self.eviction_delay = eviction_delay
         self.redundancy = redundancy
@@ -179,6 +199,41 @@ class ProcessCluster:
     def node(self, i: int) -> NodeProcess:
         """Node ``i`` (1-based)."""
         return self.nodes[i - 1]
+
+    def members(self) -> list[NodeProcess]:
+        """The nodes that belong to the cluster now (started once, not retired)."""
+        return [n for n in self.nodes if n.member]
+
+    def retire(self, i: int) -> None:
+        """Kill node ``i`` for good: SIGKILL, its data directory deleted, never restarted."""
+        self.kill(i)
+        node = self.node(i)
+        node.retired = True
+        shutil.rmtree(node.data_dir / "silo", ignore_errors=True)
+
+    async def admin(self, i: int, method: str, path: str, body: Any = None) -> Any:
+        """Send one request to node ``i``'s admin endpoint (from inside its namespace)."""
+        script = (
+            "import json, sys, urllib.request\n"
+            "method, url, body = sys.argv[1], sys.argv[2], sys.argv[3]\n"
+            "data = body.encode() if body else None\n"
+            "request = urllib.request.Request(url, data=data, method=method)\n"
+            "print(urllib.request.urlopen(request, timeout=10).read().decode())\n"
+        )
+        argv = [
+            sys.executable,
+            "-c",
+            script,
+            method,
+            f"http://127.0.0.1:{ADMIN_PORT}{path}",
+            "" if body is None else json.dumps(body),
+        ]
+        done = await trio.to_thread.run_sync(
+            functools.partial(self.lab.run, i, argv, check=False, capture_output=True, text=True)
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"admin {method} {path} on node {i} failed: {done.stderr}")
+        return json.loads(done.stdout)
 
     async def prepare(self) -> None:
         """Create the network, every node key and passport, and the client's.
@@ -231,6 +286,10 @@ class ProcessCluster:
                 'capacity = "4GiB"\n'
                 "[membership]\n"
                 f'eviction_delay = "{self.eviction_delay}"\n'
+                "[repair]\n"
+                'interval = "2s"\n'
+                "[admin]\n"
+                f'listen = "127.0.0.1:{ADMIN_PORT}"\n'
             )
 
     def start(self, i: int) -> None:
@@ -419,7 +478,7 @@ async def member_states(rpc: RpcNode, node: NodeProcess, timeout: float = 1.0) -
 async def nodes_listing(cluster: ProcessCluster, side: ClientSide, node_id: bytes) -> list[int]:
     """The nodes whose member list holds ``node_id`` (for a client: must be none)."""
     listing = []
-    for node in cluster.nodes:
+    for node in cluster.members():
         if bytes(node_id) in await member_states(side.rpc, node, timeout=5.0):
             listing.append(node.index)
     return listing
@@ -436,14 +495,14 @@ def save_artifacts(cluster: ProcessCluster, history: History, directory: Path) -
 
 
 async def wait_converged(cluster: ProcessCluster, side: ClientSide, timeout: float = 60.0) -> float:
-    """Wait until every node and the view see every node alive; return the seconds waited."""
-    ids = {bytes(n.node_id) for n in cluster.nodes}
+    """Wait until every member and the view see every member alive; return the seconds waited."""
+    ids = {bytes(n.node_id) for n in cluster.members()}
     start = trio.current_time()
     with trio.fail_after(timeout):
         while True:
             cluster.check_alive()
             converged = True
-            for node in cluster.nodes:
+            for node in cluster.members():
                 try:
                     states = await member_states(side.rpc, node)
                 except (PeerUnreachable, RpcTimeout, RemoteError):
@@ -459,10 +518,10 @@ async def wait_converged(cluster: ProcessCluster, side: ClientSide, timeout: flo
 
 
 async def start_cluster(cluster: ProcessCluster, rpc_probe: Callable[[NodeProcess], Any]) -> None:
-    """Start node 1, wait until it serves, then start the others (they join through it)."""
+    """Start node 1, wait until it serves, then the other initial ones (they join through it)."""
     cluster.start(1)
     await wait_serving(cluster, cluster.node(1), rpc_probe)
-    for node in cluster.nodes[1:]:
+    for node in cluster.nodes[1 : cluster.initial]:
         cluster.start(node.index)
 
 
@@ -799,7 +858,7 @@ class Nemesis:
         logger.info("nemesis at %.1f s: %s", at, what)
 
     def _hosts(self) -> list[int]:
-        return [n.index for n in self.cluster.nodes]
+        return [n.index for n in self.cluster.members()]
 
     def partition_halves(self) -> None:
         """Cut the hosts into two random halves (sizes 2/3 for five)."""
@@ -860,36 +919,40 @@ class Nemesis:
         """Inject one fault at a time (held 2-5 s, then undone, 1-2.5 s apart) until ``until``."""
         await trio.sleep(self.rng.uniform(1.0, 2.0))
         while trio.current_time() < until - 3:
-            fault = self.rng.choice(self.FAULTS)
-            hold = self.rng.uniform(2.0, 5.0)
-            if fault == "partition":
-                self.partition_halves()
-                await trio.sleep(hold)
-                self.heal()
-            elif fault == "isolate":
-                self.isolate()
-                await trio.sleep(hold)
-                self.heal()
-            elif fault == "kill":
-                victims = self.kill(self.rng.choice((1, 1, 2, 3)))
-                await trio.sleep(hold)
-                self.restart(victims)
-            elif fault == "pause":
-                victims = self.pause(self.rng.choice((1, 2)))
-                await trio.sleep(hold)
-                self.resume(victims)
-            else:
-                victims = self.kill(1)
-                self.partition_halves()
-                await trio.sleep(hold)
-                self.heal()
-                self.restart(victims)
+            await self.one_fault()
             await trio.sleep(self.rng.uniform(1.0, 2.5))
+
+    async def one_fault(self) -> None:
+        """Inject one random fault of :attr:`FAULTS`, hold it 2-5 s, undo it."""
+        fault = self.rng.choice(self.FAULTS)
+        hold = self.rng.uniform(2.0, 5.0)
+        if fault == "partition":
+            self.partition_halves()
+            await trio.sleep(hold)
+            self.heal()
+        elif fault == "isolate":
+            self.isolate()
+            await trio.sleep(hold)
+            self.heal()
+        elif fault == "kill":
+            victims = self.kill(self.rng.choice((1, 1, 2, 3)))
+            await trio.sleep(hold)
+            self.restart(victims)
+        elif fault == "pause":
+            victims = self.pause(self.rng.choice((1, 2)))
+            await trio.sleep(hold)
+            self.resume(victims)
+        else:
+            victims = self.kill(1)
+            self.partition_halves()
+            await trio.sleep(hold)
+            self.heal()
+            self.restart(victims)
 
     def recover_all(self) -> None:
         """Heal the network, resume paused nodes and start killed ones."""
         self.heal()
-        for node in self.cluster.nodes:
+        for node in self.cluster.members():
             if node.paused:
                 self.resume([node.index])
             if not node.running:
@@ -898,3 +961,72 @@ class Nemesis:
     def timeline(self) -> str:
         """The events, one per line."""
         return "\n".join(f"  {e.at:6.1f} s  {e.what}" for e in self.events)
+
+
+class MembershipNemesis(Nemesis):
+    """:class:`Nemesis` faults, alternating with membership changes while clients run.
+
+    The changes, in a seeded order: every spare host *joins* (its node starts and
+    bootstraps through the members), one member *drains* (asked through its admin
+    endpoint: it moves everything away and takes nothing new), and one member is *lost for
+    good* (SIGKILL, data directory deleted, never restarted: it is evicted after the
+    eviction delay and repair rebuilds what it held elsewhere).
+    """
+
+    def __init__(
+        self, cluster: ProcessCluster, model: NetworkModel, rng: random.Random, origin: float
+    ) -> None:
+        """Plan the membership changes for ``cluster``'s spare hosts."""
+        super().__init__(cluster, model, rng, origin)
+        spares = [n.index for n in cluster.nodes if n.starts == 0]
+        plan = [("join", i) for i in spares] + [("drain", 0), ("retire", 0)]
+        rng.shuffle(plan)
+        self.plan = plan
+        self.drained: list[int] = []
+        self.retired: list[int] = []
+
+    async def run(self, until: float) -> None:
+        """Alternate a membership change and a transient fault until the plan is done."""
+        await trio.sleep(self.rng.uniform(1.0, 2.0))
+        change_next = True
+        while trio.current_time() < until - 3:
+            if change_next and self.plan:
+                await self.change(*self.plan.pop(0))
+            else:
+                await self.one_fault()
+            change_next = not change_next
+            await trio.sleep(self.rng.uniform(1.0, 2.5))
+
+    def _steady(self) -> list[int]:
+        """Members neither draining nor retired (candidates for drain and retire)."""
+        return [i for i in self._hosts() if i not in self.drained]
+
+    async def change(self, kind: str, host: int) -> None:
+        """Apply one membership change (``host`` is the spare for a join)."""
+        if kind == "join":
+            self.cluster.start(host)
+            self.counts["join"] += 1
+            self._log(f"join {host}")
+        elif kind == "retire":
+            victim = self.rng.choice(self._steady())
+            self.cluster.retire(victim)
+            self.retired.append(victim)
+            self.counts["retire"] += 1
+            self._log(f"lose {victim} for good (kill -9, data deleted)")
+        else:
+            target = self.rng.choice(self._steady())
+            await self.drain(target)
+            self.drained.append(target)
+            self.counts["drain"] += 1
+            self._log(f"drain {target}")
+
+    async def drain(self, i: int, timeout: float = 20.0) -> None:
+        """Ask node ``i`` to drain (retrying while it starts up)."""
+        with trio.fail_after(timeout):
+            while True:
+                try:
+                    await self.cluster.admin(i, "POST", "/admin/node/drain", {"draining": True})
+                    return
+                except RuntimeError as error:
+                    logger.info("nemesis: drain of %d not taken yet: %s", i, error)
+                    await trio.sleep(0.5)

@@ -18,6 +18,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,16 +86,15 @@ def _stop(process: subprocess.Popen[str]) -> int:
     return process.returncode
 
 
-@pytest.fixture(scope="module")
-def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+@contextmanager
+def _ballast_up(root: Path, nodes: int = 3) -> Iterator[Deployment]:
     """``ballast up --json --log-format json --log-level info`` on free loopback ports."""
-    root = tmp_path_factory.mktemp("operator")
     admin = f"127.0.0.1:{_free_port()}"
     log = root / "stderr.log"
     with open(log, "w", encoding="utf-8") as stderr:
         process = subprocess.Popen(
             [sys.executable, "-m", "interfaces.cli", "up", "--json", "--data", str(root / "d"),
-             "--s3", "127.0.0.1:0", "--admin", admin,
+             "--nodes", str(nodes), "--s3", "127.0.0.1:0", "--admin", admin,
              "--log-format", "json", "--log-level", "info"],
             stdout=subprocess.PIPE, stderr=stderr, text=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
@@ -106,6 +106,13 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
         if process.poll() is None:
             process.kill()
             process.communicate(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    """One three-node ``ballast up`` for the module."""
+    with _ballast_up(tmp_path_factory.mktemp("operator")) as running:
+        yield running
 
 
 def ballast(*args: str) -> tuple[int, str]:
@@ -233,11 +240,16 @@ def test_status(deployment: Deployment) -> None:
     assert {m["address"] for m in members} == set(deployment.endpoints["nodes"])
     assert document["gateway"]["kv_client"]["register_ops"] > 0
     assert "paxos_requests" in document["service"]
+    for member in members:
+        assert member["draining"] is False
+        assert member["repair"]["under_target"] >= 0
     code, table = ballast("status", "--admin", deployment.admin)
     assert code == 0
     assert "3/3 members alive" in table
     for address in deployment.endpoints["nodes"]:
         assert address in table
+    assert "under target" in table
+    assert "to move; no drain in progress" in table
 
 
 def test_metrics_include_the_gateway(deployment: Deployment) -> None:
@@ -265,6 +277,8 @@ def test_metrics_include_the_gateway(deployment: Deployment) -> None:
         "ballast_kv_client_chunks_put",
         "ballast_objects_bytes_stored",
         "ballast_s3_requests",
+        "ballast_repair_under_target",
+        "ballast_repair_draining",
     ):
         assert name in families, name
     assert families["ballast_kv_client_chunks_put"].samples[0].value >= 1
@@ -334,6 +348,87 @@ def test_node_run_json_logs_and_no_gateway(tmp_path: Path) -> None:
         assert set(json.loads(line)) >= LOG_FIELDS, line
     levels = {json.loads(line)["level"] for line in lines}
     assert "info" in levels
+
+
+def test_repair_scrub_and_wait_healthy(deployment: Deployment) -> None:
+    """``ballast node repair`` and ``node scrub`` run on the node now and report; a healthy
+    cluster passes ``ballast status --wait-healthy`` at once."""
+    client = deployment.s3()
+    client.create_bucket(Bucket="ops-scrub")
+    client.put_object(Bucket="ops-scrub", Key="s", Body=os.urandom(100_000))
+    client.close()
+    admin = ("--admin", deployment.admin)
+    code, output = ballast("node", "repair", "--json", *admin)
+    assert code == 0, output
+    repaired = json.loads(output)
+    assert isinstance(repaired["found_work"], bool)
+    assert repaired["repair"]["passes"] >= 1
+    done = ballast_process("node", "scrub", *admin)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("scrub done: 0 corrupt records found\n")
+    code, output = ballast("node", "scrub", "--json", *admin)
+    assert code == 0, output
+    scrubbed = json.loads(output)
+    assert scrubbed["corrupt"] == 0
+    assert scrubbed["repair"]["scrub_passes"] >= 2
+    assert scrubbed["repair"]["scrubbed_bytes"] > 0
+    done = ballast_process("status", "--wait-healthy", "--timeout", "60", *admin)
+    assert done.returncode == 0, done.stderr
+    assert "healthy after" in done.stdout
+
+
+def test_drain_of_an_unreachable_node_is_one_error_line() -> None:
+    admin = f"127.0.0.1:{_free_port()}"
+    line = _one_error_line(ballast_process("node", "drain", "--wait", "--admin", admin))
+    assert f"cannot reach the node's admin endpoint http://{admin}" in line
+
+
+@pytest.mark.slow
+def test_drain_one_node_of_four(tmp_path: Path) -> None:
+    """On ``ballast up --nodes 4``, ``ballast node drain --wait`` empties the node whose admin
+    endpoint it asks (the one hosting the S3 gateway, which keeps serving as a client); every
+    object written before reads back, and the cluster is healthy afterwards."""
+    with _ballast_up(tmp_path, nodes=4) as four:
+        admin = ("--admin", four.admin)
+        code, output = ballast("bucket", "create", "drain-ec", "--redundancy", "2+1", *admin)
+        assert code == 0, output
+        client = four.s3()
+        client.create_bucket(Bucket="drain-rep")
+        written = {
+            (bucket, f"obj-{i}"): os.urandom(40_000 * (i + 1))
+            for bucket in ("drain-rep", "drain-ec")
+            for i in range(4)
+        }
+        for (bucket, key), payload in written.items():
+            client.put_object(Bucket=bucket, Key=key, Body=payload)
+        before = json.loads(ballast("status", "--json", *admin)[1])
+        assert before["node"]["blocks"] > 0
+
+        done = ballast_process("node", "drain", "--wait", "--json", "--timeout", "120", *admin)
+        assert done.returncode == 0, done.stderr
+        drained = json.loads(done.stdout)
+        assert drained["draining"] is True
+        assert (drained["remaining"], drained["blocks"], drained["registers"]) == (0, 0, 0)
+
+        for (bucket, key), payload in written.items():
+            assert client.get_object(Bucket=bucket, Key=key)["Body"].read() == payload
+        client.put_object(Bucket="drain-rep", Key="after", Body=b"written after the drain")
+        assert client.get_object(Bucket="drain-rep", Key="after")["Body"].read() == (
+            b"written after the drain"
+        )
+        client.close()
+
+        done = ballast_process("status", "--wait-healthy", "--timeout", "120", *admin)
+        assert done.returncode == 0, done.stderr
+        assert "alive (draining)" in done.stdout
+        here = [m for m in json.loads(ballast("status", "--json", *admin)[1])["members"]
+                if m["draining"]]  # fmt: skip
+        assert [(m["address"], m["blocks"]) for m in here] == [(four.endpoints["nodes"][0], 0)]
+
+        code, output = ballast("node", "drain", "--cancel", *admin)
+        assert code == 0, output
+        assert output.startswith("drain cancelled: the node takes new data again")
+        assert _stop(four.process) == 0
 
 
 def test_stops_cleanly(deployment: Deployment) -> None:

@@ -559,3 +559,52 @@ async def test_random_sequences_round_trip(
             listed = {(k.address, k.fragment) async for k in silo.iter_blocks()}
             assert listed == {(addr(n), f) for n, f in model}
             assert silo.statistics().bytes_used == sum(map(len, model.values()))
+
+
+# --- what repair relies on ----------------------------------------------------------------
+
+
+async def test_replica_targets_are_kept_listed_and_checked(silo: Silo, tmp_path: Path) -> None:
+    await silo.put_block(addr(1), data(1, 100), replicas=3)
+    await silo.put_block(addr(1), data(1, 100))  # a later put without a target keeps it
+    await silo.put_block(addr(2), data(2, 100_000), replicas=5)
+    await silo.put_block(addr(3), data(3, 10), 4)
+    assert await silo.replica_target(addr(1)) == 3
+    assert await silo.replica_target(addr(3)) is None
+    entries = {e.key: e.replicas for e in await silo.list_block_entries()}
+    assert entries[BlockKey(addr(1))] == 3
+    assert entries[BlockKey(addr(2))] == 5
+    assert entries[BlockKey(addr(3), 4)] is None
+    held = await silo.holdings([addr(1), addr(3), addr(9)])
+    assert held == {addr(1): [None], addr(3): [4]}
+    with pytest.raises(InvalidArgument):
+        await silo.put_block(addr(4), b"x", replicas=0)
+    with pytest.raises(InvalidArgument):
+        await silo.put_block(addr(4), b"x", 1, replicas=3)
+    # A corrupted target is reported and read as unknown, never as a wrong number.
+    db_execute(
+        tmp_path / "silo", "UPDATE replica_targets SET replicas = 7 WHERE address = ?", addr(2)
+    )
+    assert await silo.replica_target(addr(2)) is None
+    assert silo.statistics().corrupt_detections >= 1
+    await silo.delete_block(addr(1))
+    assert await silo.replica_target(addr(1)) is None
+
+
+async def test_a_silo_that_stops_accepting_refuses_only_new_data(silo: Silo) -> None:
+    await silo.put_block(addr(1), data(1, 100))
+    await silo.save_paxos(addr(2), AcceptorRecord(promised=b"ballot 1"))
+    silo.set_accepting(False)
+    assert not silo.accepting
+    with pytest.raises(NoSpace):
+        await silo.put_block(addr(3), data(3, 100))
+    with pytest.raises(NoSpace):
+        await silo.put_block(addr(3), data(3, 100_000))
+    with pytest.raises(NoSpace):
+        await silo.save_paxos(addr(4), AcceptorRecord(promised=b"ballot 1"))
+    await silo.put_block(addr(1), data(1, 100))  # what it holds stays writable
+    await silo.save_paxos(addr(2), AcceptorRecord(promised=b"ballot 2"))
+    assert await silo.delete_block(addr(1))
+    assert silo.statistics().blocks == 0
+    silo.set_accepting(True)
+    await silo.put_block(addr(3), data(3, 100))
