@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/silo.py
 	$(PY) benchmarks/kv.py
 	$(PY) benchmarks/s3.py
+	$(PY) benchmarks/repair.py
 
 debian-packages:
 	@bash .ci/debian-packages
