@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import random
+import sqlite3
 from collections.abc import Iterable
+from contextlib import closing
 from pathlib import Path
 
 import trio
@@ -186,3 +188,34 @@ async def test_a_drained_node_ends_empty_and_everything_reads(tmp_path: Path) ->
         assert drained.silo.statistics().blocks == 0
         await read_all(rc, {**chunks, **more}, via=0)
         await read_registers(rc, registers, via=2)
+
+
+async def test_scrub_finds_damaged_copies_and_heals_them_from_good_ones(tmp_path: Path) -> None:
+    async with repair_cluster(tmp_path, 6) as rc:
+        chunks = await write_chunks(rc, 40, seed=17)
+        node = rc.cluster.nodes[1]
+        assert node.silo is not None
+        entries = await node.silo.list_block_entries()
+        # Damage one replica and one fragment stored inline in SQLite (checksums unchanged).
+        whole = next(e.key for e in entries if e.key.fragment is None and e.size < 60_000)
+        fragment = next(e.key for e in entries if e.key.fragment is not None and e.size < 60_000)
+        with closing(sqlite3.connect(node.directory / "silo.sqlite3")) as conn, conn:
+            for key in (whole, fragment):
+                stored = -1 if key.fragment is None else key.fragment
+                (payload,) = conn.execute(
+                    "SELECT payload FROM blocks WHERE address = ? AND fragment = ?",
+                    (key.address, stored),
+                ).fetchone()
+                damaged = bytes([payload[0] ^ 0x01]) + payload[1:]
+                conn.execute(
+                    "UPDATE blocks SET payload = ? WHERE address = ? AND fragment = ?",
+                    (damaged, key.address, stored),
+                )
+        service = rc.service(1)
+        assert await service.scrub_now() == 2
+        stats = service.statistics()
+        assert (stats.corrupt_found, stats.corrupt_repaired) == (2, 2)
+        assert await service.scrub_now() == 0  # healed in place
+        await node.silo.get_block(whole.address)
+        await node.silo.get_block(fragment.address, fragment.fragment)
+        await read_all(rc, chunks, via=1)
