@@ -29,6 +29,12 @@ bootstrap = ["10.0.0.6:4100", "[fd00::1]:4100"]
 [membership]
 eviction_delay = "45s"
 
+[repair]
+interval = "10s"
+bandwidth = "32MiB"
+scrub_interval = "12h"
+scrub_rate = "4MiB"
+
 [admin]
 listen = "127.0.0.1:9100"
 
@@ -48,6 +54,8 @@ def test_full_config(tmp_path: Path) -> None:
     assert config.capacity_bytes == 2 * 1024**3
     assert config.bootstrap == (Address("10.0.0.6", 4100), Address("fd00::1", 4100))
     assert config.eviction_delay == 45.0
+    assert (config.repair_interval, config.repair_bandwidth) == (10.0, 32 * 1024**2)
+    assert (config.scrub_interval, config.scrub_rate) == (12 * 3600.0, 4 * 1024**2)
     assert config.admin_listen == Address("127.0.0.1", 9100)
     assert config.s3_listen == Address("127.0.0.1", 9000)
     assert config.silo_dir == Path("/var/lib/ballast/silo")
@@ -79,6 +87,9 @@ def test_minimal_config_uses_defaults(tmp_path: Path) -> None:
         ("[node\n", "not valid TOML"),
         ("node = 3\n", "[node] must be a table"),
         ('[node]\ndata_dir = "d"\n[s3]\ngateway_key = 5\n', "[s3] gateway_key"),
+        ('[node]\ndata_dir = "d"\n[repair]\nbandwidth = "0"\n', "[repair] bandwidth"),
+        ('[node]\ndata_dir = "d"\n[repair]\ninterval = 0\n', "[repair] interval"),
+        ('[node]\ndata_dir = "d"\n[repair]\nspeed = 1\n', "unknown key(s) in [repair]"),
     ],
 )
 def test_bad_config_is_a_config_error(tmp_path: Path, text: str, message: str) -> None:
