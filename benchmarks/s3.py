@@ -2,9 +2,9 @@
 
 In one run, on this machine:
 
-* **Ballast**: ``ballast up --json`` as a subprocess (three nodes on loopback in one process,
-  ``replicas=3``, every write fsynced on a majority before it is acknowledged, the S3
-  gateway on node 0);
+* **Ballast**: ``ballast up --json`` as a subprocess (three nodes on loopback, one process
+  each, ``replicas=3``, every write fsynced on a majority before it is acknowledged, the S3
+  gateway in node 0's process);
 * **moto**: ``moto_server`` (moto's S3 in a werkzeug threaded server, objects in memory, no
   durability) as a subprocess on a free loopback port — the peer;
 * **local disk**: the same bytes written to plain files in the same directory and fsynced

@@ -41,6 +41,21 @@ read ``S`` — if ``m`` is still absent, no write can have reached ``N`` before 
 so ``S``'s frozen copy was current). Readers never see an entry twice: the part of ``S`` they
 use is clipped to ``[lo, min(S.hi, the next boundary of their root))``.
 
+**Group commit.** Concurrent changes and reads of one shard are combined: the first caller
+to find no round in flight for the shard *leads* it, taking every request queued at that
+moment (at most :data:`MAX_BATCH`) into one ``edit`` (or, for reads alone, one ``read``);
+callers arriving meanwhile queue for the next round, whose leader is the first of them. Each
+change's function still runs inside the edit against the entry as left by the changes before
+it in the batch, so a condition it checks holds at the moment of the commit; an exception it
+raises fails that change alone. A read in a batch returns the shard as the edit committed it
+(a batch with reads but no effective change writes the value back, as a read does), so every
+caller's answer comes from a round that began after it asked: reads and writes stay
+linearizable. Reads of the root are combined the same way. The leader's round is shielded
+from its own cancellation (the store bounds it with its timeout), since others wait on it; a
+waiter cancelled before its round began is withdrawn, one cancelled during it has an unknown
+outcome, as with any edit. A split met by several writers is finished by one of them (per
+process); the others wait for it, then retry.
+
 **Listing** reads the root (cached), then only the shards covering the requested range, in
 order, until the caller has enough. **Sealing** (bucket deletion) marks every shard sealed
 only if all are empty; writers refused by a seal report :class:`IndexSealed` so the object
@@ -57,15 +72,24 @@ import contextlib
 import logging
 import os
 from bisect import bisect_left, bisect_right
+from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
 import trio
 
 from .api import BlockStore
-from .errors import BucketNotEmpty, Conflict, Corrupt, NoSuchBucket, NotFound, StorageError
+from .errors import (
+    BucketNotEmpty,
+    Conflict,
+    Corrupt,
+    NoSuchBucket,
+    NotFound,
+    StorageError,
+    Unavailable,
+)
 from .policy import Redundancy
 
 logger = logging.getLogger(__name__)
@@ -75,6 +99,10 @@ DEFAULT_MAX_BYTES = 128 * 1024
 _FORMAT = 1
 _MAX_ATTEMPTS = 64
 _FIRST_SHARD = b"0"
+#: Most requests (entry changes and reads) one shard round serves together.
+MAX_BATCH = 64
+#: Upper bound of a shielded batch round (the store's own timeout normally ends it first).
+_BATCH_SECONDS = 120.0
 
 
 class IndexSealed(Conflict):
@@ -98,6 +126,34 @@ class _NoChange(Exception):
 
 class _Missing(Exception):
     """The shard register does not exist."""
+
+
+@dataclass(eq=False)
+class _Request:
+    """One caller's change of one entry (``fn``), or a read of the shard (``fn is None``)."""
+
+    key: bytes
+    fn: Callable[[bytes | None], bytes | None] | None
+    woken: trio.Event = field(default_factory=trio.Event)
+    #: Set when the request was promoted to lead the next round of its shard.
+    lead: bool = False
+    served: bool = False
+    #: A change: ``(old, new)``; a read: the shard.
+    result: Any = None
+    error: BaseException | None = None
+    #: A change the shard refused (key out of its range): the pending split, if any.
+    redirect: tuple[bytes, bytes] | None = None
+    redirected: bool = False
+    #: This change made the shard exceed its limits: its caller splits it.
+    split: bool = False
+
+
+@dataclass
+class _Queue:
+    """The requests waiting for the next round of one shard."""
+
+    pending: deque[_Request] = field(default_factory=deque)
+    busy: bool = False
 
 
 def _pack(obj: object) -> bytes:
@@ -205,11 +261,16 @@ def _separator(below: bytes, above: bytes) -> bytes:
 
 @dataclass(frozen=True)
 class IndexStatistics:
-    """Counters of one :class:`BucketIndex` object (since it was built)."""
+    """Counters of one :class:`BucketIndex` object (since it was built).
+
+    ``shard_reads`` and ``batched`` count callers' requests (reads; reads and changes served
+    by shard rounds), ``root_reads`` and ``edits`` the rounds run against the store.
+    """
 
     shard_reads: int
     root_reads: int
     edits: int
+    batched: int
     splits_started: int
     splits_helped: int
     shards: int
@@ -243,9 +304,12 @@ class BucketIndex:
         self.max_entries = max_entries
         self.max_bytes = max_bytes
         self._root_cache: _Root | None = None
+        self._queues: dict[bytes, _Queue] = {}
+        self._helping: dict[tuple[bytes, tuple[bytes, bytes]], trio.Event] = {}
         self._shard_reads = 0
         self._root_reads = 0
         self._edits = 0
+        self._batched = 0
         self._splits_started = 0
         self._splits_helped = 0
 
@@ -266,6 +330,7 @@ class BucketIndex:
             shard_reads=self._shard_reads,
             root_reads=self._root_reads,
             edits=self._edits,
+            batched=self._batched,
             splits_started=self._splits_started,
             splits_helped=self._splits_helped,
             shards=len(self._root_cache.ids) if self._root_cache else 0,
@@ -276,27 +341,182 @@ class BucketIndex:
         await self._store.edit(name, fn, redundancy=self._redundancy)
 
     async def _root(self, *, refresh: bool = False) -> _Root:
+        """The root: cached, or (``refresh``) from a read that begins after this call."""
         if self._root_cache is None or refresh:
-            self._root_reads += 1
-            try:
-                versioned = await self._store.read(self.root_name)
-            except NotFound:
-                raise NoSuchBucket("bucket index is gone") from None
-            self._root_cache = _Root.decode(versioned.value)
+            request = _Request(b"", None)
+            await self._submit(self.root_name, request)
+            if request.error is not None:
+                raise request.error
+            self._root_cache = request.result
         return self._root_cache
 
     async def _read_shard(self, shard_id: bytes) -> _Shard:
-        self._shard_reads += 1
-        try:
-            versioned = await self._store.read(self.shard_name(shard_id))
-        except NotFound:
-            raise NoSuchBucket("bucket index shard is gone") from None
-        return _Shard.decode(versioned.value)
+        """A linearizable read of one shard (combined with concurrent requests; not to mutate)."""
+        request = _Request(b"", None)
+        await self._submit(self.shard_name(shard_id), request)
+        if request.error is not None:
+            raise request.error
+        shard: _Shard = request.result
+        return shard
 
     def _over(self, shard: _Shard, encoded_size: int) -> bool:
         return len(shard.keys) >= 2 and (
             len(shard.keys) > self.max_entries or encoded_size > self.max_bytes
         )
+
+    # -- group commit --------------------------------------------------------------------------
+
+    async def _submit(self, name: bytes, request: _Request) -> None:
+        """Have ``request`` served by a round of register ``name`` (see "Group commit").
+
+        ``name`` is a shard, or the root (reads only).
+        """
+        queue = self._queues.get(name)
+        if queue is None:
+            queue = self._queues[name] = _Queue()
+        queue.pending.append(request)
+        if queue.busy:
+            woken = False
+            try:
+                await request.woken.wait()
+                woken = True
+            finally:
+                if not woken:
+                    # Cancelled: a request still queued was never applied; withdraw it, and
+                    # pass the lead on if it had just been handed to us.
+                    if request in queue.pending:
+                        queue.pending.remove(request)
+                    if request.lead:
+                        self._hand_over(name, queue)
+            if request.served:
+                return
+        else:
+            queue.busy = True
+        batch = [queue.pending.popleft() for _ in range(min(MAX_BATCH, len(queue.pending)))]
+        assert batch[0] is request
+        try:
+            with trio.CancelScope(shield=True, deadline=trio.current_time() + _BATCH_SECONDS):
+                await self._run_batch(name, batch)
+        finally:
+            for each in batch:
+                if not each.served:  # the shielded round ran out of time
+                    each.error = Unavailable(1, 0, "bucket index round timed out")
+                    each.served = True
+                    each.woken.set()
+            self._hand_over(name, queue)
+
+    def _hand_over(self, name: bytes, queue: _Queue) -> None:
+        """Wake the next leader of register ``name`` or, with nobody waiting, mark it idle."""
+        if queue.pending:
+            head = queue.pending[0]
+            head.lead = True
+            head.woken.set()
+        else:
+            queue.busy = False
+            if self._queues.get(name) is queue:
+                del self._queues[name]
+
+    async def _run_batch(self, name: bytes, batch: list[_Request]) -> None:
+        """One round for ``batch``: an edit applying its changes in order, or a plain read.
+
+        Every request of the batch is served when this returns (or raises ``Cancelled``).
+        """
+        reads = sum(1 for r in batch if r.fn is None)
+        root = name == self.root_name
+        if root:
+            self._root_reads += 1
+        else:
+            self._shard_reads += reads
+            self._batched += len(batch)
+        outcomes: list[tuple[str, Any]] = []
+        final: list[Any] = []  # the shard (or root) as the round left it
+        over = False
+
+        def apply(current: bytes | None) -> bytes | None:
+            nonlocal over
+            outcomes.clear()
+            final.clear()
+            if current is None:
+                raise _Missing
+            shard = _Shard.decode(current)
+            changed = False
+            for request in batch:
+                outcomes.append(self._apply_one(shard, request))
+                changed = changed or outcomes[-1][0] == "changed"
+            final.append(shard)
+            if not changed:
+                if reads:
+                    return current  # written back: a linearizable read
+                raise _NoChange
+            data = shard.encode()
+            over = self._over(shard, len(data))
+            return data
+
+        failure: BaseException | None = None
+        try:
+            if reads < len(batch):
+                with contextlib.suppress(_NoChange):
+                    await self._edit(name, apply)
+            else:
+                try:
+                    versioned = await self._store.read(name)
+                except NotFound:
+                    raise _Missing from None
+                final.append((_Root if root else _Shard).decode(versioned.value))
+                outcomes.extend(("read", None) for _ in batch)
+        except _Missing:
+            failure = NoSuchBucket(f"bucket index {'root' if root else 'shard'} is gone")
+        except Exception as exc:  # the store's error (or a bug): every request of the round
+            failure = exc
+        for i, request in enumerate(batch):
+            kind, value = ("failed", None) if failure is not None else outcomes[i]
+            if failure is not None:
+                request.error = failure
+            elif kind == "read":
+                request.result = final[0]
+            elif kind in ("changed", "same"):
+                request.result = value
+                if over and kind == "changed":
+                    request.split, over = True, False
+            elif kind == "redirect":
+                request.redirected, request.redirect = True, value
+            else:
+                request.error = value
+            request.served = True
+            request.woken.set()
+
+    @staticmethod
+    def _apply_one(shard: _Shard, request: _Request) -> tuple[str, Any]:
+        """Apply one request of a batch to ``shard`` (in place); return what happened.
+
+        ``("read", None)``; ``("changed" | "same", (old, new))``; ``("redirect", split)`` for
+        a key outside the shard's writable range; ``("error", exception)``.
+        """
+        fn = request.fn
+        if fn is None:
+            return "read", None
+        if shard.sealed:
+            return "error", IndexSealed()
+        key = request.key
+        if not shard.accepts(key):
+            return "redirect", shard.split if shard.lo <= key else None
+        j = bisect_left(shard.keys, key)
+        present = j < len(shard.keys) and shard.keys[j] == key
+        old = shard.vals[j] if present else None
+        try:
+            new = fn(old)
+        except Exception as exc:  # this change's own refusal: it alone fails
+            return "error", exc
+        if new is None:
+            if not present:
+                return "same", (None, None)
+            del shard.keys[j], shard.vals[j]
+        elif present:
+            shard.vals[j] = new
+        else:
+            shard.keys.insert(j, key)
+            shard.vals.insert(j, new)
+        return "changed", (old, new)
 
     # -- creation and deletion -----------------------------------------------------------------
 
@@ -413,53 +633,22 @@ class BucketIndex:
             IndexSealed: the bucket is being deleted.
             NoSuchBucket: the map's registers are gone.
         """
-        box: dict[str, Any] = {}
         for _ in range(_MAX_ATTEMPTS):
             root = await self._root()
             shard_id = root.ids[root.locate(key)]
-
-            def apply(current: bytes | None) -> bytes | None:
-                if current is None:
-                    raise _Missing
-                shard = _Shard.decode(current)
-                if shard.sealed:
-                    raise IndexSealed
-                if not shard.accepts(key):
-                    raise _Redirect(shard.split if shard.lo <= key else None)
-                j = bisect_left(shard.keys, key)
-                present = j < len(shard.keys) and shard.keys[j] == key
-                old = shard.vals[j] if present else None
-                new = fn(old)
-                box.clear()
-                box["old"], box["new"], box["over"] = old, new, False
-                if new is None:
-                    if not present:
-                        raise _NoChange
-                    del shard.keys[j], shard.vals[j]
-                elif present:
-                    shard.vals[j] = new
-                else:
-                    shard.keys.insert(j, key)
-                    shard.vals.insert(j, new)
-                data = shard.encode()
-                box["over"] = self._over(shard, len(data))
-                return data
-
-            try:
-                await self._edit(self.shard_name(shard_id), apply)
-            except _NoChange:
-                return None, None
-            except _Missing:
-                raise NoSuchBucket("bucket index shard is gone") from None
-            except _Redirect as redirect:
-                if redirect.split is not None:
-                    self._splits_helped += 1
-                    await self._finish_split(shard_id, *redirect.split)
+            request = _Request(key, fn)
+            await self._submit(self.shard_name(shard_id), request)
+            if request.error is not None:
+                raise request.error
+            if request.redirected:
+                if request.redirect is not None:
+                    await self._help_split(shard_id, request.redirect)
                 await self._root(refresh=True)
                 continue
-            if box["over"]:
+            if request.split:
                 await self._split_after_write(shard_id)
-            return box["old"], box["new"]
+            old, new = request.result
+            return old, new
         raise Conflict(None, "bucket index kept moving; giving up")
 
     async def insert_many(self, items: Sequence[tuple[bytes, bytes]]) -> None:
@@ -583,6 +772,20 @@ class BucketIndex:
             if total >= half:
                 return min(max(i, 1), len(sizes) - 1)
         return len(sizes) // 2
+
+    async def _help_split(self, shard_id: bytes, split: tuple[bytes, bytes]) -> None:
+        """Finish a pending split met by a write; one helper per split in this process."""
+        helping = self._helping.get((shard_id, split))
+        if helping is not None:
+            await helping.wait()  # its helper's outcome is ours: the caller retries anyway
+            return
+        helping = self._helping[(shard_id, split)] = trio.Event()
+        try:
+            self._splits_helped += 1
+            await self._finish_split(shard_id, *split)
+        finally:
+            del self._helping[(shard_id, split)]
+            helping.set()
 
     async def _finish_split(self, shard_id: bytes, boundary: bytes, new_id: bytes) -> None:
         """Run steps 2–4 of a split whose step 1 committed (idempotent; anyone may help)."""

@@ -14,12 +14,25 @@ Layout in the block store (register names are bytes):
   redundancy (replicas or erasure coding). Records with more than ``inline_chunks``
   references keep them in one *chunk-list chunk* instead.
 
+Data moves in a bounded pipeline: a PUT stores up to :data:`PUT_PIPELINE` chunks at once
+while the next one fills, and a GET fetches up to :data:`GET_PREFETCH` chunks ahead of the
+one being sent, so a transfer holds a few chunks in memory, never the object. Concurrent
+changes of one index shard share one consensus round (:mod:`storage.bucket_index`).
+
 Rules that keep it correct:
 
 * **Atomic conditional writes**: an object changes by one edit of one index shard, and the
   ``If-Match`` / ``If-None-Match`` check runs inside that edit.
 * **Data before metadata**: chunks are durable (``put_chunk`` returned) before the record
   naming them is committed; a part is durable before ``upload_part`` returns.
+* **Bucket configurations are cached** for :data:`BUCKET_CACHE_SECONDS` by object
+  operations (PUT, GET, HEAD, DELETE, listing, copy): a configuration only names the
+  bucket's incarnation (``index_id``) and redundancy, and every object operation goes
+  through that incarnation's index, which refuses writes once a deletion sealed it and is
+  gone once the deletion finished. So a stale entry never lets a write land in a deleted
+  bucket: it fails there, the registry is re-read, and the operation is retried on the
+  current incarnation (``NoSuchBucket`` if there is none). Bucket-level operations
+  (create, HEAD, list, delete, ACL) and multipart uploads always read the registry.
 * **Every chunk has exactly one owner** — one object record or one upload part — so
   releasing the chunks of an overwritten or deleted object never hurts another one.
   Hence *copy re-stores the data* (no sharing, no reference counts), and a completed
@@ -71,6 +84,7 @@ from collections.abc import (
 )
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from typing import TypeVar
 
 import trio
 
@@ -115,9 +129,17 @@ from .policy import Redundancy
 
 logger = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 REGISTRY = b"s3/buckets"
 DEFAULT_CHUNK_SIZE = 4 * 1024 * 1024
 DEFAULT_INLINE_CHUNKS = 64
+#: Chunks of one upload being stored at once (while the next one fills).
+PUT_PIPELINE = 4
+#: Chunks of one download fetched ahead of the one being sent.
+GET_PREFETCH = 3
+#: How long object operations reuse a bucket's configuration (seconds; see the module doc).
+BUCKET_CACHE_SECONDS = 2.0
 MIN_PART_SIZE = 5 * 1024 * 1024
 MAX_PART_NUMBER = 10_000
 MAX_KEY_BYTES = 1024
@@ -466,11 +488,13 @@ class ObjectReader:
     async def send_to(
         self, sink: Callable[[bytes], Awaitable[None]], start: int = 0, end: int | None = None
     ) -> int:
-        """Send the bytes ``start..end`` to ``sink``, fetching the next chunk meanwhile.
+        """Send the bytes ``start..end`` to ``sink``, fetching the next chunks meanwhile.
 
         This is the server's fast path (e.g. an ASGI ``send`` wrapper): while ``sink``
-        writes chunk *i*, chunk *i+1* is already being fetched, so at most three chunks
-        are in memory. Errors from the store or from ``sink`` propagate unchanged.
+        writes chunk *i*, up to :data:`GET_PREFETCH` - 1 following chunks are fetched
+        concurrently, so at most :data:`GET_PREFETCH` chunks are in memory; they are sent
+        in order. Errors from the store or from ``sink`` propagate unchanged (the first
+        chunk that fails, in order, decides the store's error).
 
         Returns:
             How many bytes were sent.
@@ -489,36 +513,44 @@ class ObjectReader:
                 lo = max(start - offset, 0)
                 plan.append((chunk, lo, min(end + 1 - offset, chunk.length)))
             offset += chunk.length
-        send, receive = trio.open_memory_channel[bytes | StorageError](0)
+        results: list[bytes | StorageError | None] = [None] * len(plan)
+        ready = [trio.Event() for _ in plan]
+        window = trio.Semaphore(GET_PREFETCH)
 
-        async def producer() -> None:
-            async with send:
-                for chunk, lo, hi in plan:
-                    try:
-                        data = await self._store.get_chunk(chunk.ref)
-                        if len(data) != chunk.length:
-                            raise NotFound("chunk length differs from its record")
-                    except StorageError as exc:
-                        await send.send(exc)
-                        return
-                    await send.send(data if lo == 0 and hi == len(data) else data[lo:hi])
+        async def fetch(i: int) -> None:
+            chunk, lo, hi = plan[i]
+            try:
+                data = await self._store.get_chunk(chunk.ref)
+                if len(data) != chunk.length:
+                    raise NotFound("chunk length differs from its record")
+            except StorageError as exc:
+                results[i] = exc
+            else:
+                results[i] = data if lo == 0 and hi == len(data) else data[lo:hi]
+            ready[i].set()
+
+        async def feed(nursery: trio.Nursery) -> None:
+            for i in range(len(plan)):
+                await window.acquire()
+                nursery.start_soon(fetch, i)
 
         sent = 0
         error: Exception | None = None
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(producer)
-            async with receive:
-                try:
-                    async for item in receive:
-                        if isinstance(item, StorageError):
-                            raise item
-                        await sink(item)
-                        sent += len(item)
-                except Exception as exc:  # re-raised below, outside the nursery, unwrapped
-                    error = exc
-                    # Cancel before the channel closes, so a producer blocked in send()
-                    # is cancelled rather than broken.
-                    nursery.cancel_scope.cancel()
+            nursery.start_soon(feed, nursery)
+            try:
+                for i in range(len(plan)):
+                    await ready[i].wait()
+                    item, results[i] = results[i], None
+                    if isinstance(item, StorageError):
+                        raise item
+                    assert item is not None
+                    await sink(item)
+                    sent += len(item)
+                    window.release()
+            except Exception as exc:  # re-raised below, outside the nursery, unwrapped
+                error = exc
+            nursery.cancel_scope.cancel()
         if error is not None:
             raise error
         return sent
@@ -551,6 +583,8 @@ class ObjectStore:
         index_max_entries: index shards split beyond this many entries.
         index_max_bytes: index shards split beyond this many encoded bytes.
         clock: seconds since the epoch, for ``last_modified``.
+        bucket_cache_seconds: how long object operations reuse a bucket's configuration
+            (0: read the registry every time).
 
     Every method may raise ``Unavailable`` (unchanged from the block store) besides the
     errors it documents. Cancelling a call leaves no partial object visible; data chunks
@@ -568,9 +602,12 @@ class ObjectStore:
         index_max_entries: int = DEFAULT_MAX_ENTRIES,
         index_max_bytes: int = DEFAULT_MAX_BYTES,
         clock: Callable[[], float] = time.time,
+        bucket_cache_seconds: float = BUCKET_CACHE_SECONDS,
     ) -> None:
         if chunk_size <= 0 or inline_chunks <= 0:
             raise ValueError("chunk_size and inline_chunks must be positive")
+        if bucket_cache_seconds < 0:
+            raise ValueError("bucket_cache_seconds must not be negative")
         self._store = store
         self.default_redundancy = default_redundancy or Redundancy(replicas=3)
         self.chunk_size = chunk_size
@@ -580,6 +617,10 @@ class ObjectStore:
         self._index_max_bytes = index_max_bytes
         self._clock = clock
         self._indexes: dict[bytes, BucketIndex] = {}
+        self._bucket_cache_seconds = bucket_cache_seconds
+        #: name -> (configuration, trio time until which object operations may use it)
+        self._bucket_cache: dict[str, tuple[BucketConfig, float]] = {}
+        self._registry_lock = trio.Lock()
         self._counts: dict[str, int] = dict.fromkeys(ObjectStoreStatistics.__dataclass_fields__, 0)
 
     def statistics(self) -> ObjectStoreStatistics:
@@ -592,17 +633,61 @@ class ObjectStore:
         return int(self._clock() * 1000)
 
     async def _registry(self) -> dict[str, BucketConfig]:
+        """A linearizable read of the registry (which also refreshes the cache)."""
         try:
             versioned = await self._store.read(REGISTRY)
         except NotFound:
-            return {}
-        return unpack_registry(versioned.value)
+            buckets = {}
+        else:
+            buckets = unpack_registry(versioned.value)
+        self._remember_buckets(buckets)
+        return buckets
+
+    def _remember_buckets(self, buckets: Mapping[str, BucketConfig]) -> None:
+        until = trio.current_time() + self._bucket_cache_seconds
+        self._bucket_cache = {name: (cfg, until) for name, cfg in buckets.items()}
 
     async def _bucket(self, name: str) -> BucketConfig:
+        """The bucket's configuration, read from the registry now (``NoSuchBucket``)."""
         cfg = (await self._registry()).get(name)
         if cfg is None:
             raise NoSuchBucket(f"no bucket {name!r}")
         return cfg
+
+    def _cached(self, name: str) -> BucketConfig | None:
+        entry = self._bucket_cache.get(name)
+        if entry is None or trio.current_time() >= entry[1]:
+            return None
+        return entry[0]
+
+    async def _object_bucket(self, name: str) -> tuple[BucketConfig, bool]:
+        """The configuration object operations use: cached, or read now.
+
+        Returns:
+            ``(configuration, fresh)``: ``fresh`` when it was read from the registry by
+            this call (a ``NoSuchBucket`` from its index is then final).
+        """
+        cfg = self._cached(name)
+        if cfg is not None:
+            return cfg, False
+        async with self._registry_lock:  # one refresh at a time; the others reuse it
+            cfg = self._cached(name)
+            if cfg is not None:
+                return cfg, False
+            return await self._bucket(name), True
+
+    async def _on_bucket(self, name: str, op: Callable[[BucketConfig], Awaitable[T]]) -> T:
+        """Run ``op`` on the bucket's configuration; retry once on a fresh one if it is stale.
+
+        ``op`` must be safe to run again after it raised ``NoSuchBucket`` (it changed nothing).
+        """
+        cfg, fresh = await self._object_bucket(name)
+        try:
+            return await op(cfg)
+        except NoSuchBucket:
+            if fresh:
+                raise
+        return await op(await self._bucket(name))
 
     def index(self, cfg: BucketConfig) -> BucketIndex:
         """The (cached) index object of a bucket incarnation."""
@@ -683,45 +768,91 @@ class ObjectStore:
             await self._release([part.chunk_list])
 
     async def _store_body(
-        self, body: AsyncIterable[bytes], policy: Redundancy, out: list[StoredChunk]
+        self,
+        body: AsyncIterable[bytes],
+        policy: Redundancy,
+        out: list[StoredChunk],
     ) -> tuple[int, bytes]:
-        """Chunk and store ``body``, appending to ``out``; return ``(size, md5)``.
+        """Chunk and store ``body``, appending its chunks to ``out`` in order.
 
-        At most one chunk is buffered: each is stored before more of the body is read.
-        A body left unfinished (an error) is closed if it has ``aclose``.
+        Up to :data:`PUT_PIPELINE` chunks are being stored at once while the next one
+        fills, so at most ``PUT_PIPELINE + 1`` chunks are held. After an error (of the body
+        or of a store) no more of the body is read, but the stores under way finish, so
+        that every chunk stored is in ``out`` for the caller to release (only cancellation
+        abandons them); the first error is raised, unwrapped. A body left unfinished is
+        closed if it has ``aclose``.
+
+        Returns:
+            ``(size, md5)``.
         """
         md5 = hashlib.md5(usedforsecurity=False)
         size = 0
-        buf = bytearray()
-        exhausted = False
-        try:
-            async for piece in body:
-                md5.update(piece)
-                size += len(piece)
-                view = memoryview(piece)
-                while view:
-                    room = self.chunk_size - len(buf)
-                    buf += view[:room]
-                    view = view[room:]
-                    if len(buf) == self.chunk_size:
-                        ref = await self._store.put_chunk(bytes(buf), redundancy=policy)
-                        out.append(StoredChunk(ref, len(buf)))
-                        self._counts["chunks_stored"] += 1
-                        self._counts["bytes_stored"] += len(buf)
-                        buf = bytearray()
-            exhausted = True
-        finally:
-            # Close a body we stop reading early (an async generator would otherwise be
-            # finalized by the garbage collector, outside any task).
-            aclose = getattr(body, "aclose", None)
-            if not exhausted and aclose is not None:
-                with trio.move_on_after(_CLEANUP_SECONDS, shield=True):
-                    await aclose()
-        if buf:
-            ref = await self._store.put_chunk(bytes(buf), redundancy=policy)
-            out.append(StoredChunk(ref, len(buf)))
+        stored: list[StoredChunk | None] = []
+        window = trio.Semaphore(PUT_PIPELINE)
+        error: Exception | None = None
+        reading = trio.CancelScope()
+
+        async def store(index: int, data: memoryview, nursery: trio.Nursery) -> None:
+            nonlocal error
+            try:
+                ref = await self._store.put_chunk(data, redundancy=policy)
+            except StorageError as exc:
+                if error is None:
+                    error = exc
+                reading.cancel()
+                return
+            finally:
+                window.release()
+            stored[index] = StoredChunk(ref, len(data))
             self._counts["chunks_stored"] += 1
-            self._counts["bytes_stored"] += len(buf)
+            self._counts["bytes_stored"] += len(data)
+
+        async def flush(data: memoryview, nursery: trio.Nursery) -> None:
+            await window.acquire()
+            stored.append(None)
+            nursery.start_soon(store, len(stored) - 1, data, nursery)
+
+        async def read(nursery: trio.Nursery) -> None:
+            nonlocal size
+            # Each chunk fills a buffer of its own, handed over without a copy and never
+            # written again.
+            buf = bytearray()
+            exhausted = False
+            try:
+                async for piece in body:
+                    md5.update(piece)
+                    size += len(piece)
+                    view = memoryview(piece)
+                    while view:
+                        room = self.chunk_size - len(buf)
+                        buf += view[:room]
+                        view = view[room:]
+                        if len(buf) == self.chunk_size:
+                            await flush(memoryview(buf), nursery)
+                            buf = bytearray()
+                exhausted = True
+            finally:
+                # Close a body we stop reading early (an async generator would otherwise be
+                # finalized by the garbage collector, outside any task).
+                aclose = getattr(body, "aclose", None)
+                if not exhausted and aclose is not None:
+                    with trio.move_on_after(_CLEANUP_SECONDS, shield=True):
+                        await aclose()
+            if buf:
+                await flush(memoryview(buf), nursery)
+
+        try:
+            async with trio.open_nursery() as nursery:
+                with reading:
+                    try:
+                        await read(nursery)
+                    except Exception as exc:  # re-raised below, outside the nursery, unwrapped
+                        if error is None:
+                            error = exc
+        finally:
+            out.extend(chunk for chunk in stored if chunk is not None)
+        if error is not None:
+            raise error
         return size, md5.digest()
 
     async def _record_chunks(
@@ -765,7 +896,15 @@ class ObjectStore:
         if_match: str | None,
         if_none_match: str | None,
         content_md5: bytes | None,
+        *,
+        fresh: bool = True,
     ) -> ObjectInfo:
+        """Store ``body`` and commit its record at ``key`` in ``cfg``'s bucket.
+
+        With ``fresh=False`` (``cfg`` came from the cache) a commit refused because the
+        bucket incarnation is gone is retried on the current one, if the bucket was
+        re-created with the same redundancy as the stored chunks (or the object is empty).
+        """
         raw_key = _key_bytes(key)
         if if_none_match is not None and if_none_match.strip() != "*":
             raise InvalidArgument("If-None-Match supports only '*' on writes")
@@ -789,7 +928,18 @@ class ObjectStore:
             )
             keep_data = True  # from here an error may leave the record committed
             try:
-                old = await self._commit_object(cfg, raw_key, record, if_match, if_none_match)
+                try:
+                    old = await self._commit_object(cfg, raw_key, record, if_match, if_none_match)
+                except NoSuchBucket:
+                    if fresh:
+                        raise
+                    current = await self._bucket(cfg.name)
+                    if current.index_id == cfg.index_id or (
+                        stored and current.redundancy != cfg.redundancy
+                    ):
+                        raise
+                    cfg = current
+                    old = await self._commit_object(cfg, raw_key, record, if_match, if_none_match)
             except (PreconditionFailed, NoSuchKey, NoSuchBucket, InvalidArgument, Conflict):
                 keep_data = False  # refused for sure: nothing references the chunks
                 raise
@@ -854,6 +1004,7 @@ class ObjectStore:
         except _Exists:
             await index.destroy()
             raise self._exists_error(box["existing"], owner) from None
+        self._bucket_cache[name] = (cfg, trio.current_time() + self._bucket_cache_seconds)
         logger.info("created bucket %r (%s) for %r", name, cfg.redundancy, owner)
         return _bucket_info(cfg)
 
@@ -888,6 +1039,7 @@ class ObjectStore:
             return pack_registry(buckets)
 
         await self._store.edit(REGISTRY, change)
+        self._bucket_cache.pop(name, None)
 
     async def delete_bucket(self, name: str) -> None:
         """Delete an empty bucket; multipart uploads still in progress are aborted.
@@ -909,6 +1061,7 @@ class ObjectStore:
 
         with contextlib.suppress(_NoChange):
             await self._store.edit(REGISTRY, remove)
+        self._bucket_cache.pop(name, None)
         # The bucket is gone; what follows only collects garbage.
         try:
             uploads = unpack_upload_list((await self._store.read(self._uploads_name(cfg))).value)
@@ -978,7 +1131,7 @@ class ObjectStore:
             NoSuchBucket, PreconditionFailed, NoSuchKey (``If-Match`` on an absent key),
             BadDigest, InvalidArgument, KeyTooLong.
         """
-        cfg = await self._bucket(bucket)
+        cfg, fresh = await self._object_bucket(bucket)
         headers = _headers(
             content_type,
             content_encoding,
@@ -990,7 +1143,7 @@ class ObjectStore:
             acl,
         )
         return await self._write_object(
-            cfg, key, body, headers, owner, if_match, if_none_match, content_md5
+            cfg, key, body, headers, owner, if_match, if_none_match, content_md5, fresh=fresh
         )
 
     async def open_object(self, bucket: str, key: str) -> ObjectReader:
@@ -999,8 +1152,12 @@ class ObjectStore:
         Raises:
             NoSuchBucket, NoSuchKey.
         """
-        cfg = await self._bucket(bucket)
-        raw = await self.index(cfg).get(_key_bytes(key))
+        raw_key = _key_bytes(key)
+
+        async def lookup(cfg: BucketConfig) -> bytes | None:
+            return await self.index(cfg).get(raw_key)
+
+        raw = await self._on_bucket(bucket, lookup)
         if raw is None:
             raise NoSuchKey(f"no key {key!r} in bucket {bucket!r}")
         record = ObjectRecord.unpack(raw)
@@ -1034,7 +1191,7 @@ class ObjectStore:
     async def set_object_acl(self, bucket: str, key: str, acl: str) -> None:
         """Replace an object's canned ACL. Raises ``NoSuchBucket``, ``NoSuchKey``."""
         check_acl(acl)
-        cfg = await self._bucket(bucket)
+        raw_key = _key_bytes(key)
 
         def change(current: bytes | None) -> bytes:
             if current is None:
@@ -1042,7 +1199,10 @@ class ObjectStore:
             record = ObjectRecord.unpack(current)
             return replace(record, headers=replace(record.headers, acl=acl)).pack()
 
-        await self._index_update(cfg, _key_bytes(key), change)
+        async def update(cfg: BucketConfig) -> None:
+            await self._index_update(cfg, raw_key, change)
+
+        await self._on_bucket(bucket, update)
 
     async def delete_object(self, bucket: str, key: str) -> bool:
         """Delete an object; deleting an absent key is fine (S3). Return whether it existed.
@@ -1050,8 +1210,12 @@ class ObjectStore:
         Raises:
             NoSuchBucket.
         """
-        cfg = await self._bucket(bucket)
-        return await self._delete(cfg, key)
+        _key_bytes(key)
+
+        async def delete(cfg: BucketConfig) -> bool:
+            return await self._delete(cfg, key)
+
+        return await self._on_bucket(bucket, delete)
 
     async def _delete(self, cfg: BucketConfig, key: str) -> bool:
         old, _ = await self._index_update(cfg, _key_bytes(key), lambda _current: None)
@@ -1067,20 +1231,29 @@ class ObjectStore:
         Raises:
             NoSuchBucket: the bucket does not exist (nothing is deleted).
         """
-        cfg = await self._bucket(bucket)
+        cfg, fresh = await self._object_bucket(bucket)
         outcomes: list[DeleteOutcome] = [DeleteOutcome(key) for key in keys]
         limiter = trio.CapacityLimiter(DELETE_CONCURRENCY)
 
-        async def delete_one(i: int) -> None:
+        async def delete_one(cfg: BucketConfig, i: int) -> None:
             async with limiter:
                 try:
                     await self._delete(cfg, keys[i])
                 except StorageError as exc:
                     outcomes[i] = DeleteOutcome(keys[i], exc)
+                else:
+                    outcomes[i] = DeleteOutcome(keys[i])
 
-        async with trio.open_nursery() as nursery:
-            for i in range(len(keys)):
-                nursery.start_soon(delete_one, i)
+        async def delete_all(cfg: BucketConfig, which: Iterable[int]) -> None:
+            async with trio.open_nursery() as nursery:
+                for i in which:
+                    nursery.start_soon(delete_one, cfg, i)
+
+        await delete_all(cfg, range(len(keys)))
+        stale = [i for i, o in enumerate(outcomes) if isinstance(o.error, NoSuchBucket)]
+        if stale and not fresh:
+            # The cached incarnation is gone: the registry says whether another one exists.
+            await delete_all(await self._bucket(bucket), stale)
         return outcomes
 
     async def copy_object(
@@ -1134,9 +1307,17 @@ class ObjectStore:
                 metadata,
                 acl,
             )
-        cfg = await self._bucket(dst_bucket)
+        cfg, fresh = await self._object_bucket(dst_bucket)
         return await self._write_object(
-            cfg, dst_key, reader.stream(), headers, owner, if_match, if_none_match, None
+            cfg,
+            dst_key,
+            reader.stream(),
+            headers,
+            owner,
+            if_match,
+            if_none_match,
+            None,
+            fresh=fresh,
         )
 
     # -- listing -------------------------------------------------------------------------------
@@ -1171,52 +1352,55 @@ class ObjectStore:
             if continuation_token is not None
             else start_after or ""
         )
-        cfg = await self._bucket(bucket)
-        index = self.index(cfg)
         raw_prefix = prefix.encode("utf-8")
         raw_marker = marker.encode("utf-8")
         raw_delim = delimiter.encode("utf-8") if delimiter else None
-        objects: list[ObjectInfo] = []
-        prefixes: list[str] = []
-        last: bytes | None = None
-        truncated = False
-        if max_keys == 0:
-            return ListPage(objects, prefixes, False, None)
-        floor = max(raw_prefix, raw_marker + b"\x00" if raw_marker else b"")
-        position: bytes | None = floor
-        done = False
-        while position is not None and not done:
-            entries, next_start = await index.read_from(position)
-            for raw_key, value in entries:
-                if raw_key < floor:
-                    continue
-                if not raw_key.startswith(raw_prefix):
-                    done = True  # sorted: every later key is past the prefix too
+
+        async def scan(cfg: BucketConfig) -> ListPage:
+            index = self.index(cfg)
+            objects: list[ObjectInfo] = []
+            prefixes: list[str] = []
+            last: bytes | None = None
+            truncated = False
+            if max_keys == 0:
+                return ListPage(objects, prefixes, False, None)
+            floor = max(raw_prefix, raw_marker + b"\x00" if raw_marker else b"")
+            position: bytes | None = floor
+            done = False
+            while position is not None and not done:
+                entries, next_start = await index.read_from(position)
+                for raw_key, value in entries:
+                    if raw_key < floor:
+                        continue
+                    if not raw_key.startswith(raw_prefix):
+                        done = True  # sorted: every later key is past the prefix too
+                        break
+                    item: bytes = raw_key
+                    common = False
+                    if raw_delim is not None:
+                        cut = raw_key.find(raw_delim, len(raw_prefix))
+                        if cut >= 0:
+                            item, common = raw_key[: cut + len(raw_delim)], True
+                            # UTF-8 never contains 0xFF: this skips every key under the prefix.
+                            floor = item + b"\xff"
+                            if item <= raw_marker:
+                                continue
+                    if len(objects) + len(prefixes) == max_keys:
+                        truncated, done = True, True
+                        break
+                    last = item
+                    if common:
+                        prefixes.append(item.decode("utf-8"))
+                    else:
+                        record = ObjectRecord.unpack(value)
+                        objects.append(_object_info(bucket, raw_key.decode("utf-8"), record))
+                if next_start is None:
                     break
-                item: bytes = raw_key
-                common = False
-                if raw_delim is not None:
-                    cut = raw_key.find(raw_delim, len(raw_prefix))
-                    if cut >= 0:
-                        item, common = raw_key[: cut + len(raw_delim)], True
-                        # UTF-8 never contains 0xFF: this skips every key under the prefix.
-                        floor = item + b"\xff"
-                        if item <= raw_marker:
-                            continue
-                if len(objects) + len(prefixes) == max_keys:
-                    truncated, done = True, True
-                    break
-                last = item
-                if common:
-                    prefixes.append(item.decode("utf-8"))
-                else:
-                    record = ObjectRecord.unpack(value)
-                    objects.append(_object_info(bucket, raw_key.decode("utf-8"), record))
-            if next_start is None:
-                break
-            position = max(next_start, floor)
-        next_marker = last.decode("utf-8") if truncated and last is not None else None
-        return ListPage(objects, prefixes, truncated, next_marker)
+                position = max(next_start, floor)
+            next_marker = last.decode("utf-8") if truncated and last is not None else None
+            return ListPage(objects, prefixes, truncated, next_marker)
+
+        return await self._on_bucket(bucket, scan)
 
     async def list_object_versions(
         self,

@@ -25,7 +25,7 @@ One request, one pass through five stages, each with one owner:
 4. **Storage** (:mod:`interfaces.s3.handlers`): one function per operation calls the
    :class:`~storage.objects.ObjectStore` and builds a :class:`Response` — XML bytes, or a
    streamed body for GetObject, sent chunk by chunk with ``more_body=True`` while the next
-   chunk is being fetched (:meth:`storage.objects.ObjectReader.send_to`).
+   chunks are being fetched (:meth:`storage.objects.ObjectReader.send_to`).
 5. **Respond**: errors are translated **here and only here**: an
    :class:`~interfaces.s3.errors.S3Error` keeps its code; a
    :class:`~storage.errors.StorageError` is mapped by the one table,
@@ -550,17 +550,17 @@ class S3App:
         status_class = f"{min(max(status // 100, 0), 5)}xx"
         counted = (op_name, status_class)
         self._by_operation[counted] = self._by_operation.get(counted, 0) + 1
-        elapsed = (time.monotonic() - begin) * 1000
-        logger.debug(
-            "%s %s %s%s -> %d %s (%.1f ms)",
-            request_id,
-            method,
-            path,
-            "?" + _SECRET_PARAMS_RE.sub(r"\1REDACTED", query) if query else "",
-            status,
-            op_name,
-            elapsed,
-        )
+        if logger.isEnabledFor(logging.DEBUG):  # the redaction is not free: only when logged
+            logger.debug(
+                "%s %s %s%s -> %d %s (%.1f ms)",
+                request_id,
+                method,
+                path,
+                "?" + _SECRET_PARAMS_RE.sub(r"\1REDACTED", query) if query else "",
+                status,
+                op_name,
+                (time.monotonic() - begin) * 1000,
+            )
 
     async def _process(
         self,

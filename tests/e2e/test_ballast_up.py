@@ -116,3 +116,22 @@ def test_unwritable_data_directory_is_one_error_line(tmp_path: Path) -> None:
     assert done.stderr.strip().startswith("Error:")
     assert "not writable" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_nodes_stop_when_up_is_killed(tmp_path: Path) -> None:
+    """Each node runs in a process of its own; killing ``ballast up`` outright (no chance to
+    stop them) still stops them, so the same data directory starts again at once."""
+    data = tmp_path / "ballast"
+    with ballast_up(data) as (process, endpoints):
+        client = _s3(endpoints)
+        client.create_bucket(Bucket="kept")
+        client.put_object(Bucket="kept", Key="k", Body=b"acknowledged")
+        client.close()
+        process.kill()
+        process.communicate(timeout=30)
+    with ballast_up(data) as (process, endpoints):
+        client = _s3(endpoints)
+        assert client.get_object(Bucket="kept", Key="k")["Body"].read() == b"acknowledged"
+        client.close()
+        code, err = _stop(process)
+        assert code == 0, err

@@ -1017,7 +1017,11 @@ def test_unavailable_cluster_is_503(s3_server: S3Server, s3: Any, bucket: str) -
     assert (_code(info), _status(info)) == ("ServiceUnavailable", 503)
     assert s3.list_objects_v2(Bucket=bucket)["KeyCount"] == 0
     s3.put_object(Bucket=bucket, Key="k", Body=b"data")
-    s3_server.run(fail, "read", b"s3/buckets")
+
+    async def fail_index_read() -> None:
+        store.fail("read", match=lambda name: name.startswith(b"s3/idx/"))
+
+    s3_server.run(fail_index_read)
     with pytest.raises(ClientError) as info:
         s3.get_object(Bucket=bucket, Key="k")
     assert _status(info) == 503

@@ -35,7 +35,7 @@ from interfaces.s3.sigv4 import (
     sign,
     string_to_sign,
 )
-from storage.objects import ObjectStore
+from storage.objects import GET_PREFETCH, PUT_PIPELINE, ObjectStore
 from tests.e2e.conftest import S3Server
 from tests.fake_blockstore import FakeBlockStore
 
@@ -321,17 +321,20 @@ async def test_credential_register_unavailable() -> None:
 
 
 class _CountingStore(FakeBlockStore):
-    """Records, at every chunk write, how many body messages the app had pulled."""
+    """Counts body messages pulled, chunk writes done, and chunks fetched but not yet sent."""
 
     pulled = 0
-    pulled_at_put: list[int]
+    durable = 0
+    ahead: list[int]
     sent = 0
     fetched_before_send: list[int]
     fetched = 0
 
     async def put_chunk(self, plaintext: Any, *, redundancy: Any = None) -> Any:
-        self.pulled_at_put.append(self.pulled)
-        return await super().put_chunk(plaintext, redundancy=redundancy)
+        await trio.sleep(0.001)
+        ref = await super().put_chunk(plaintext, redundancy=redundancy)
+        self.durable += 1
+        return ref
 
     async def get_chunk(self, ref: Any) -> bytes:
         self.fetched += 1
@@ -340,9 +343,10 @@ class _CountingStore(FakeBlockStore):
 
 
 async def test_bodies_stream_with_back_pressure() -> None:
-    """PUT pulls the body only as chunks are stored; GET fetches at most 2 chunks ahead."""
+    """PUT pulls the body only a few chunks ahead of the stored ones; GET fetches only a few
+    chunks ahead of the one being sent."""
     store = _CountingStore()
-    store.pulled_at_put = []
+    store.ahead = []
     store.fetched_before_send = []
     objects = ObjectStore(store, chunk_size=1024 * 1024)
     credentials = CredentialStore(store)
@@ -361,6 +365,7 @@ async def test_bodies_stream_with_back_pressure() -> None:
 
     async def receive() -> dict[str, Any]:
         store.pulled += 1
+        store.ahead.append(store.pulled - 4 * store.durable)
         return {"type": "http.request", "body": piece, "more_body": store.pulled < count}
 
     sent: list[dict[str, Any]] = []
@@ -382,15 +387,16 @@ async def test_bodies_stream_with_back_pressure() -> None:
 
     await app(scope("PUT", headers), receive, send)
     assert sent[0]["status"] == 200
-    # The n-th 1 MiB chunk is stored after 4n (+ at most one) 256 KiB messages were pulled.
-    for n, pulled in enumerate(store.pulled_at_put[:-1], start=1):
-        assert pulled <= 4 * n + 1
+    # Four 256 KiB messages make a 1 MiB chunk: at most PUT_PIPELINE chunks are being stored
+    # while one more fills.
+    assert store.durable == 16
+    assert max(store.ahead) <= 4 * (PUT_PIPELINE + 1)
     sent.clear()
     get_headers = _sign("GET", "/bkt/big", "", [("host", "localhost")], "UNSIGNED-PAYLOAD")
     await app(scope("GET", get_headers), receive, send)
     assert sent[0]["status"] == 200
     assert sum(len(m.get("body", b"")) for m in sent[1:]) == len(piece) * count
-    assert max(store.fetched_before_send) <= 2
+    assert max(store.fetched_before_send) <= GET_PREFETCH
 
 
 # -- in-process fuzzing -------------------------------------------------------------------------

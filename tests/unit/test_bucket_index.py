@@ -293,3 +293,110 @@ async def test_hundred_thousand_keys_listing_reads_few_shards() -> None:
     assert fake.reads[reader.root_name] == 1
     assert shard_reads <= 5
     assert len(await reader.scan()) == 100_000
+
+
+# -- group commit ----------------------------------------------------------------------------
+
+
+class _SlowStore(FakeBlockStore):
+    """A fake whose register operations take a while, so concurrent callers pile up."""
+
+    async def edit(self, name, edit, *, redundancy=None):  # type: ignore[no-untyped-def]
+        await trio.sleep(0.01)
+        return await super().edit(name, edit, redundancy=redundancy)
+
+    async def read(self, name):  # type: ignore[no-untyped-def]
+        await trio.sleep(0.01)
+        return await super().read(name)
+
+
+async def test_concurrent_changes_share_edits_and_fail_alone() -> None:
+    fake, index = await make(_SlowStore(replay_edits=True), max_entries=1000)
+    await put(index, b"taken", b"old")
+    edits_before = fake.ops["edit"]
+    results: dict[bytes, object] = {}
+
+    def only_if_absent(value: bytes):  # type: ignore[no-untyped-def]
+        def fn(old: bytes | None) -> bytes:
+            if old is not None:
+                raise ValueError("exists")
+            return value
+
+        return fn
+
+    async def write(key: bytes) -> None:
+        try:
+            results[key] = await index.update(key, only_if_absent(b"new-" + key))
+        except ValueError as exc:
+            results[key] = exc
+
+    async with trio.open_nursery() as nursery:
+        for i in range(20):
+            nursery.start_soon(write, b"k%02d" % i)
+        nursery.start_soon(write, b"taken")
+    assert fake.ops["edit"] - edits_before < 10  # 21 changes in a few rounds
+    assert isinstance(results.pop(b"taken"), ValueError)  # refused alone...
+    assert results == {b"k%02d" % i: (None, b"new-k%02d" % i) for i in range(20)}
+    assert await index.get(b"taken") == b"old"  # ...and nothing of it written
+    assert [k for k, _ in await index.scan()] == sorted([b"taken", *results])
+
+
+async def test_concurrent_reads_share_rounds_and_see_earlier_writes() -> None:
+    fake, index = await make(_SlowStore())
+    for i in range(5):
+        await put(index, b"k%d" % i, b"%d" % i)
+    fake.reads.clear()
+    got: dict[int, bytes | None] = {}
+
+    async def read(i: int) -> None:
+        got[i] = await index.get(b"k%d" % (i % 5))
+
+    async with trio.open_nursery() as nursery:
+        for i in range(30):
+            nursery.start_soon(read, i)
+    assert got == {i: b"%d" % (i % 5) for i in range(30)}
+    assert sum(fake.reads.values()) < 10
+    # A read that begins after a write returned sees it, even with a round in flight.
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(index.get, b"k0")  # a round in flight...
+        await trio.sleep(0.001)
+        await put(index, b"k0", b"changed")  # ...the write returns after it began
+        assert await index.get(b"k0") == b"changed"
+
+
+async def test_mixed_batch_reads_the_committed_shard() -> None:
+    _fake, index = await make(_SlowStore())
+    await put(index, b"a", b"1")
+    seen: list[bytes | None] = []
+
+    async def reader() -> None:
+        seen.append(await index.get(b"b"))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(put, index, b"x", b"first round")  # leads the first round
+        await trio.sleep(0.001)
+        nursery.start_soon(put, index, b"b", b"2")  # both queue for the next one
+        nursery.start_soon(reader)
+    assert seen == [b"2"]
+
+
+async def test_cancelled_waiter_is_withdrawn_and_cancelled_leader_still_serves() -> None:
+    _fake, index = await make(_SlowStore())
+    await put(index, b"a")  # the root is cached from now on
+    leader, waiter = trio.CancelScope(), trio.CancelScope()
+
+    async def write_in(scope: trio.CancelScope, key: bytes) -> None:
+        with scope:
+            await put(index, key)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(write_in, leader, b"leader")  # leads a round...
+        await trio.sleep(0.001)  # ...which is in flight now
+        nursery.start_soon(write_in, waiter, b"withdrawn")  # these two queue
+        nursery.start_soon(put, index, b"follower")
+        await trio.sleep(0.001)
+        waiter.cancel()  # still queued: withdrawn, never applied
+        leader.cancel()  # others may wait on its round: it completes, shielded
+    assert await index.get(b"leader") == b"v"
+    assert await index.get(b"withdrawn") is None
+    assert await index.get(b"follower") == b"v"  # led the next round

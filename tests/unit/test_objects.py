@@ -30,6 +30,7 @@ from storage.errors import (
 )
 from storage.object_records import ContentHeaders, ObjectRecord
 from storage.objects import (
+    PUT_PIPELINE,
     ObjectStore,
     decode_continuation_token,
     encode_continuation_token,
@@ -275,27 +276,43 @@ async def test_keys_limits(env: tuple[FakeBlockStore, ObjectStore]) -> None:
         await store.put_object("bkt", "\udc80", body(b"x"))
 
 
-async def test_body_is_streamed_not_buffered(env: tuple[FakeBlockStore, ObjectStore]) -> None:
+async def test_body_is_streamed_through_a_bounded_pipeline(
+    env: tuple[FakeBlockStore, ObjectStore],
+) -> None:
     fake, store = env
     pulled = 0
-    stored_when: list[int] = []
+    durable = 0
+    in_flight = 0
+    most_in_flight = 0
+    held: list[int] = []  # bytes read from the body but not yet durable, at each store
     original = fake.put_chunk
 
     async def spy(plaintext: bytes | memoryview, *, redundancy: Redundancy | None = None):  # type: ignore[no-untyped-def]
-        stored_when.append(pulled)
-        return await original(plaintext, redundancy=redundancy)
+        nonlocal durable, in_flight, most_in_flight
+        in_flight += 1
+        most_in_flight = max(most_in_flight, in_flight)
+        held.append(pulled * 256 - durable * CHUNK)
+        await trio.sleep(0.01)
+        try:
+            return await original(plaintext, redundancy=redundancy)
+        finally:
+            in_flight -= 1
+            durable += 1
 
     fake.put_chunk = spy  # type: ignore[method-assign]
 
     async def counting() -> AsyncIterator[bytes]:
         nonlocal pulled
-        for _ in range(40):
+        for _ in range(80):
             pulled += 1
-            yield b"z" * 256  # 40 * 256 = 10 chunks of 1024
+            yield b"z" * 256  # 80 * 256 = 20 chunks of 1024
 
     await store.put_object("bkt", "s", counting())
-    # Chunk i is stored right after the 4*(i+1)-th piece arrived: at most one chunk buffered.
-    assert stored_when[:10] == [4 * (i + 1) for i in range(10)]
+    # Stores overlap, but never more than PUT_PIPELINE of them, and the body is read at
+    # most one chunk ahead of them.
+    assert most_in_flight == PUT_PIPELINE
+    assert max(held) <= (PUT_PIPELINE + 1) * CHUNK
+    assert await fetch(store, "bkt", "s") == b"z" * 20 * CHUNK
 
 
 async def test_big_pieces_and_chunk_list(env: tuple[FakeBlockStore, ObjectStore]) -> None:
@@ -374,11 +391,11 @@ async def test_delete_objects_batch(env: tuple[FakeBlockStore, ObjectStore]) -> 
     fake, store = env
     for key in ("a", "b", "c"):
         await store.put_object("bkt", key, body(b"1"))
-    fake.fail("edit", skip=1)  # one of the deletions fails
+    fake.fail("edit", skip=1)  # one index edit fails: the deletions it carried fail
     outcomes = await store.delete_objects("bkt", ["a", "b", "absent", "c"])
     assert [o.key for o in outcomes] == ["a", "b", "absent", "c"]
     failed = [o.key for o in outcomes if o.error is not None]
-    assert len(failed) == 1
+    assert 1 <= len(failed) < 4
     assert all(isinstance(o.error, Unavailable) for o in outcomes if o.error is not None)
     remaining = [o.key for o in (await store.list_objects("bkt")).objects]
     assert remaining == [k for k in failed if k != "absent"]
