@@ -1,16 +1,19 @@
 """Key-value benchmark: Ballast registers beside etcd, Ballast chunks beside the local disk.
 
 * mutable: 1 KiB register writes (one CASPaxos change each, durable on a majority) and
-  linearizable reads (a CASPaxos round too), from 1 and from 16 concurrent clients (each on
-  its own key), on 3 Ballast storage nodes, each its own process (real secure RPC on
+  linearizable reads (a quick read: the acceptors' states compared, nothing written; a
+  CASPaxos round when they disagree), from 1 and from 16 concurrent clients (each on its
+  own key), on 3 Ballast storage nodes, each its own process (real secure RPC on
   loopback, real silos), beside a 3-member etcd cluster (Debian ``etcd-server``, three
   processes) driven through its JSON gateway over keep-alive HTTP/1.1 connections
   (``/v3/kv/put`` and linearizable ``/v3/kv/range``). Both are driven from this process by
-  trio tasks, the Ballast ones through three ``KVClient`` s on one client node (a member
-  of the overlay that stores nothing), the etcd ones spread over the three members;
+  trio tasks, the Ballast ones through one ``KVClient`` on one client node (a member of the
+  overlay that stores nothing), as a gateway process runs one for all its requests, the
+  etcd ones spread over the three members;
 * immutable: 4 MiB chunk writes and reads, ``replicas=3`` and ``data=4, parity=2``, on 6
-  storage node processes, one writer, beside writing and fsyncing the same bytes to a plain
-  file on the same disk (the local-disk limit).
+  storage node processes, one writer that keeps as many chunks in flight as one S3 PUT
+  (``storage.objects.PUT_PIPELINE``) or GET (``GET_PREFETCH``) does, beside writing and
+  fsyncing the same bytes to a plain file on the same disk (the local-disk limit).
 
 Mutable runs alternate between the two systems (both clusters up throughout) and report
 the median of the rounds, so that the shared machine's changing load hits both alike. The
@@ -46,8 +49,10 @@ from dht.ids import Address, Contact, NodeId
 from dht.membership import MembershipConfig, MemberState
 from dht.overlay import Overlay, OverlayConfig
 from dht.rpc import RpcNode
+from storage.api import ChunkRef
 from storage.kv_client import KVClient
 from storage.kv_service import BlockService
+from storage.objects import GET_PREFETCH, PUT_PIPELINE
 from storage.placement import OverlayPlacement
 from storage.policy import Redundancy
 from storage.registers import ClientKeys
@@ -403,7 +408,7 @@ async def bench_mutable(
     etcd.start()
     try:
         async with trio.open_nursery() as nursery:
-            clients = await nodes.clients(nursery, 3)
+            clients = await nodes.clients(nursery, 1)
             await etcd_ready(etcd.client_ports)
             value = os.urandom(VALUE)
             for workers in CONCURRENCY:
@@ -454,20 +459,54 @@ async def bench_chunks(root: Path, count: int) -> dict[str, float]:
                 ("replicas=3", Redundancy(replicas=3)),
                 ("4+2", Redundancy(data=4, parity=2)),
             ):
-                start = time.perf_counter()
-                refs = [await client.put_chunk(chunk, redundancy=policy) for chunk in data]
-                results[f"{label} write"] = count * CHUNK / (time.perf_counter() - start) / 1e6
-                # Let the stragglers finish: they are not part of the reads.
-                while client.statistics().background_tasks:  # noqa: ASYNC110 - no event exposed
-                    await trio.sleep(0.01)
-                start = time.perf_counter()
-                for ref, chunk in zip(refs, data, strict=True):
-                    assert await client.get_chunk(ref) == chunk
-                results[f"{label} read"] = count * CHUNK / (time.perf_counter() - start) / 1e6
+                write, read = await chunk_rates(client, policy, data)
+                results[f"{label} write"], results[f"{label} read"] = write, read
             nursery.cancel_scope.cancel()
     finally:
         nodes.stop()
     return results
+
+
+async def chunk_rates(
+    client: KVClient, policy: Redundancy, data: list[bytes]
+) -> tuple[float, float]:
+    """MB/s of writing then reading ``data`` as chunks under ``policy``."""
+    count = len(data)
+    refs: list[ChunkRef | None] = [None] * count
+
+    async def put(index: int) -> None:
+        refs[index] = await client.put_chunk(data[index], redundancy=policy)
+
+    async def get(index: int) -> None:
+        ref = refs[index]
+        assert ref is not None
+        assert await client.get_chunk(ref) == data[index]
+
+    start = time.perf_counter()
+    await in_flight(PUT_PIPELINE, count, put)
+    write = count * CHUNK / (time.perf_counter() - start) / 1e6
+    # Let the stragglers finish: they are not part of the reads.
+    while client.statistics().background_tasks:  # noqa: ASYNC110 - no event exposed
+        await trio.sleep(0.01)
+    start = time.perf_counter()
+    await in_flight(GET_PREFETCH, count, get)
+    return write, count * CHUNK / (time.perf_counter() - start) / 1e6
+
+
+async def in_flight(width: int, count: int, op: Callable[[int], Awaitable[None]]) -> None:
+    """Run ``op(0) .. op(count - 1)``, at most ``width`` at a time, started in order."""
+    window = trio.Semaphore(width)
+
+    async def one(index: int) -> None:
+        try:
+            await op(index)
+        finally:
+            window.release()
+
+    async with trio.open_nursery() as nursery:
+        for index in range(count):
+            await window.acquire()
+            nursery.start_soon(one, index)
 
 
 def local_disk(root: Path, count: int) -> float:
@@ -502,7 +541,10 @@ async def main(root: Path, seconds: float, rounds: int, chunks: int) -> None:
             print(f"  etcd    {op} x{workers:<2}  {_median(etcd[op, workers])}")
     disk = local_disk(root, chunks)
     blocks = await bench_chunks(root, chunks)
-    print(f"immutable 4 MiB chunks, {chunks} each, one writer (6 Ballast node processes)")
+    print(
+        f"immutable 4 MiB chunks, {chunks} each, one writer with {PUT_PIPELINE} writes"
+        f" / {GET_PREFETCH} reads in flight (6 Ballast node processes)"
+    )
     for label, rate in blocks.items():
         print(f"  ballast {label:<18} {rate:7.1f} MB/s")
     print(f"  local disk write+fsync   {disk:7.1f} MB/s")

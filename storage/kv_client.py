@@ -31,7 +31,7 @@ Chunks (immutable, content-addressed)
 Registers (mutable, linearizable)
     A register ``name`` lives at ``register_address(owner key, name)``. Each change is one
     CASPaxos round (:mod:`storage.paxos`) driven here: the round's messages go out in
-    parallel as ``kv.paxos`` calls, replies are fed back, follow-ups are sent, until an
+    parallel (see "Messages" below), replies are fed back, follow-ups are sent, until an
     outcome. ``Preempted`` → randomized exponential back-off and a fresh round (bounded by the
     operation timeout and :data:`MAX_ROUNDS`); ``Refused`` → ``PermissionDenied``; no quorum
     before the deadline → the round's ``Unavailable``. A value is *decided* once a quorum of
@@ -42,7 +42,49 @@ Registers (mutable, linearizable)
     address, where ``R`` is the policy's replica count, or for an erasure-coded policy
     ``min(2m+1, k+m)`` (as many failures tolerated as the chunks written with that policy).
     Afterwards the set is part of the register's consensus state; the client remembers it per
-    address and starts its rounds there.
+    address (from decided values only) and starts its rounds there.
+
+    Finding a register: the first round. A client that has seen no decided value of a
+    register does not know its replica set, and its own member view may differ from the
+    creator's (a member joined or was evicted since, or another gateway's list lags). So its
+    rounds *probe* (:mod:`storage.paxos`, "Probing"): phase 1 goes to the ``R +``
+    :data:`PROBE_SPARES` members nearest in its view and needs all of them but
+    ``R - majority(R)`` (one of five for ``R = 3``), which meets every majority of every
+    ``R``-subset of them. Any value found is followed (its configuration governs); only when
+    none of those answers knows the register is it created, on the nearest ``R``. Two
+    clients whose views differ by at most :data:`PROBE_SPARES` members near the address
+    therefore never create two histories of one register; this is the assumption the
+    placement of registers rests on (moves go to the nearest members, and a set moved away
+    from keeps pointing at the new one). The cost is paid once per client and register: the
+    first round needs one more answer than a majority. A round with a known set that finds
+    no quorum forgets the set, so the next operation probes again (the set may have moved
+    and been dropped).
+
+    Reads. A client that knows the register's configuration first tries a *quick read*
+    (:class:`storage.paxos.QuickRead`): it asks the acceptors for their state, which writes
+    nothing, and returns as soon as a quorum of the value's configuration reports the same
+    accepted ballot and value (linearizable: see :mod:`storage.paxos`, "Reads without
+    writes"). Disagreeing or missing answers (a write in flight, a lagging or down member,
+    an empty register) fall back, after at most :data:`QUICK_READ_WAIT` seconds, to a
+    CASPaxos round of the identity change, which writes the value back.
+
+    Moving registers (repair, rebalancing, drain) works by address, without the owner keys:
+    :meth:`KVClient.move_register` runs ``BeginReplicaChange`` (joint configuration: every
+    change needs a majority of the old *and* the new set) then ``FinishReplicaChange``, and
+    :meth:`KVClient.sync_register` runs a read round that waits for every acceptor of the
+    configuration to take the write-back. Replica sets are not covered by the owner's
+    signature, so acceptors accept the moved values as they are.
+
+    Messages. A round's messages are not sent one RPC each: every message for one node
+    goes into that node's *outbox*, and a flush task sends what the outbox holds, after
+    one pass of the scheduler, as one ``kv.paxos_batch`` call (a lone message as
+    ``kv.paxos``); each reply is verified and handed back to its round. So the operations
+    in flight at once (a gateway's concurrent requests, say) share RPCs, and their state
+    writes share each acceptor's group commit. Quick-read inspections have outboxes of
+    their own, so that they never wait for another round's fsync. An identical accept for
+    several acceptors is encoded once, identical replies are decoded once, and unsealed
+    envelopes of recent payloads are kept, so that an edit or a read of a value this
+    client already holds unseals nothing.
 
     Payloads are sealed with ``keys.data_key`` inside an envelope
     ``[2, plaintext, since, [[writer id, op id], ...]]`` and every value is signed by
@@ -73,6 +115,7 @@ Timeouts and cancellation
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -113,18 +156,27 @@ from .errors import (
 )
 from .ids import BlockAddress
 from .paxos import (
+    AbortReplicaChange,
     Accept,
     Accepted,
+    Ballot,
+    BeginReplicaChange,
+    Change,
     Decided,
+    FinishReplicaChange,
+    Inspect,
+    Message,
     Outcome,
     Preempted,
     Promise,
     Proposer,
+    QuickRead,
     Read,
     Refused,
     RegisterValue,
     Reject,
-    Reply,
+    Report,
+    Request,
     Round,
     Send,
     Transition,
@@ -149,6 +201,8 @@ __all__ = [
     "HEDGE_DELAY",
     "MAX_ROUNDS",
     "MAX_WRITERS",
+    "PROBE_SPARES",
+    "QUICK_READ_WAIT",
     "SPARES",
     "KVClient",
     "KVClientStatistics",
@@ -159,6 +213,11 @@ __all__ = [
 HEDGE_DELAY = 0.075
 #: Extra members beyond the redundancy that writes may fall back to and reads may ask.
 SPARES = 3
+#: Members beyond a register's replica count that a client's first round on it also asks
+#: (how far two member views may differ near an address; see the module docstring).
+PROBE_SPARES = 2
+#: Seconds a quick read waits for agreeing acceptors before running a full round.
+QUICK_READ_WAIT = 0.5
 #: Payloads at least this large are sealed, hashed and coded in worker threads.
 THREAD_BYTES = 64 * 1024
 #: Most CASPaxos rounds one register operation runs (each preemption costs one).
@@ -174,6 +233,11 @@ _ENVELOPE_VERSION = 2
 #: How long a preempted round still waits for its last replies (see ``_drive``).
 _LATE_REPLY_GRACE = 1.0
 _OP_ID_BYTES = 8
+#: Unsealed register envelopes kept, and the largest sealed payload kept.
+_ENVELOPE_CACHE = 1024
+_ENVELOPE_CACHE_MAX_BYTES = 64 * 1024
+#: Most aborts of a competing move one move_register call makes before it gives up.
+_MOVE_STEPS = 4
 
 _CODES: dict[str, type[StorageError]] = {
     "not_found": NotFound,
@@ -225,6 +289,14 @@ class KVClientStatistics:
         forged_values: register values reported by an acceptor with a bad signature.
         register_ops: register operations that completed (read, edit, CAS, delete).
         paxos_rounds: CASPaxos rounds started.
+        consensus_messages: consensus messages sent to acceptors.
+        consensus_calls: RPCs that carried them (several messages share one when many
+            operations are in flight).
+        probes: CASPaxos rounds that probed (the client knew no configuration).
+        quick_reads: reads answered without a round (acceptors agreed; nothing written).
+        quick_read_fallbacks: quick reads that could not conclude (a full round followed).
+        registers_moved: replica-set moves completed by :meth:`KVClient.move_register`.
+        unsynced_acceptors: acceptors a :meth:`KVClient.sync_register` could not update.
         preemptions: rounds that lost to a higher ballot and were retried.
         replays_avoided: retries that found their preempted change chosen after all (and
             so did not apply it twice).
@@ -246,6 +318,13 @@ class KVClientStatistics:
     forged_values: int
     register_ops: int
     paxos_rounds: int
+    consensus_messages: int
+    consensus_calls: int
+    probes: int
+    quick_reads: int
+    quick_read_fallbacks: int
+    registers_moved: int
+    unsynced_acceptors: int
     preemptions: int
     replays_avoided: int
     unavailable: int
@@ -268,6 +347,13 @@ class _Counters:
     forged_values: int = 0
     register_ops: int = 0
     paxos_rounds: int = 0
+    consensus_messages: int = 0
+    consensus_calls: int = 0
+    probes: int = 0
+    quick_reads: int = 0
+    quick_read_fallbacks: int = 0
+    registers_moved: int = 0
+    unsynced_acceptors: int = 0
     preemptions: int = 0
     replays_avoided: int = 0
     unavailable: int = 0
@@ -319,6 +405,27 @@ class _Register:
     replicas: tuple[NodeId, ...] | None = None
     #: The last value whose signature this client checked (or made): not checked again.
     verified: RegisterValue | None = None
+    #: The last reply carrying a value, raw and decoded: acceptors in step send the same.
+    last_reply: tuple[bytes, Message] | None = None
+
+
+@dataclass
+class _Posted:
+    """A consensus message waiting in an outbox, and where its reply goes."""
+
+    address: BlockAddress
+    entry: _Register
+    message: bytes
+    deadline: float
+    deliver: Callable[[Message | None], None]
+
+
+@dataclass
+class _Outbox:
+    """Consensus messages for one acceptor node, sent together by the next flush."""
+
+    node: NodeId
+    items: list[_Posted] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -422,13 +529,13 @@ class _Mutation:
             writers = () if envelope is None else envelope.writers
             mine = (client._writer_id, self._op)
             kept = tuple(w for w in writers if w[0] != client._writer_id)
-            payload = client._seal(
-                _Envelope(
-                    plaintext=new_plain,
-                    since=version if envelope is None else envelope.since,
-                    writers=(*kept, mine)[-MAX_WRITERS:],
-                )
+            sealed = _Envelope(
+                plaintext=new_plain,
+                since=version if envelope is None else envelope.since,
+                writers=(*kept, mine)[-MAX_WRITERS:],
             )
+            payload = client._seal(sealed)
+            client._remember(payload, sealed)
         if current is None:
             value = RegisterValue(version=version, replica_set=replicas, payload=payload)
         else:
@@ -482,6 +589,9 @@ class KVClient:
         self._nursery: trio.Nursery | None = None
         self._cpu = trio.CapacityLimiter(2)
         self._registers: OrderedDict[BlockAddress, _Register] = OrderedDict()
+        self._outboxes: dict[tuple[NodeId, bool], _Outbox] = {}
+        #: Unsealed envelopes of recently seen payloads (keyed by the sealed bytes).
+        self._envelopes: OrderedDict[bytes, _Envelope] = OrderedDict()
         self._rng = random.Random()
         self._n = _Counters()
 
@@ -521,6 +631,13 @@ class KVClient:
             forged_values=n.forged_values,
             register_ops=n.register_ops,
             paxos_rounds=n.paxos_rounds,
+            consensus_messages=n.consensus_messages,
+            consensus_calls=n.consensus_calls,
+            probes=n.probes,
+            quick_reads=n.quick_reads,
+            quick_read_fallbacks=n.quick_read_fallbacks,
+            registers_moved=n.registers_moved,
+            unsynced_acceptors=n.unsynced_acceptors,
             preemptions=n.preemptions,
             replays_avoided=n.replays_avoided,
             unavailable=n.unavailable,
@@ -634,6 +751,8 @@ class KVClient:
         if copy.fragment is not None:
             args["fragment"] = copy.fragment
             args["manifest"] = copy.manifest
+        else:
+            args["replicas"] = job.total  # the target count, kept by holders for repair
         spare = False
         while True:
             if target is None or target.node_id in job.stored:
@@ -944,9 +1063,14 @@ class KVClient:
         return seal_payload(self._keys.data_key, bytes(packed))
 
     def _open(self, value: RegisterValue) -> _Envelope | None:
-        if value.payload is None:
+        payload = value.payload
+        if payload is None:
             return None
-        packed = open_payload(self._keys.data_key, value.payload)
+        cached = self._envelopes.get(payload)
+        if cached is not None:
+            self._envelopes.move_to_end(payload)
+            return cached
+        packed = open_payload(self._keys.data_key, payload)
         try:
             version, plaintext, since, writers = msgpack.unpackb(packed, raw=False)
             ok = (
@@ -963,7 +1087,16 @@ class KVClient:
             raise Corrupt("malformed register envelope") from exc
         if not ok:
             raise Corrupt("malformed register envelope")
-        return _Envelope(plaintext, since, tuple((w[0], w[1]) for w in writers))
+        envelope = _Envelope(plaintext, since, tuple((w[0], w[1]) for w in writers))
+        self._remember(payload, envelope)
+        return envelope
+
+    def _remember(self, payload: bytes, envelope: _Envelope) -> None:
+        """Keep what a (small) sealed payload holds: reads and edits of it skip unsealing."""
+        if len(payload) <= _ENVELOPE_CACHE_MAX_BYTES:
+            self._envelopes[payload] = envelope
+            if len(self._envelopes) > _ENVELOPE_CACHE:
+                self._envelopes.popitem(last=False)
 
     def _versioned(self, value: RegisterValue | None) -> Versioned | None:
         if value is None:
@@ -993,32 +1126,70 @@ class KVClient:
         redundancy: Redundancy | None,
     ) -> Decided:
         """Run rounds of ``change`` on register ``name`` until decided (see the module doc)."""
-        self._running()
         address = register_address(self._keys.signing.public_key, name)
-        replicas = register_replicas(redundancy or self._default)
+        size = register_replicas(redundancy or self._default)
+        return await self._consensus(address, change, size=size, hint=None)
+
+    def _start_set(
+        self, address: BlockAddress, entry: _Register, size: int, hint: tuple[NodeId, ...] | None
+    ) -> tuple[tuple[NodeId, ...], tuple[NodeId, ...]]:
+        """Return (hint, probe candidates) for the next round (see the module docstring)."""
+        if entry.replicas is not None:
+            return entry.replicas, ()  # a configuration seen decided: no probe needed
+        nearest = tuple(c.node_id for c in self._placement.closest(address, size + PROBE_SPARES))
+        start = hint if hint is not None else nearest[:size]
+        return start, tuple(dict.fromkeys((*start, *nearest)))
+
+    async def _consensus(
+        self,
+        address: BlockAddress,
+        change: Change,
+        *,
+        size: int,
+        hint: tuple[NodeId, ...] | None,
+        write_back_all: bool = False,
+    ) -> Decided:
+        """Run rounds of ``change`` on the register at ``address`` until decided.
+
+        ``size`` is the replica count of a register this creates; ``hint`` a replica set
+        to start from when this client has seen no decided value of the register (else
+        the ``size`` nearest members). ``write_back_all``: wait, until the deadline, for
+        every acceptor of the decided configuration to answer the write.
+        """
+        self._running()
         entry = self._register(address)
         deadline = trio.current_time() + self._timeout
-        with trio.move_on_at(deadline) as waited:
-            await entry.lock.acquire()
-        if waited.cancelled_caught:
-            self._n.unavailable += 1
-            raise Unavailable(majority(replicas), 0, "timed out waiting for this client's turn")
         try:
-            hint: tuple[NodeId, ...] = ()
+            entry.lock.acquire_nowait()
+        except trio.WouldBlock:
+            with trio.move_on_at(deadline) as waited:
+                await entry.lock.acquire()
+            if waited.cancelled_caught:
+                self._n.unavailable += 1
+                raise Unavailable(
+                    majority(size), 0, "timed out waiting for this client's turn"
+                ) from None
+        try:
+            start: tuple[NodeId, ...] = ()
             last_ballot = None
             attempt = 0
             for attempt in range(MAX_ROUNDS):
-                hint = entry.replicas or tuple(
-                    c.node_id for c in self._placement.closest(address, replicas)
-                )
-                if not hint:
+                start, probe = self._start_set(address, entry, size, hint)
+                if not start:
                     self._n.unavailable += 1
-                    raise Unavailable(majority(replicas), 0, "no storage members known")
+                    raise Unavailable(majority(size), 0, "no storage members known")
                 self._n.paxos_rounds += 1
+                self._n.probes += bool(probe)
                 before = change.attempts if isinstance(change, _Mutation) else 0
-                rnd = entry.proposer.begin(change, hint)
+                rnd = entry.proposer.begin(change, start, probe=probe)
                 last_ballot = rnd.ballot
-                outcome, maybe_accepted = await self._drive(address, entry, rnd, hint, deadline)
+                # An Unavailable keeps the configuration this client saw decided: its
+                # acceptors (or their successors, which they point to) are where the
+                # register is; probing by placement instead could meet only acceptors that
+                # never held it and take the register for absent.
+                outcome, maybe_accepted = await self._drive(
+                    address, entry, rnd, start, deadline, drain=write_back_all
+                )
                 if isinstance(outcome, Decided):
                     if outcome.value is not None:
                         entry.replicas = outcome.value.replica_set
@@ -1031,7 +1202,7 @@ class KVClient:
                         "(replica set %s)",
                         address.hex()[:16],
                         outcome.ballot,
-                        _ids(hint),
+                        _ids(start),
                     )
                     raise outcome.error()
                 self._n.preemptions += 1
@@ -1056,10 +1227,10 @@ class KVClient:
                 address.hex()[:16],
                 attempt + 1,
                 last_ballot,
-                majority(len(hint)),
-                _ids(hint),
+                majority(len(start)),
+                _ids(start),
             )
-            raise Unavailable(majority(len(hint)), 0, "preempted until the deadline")
+            raise Unavailable(majority(len(start)), 0, "preempted until the deadline")
         finally:
             entry.lock.release()
 
@@ -1070,30 +1241,46 @@ class KVClient:
         rnd: Round,
         hint: tuple[NodeId, ...],
         deadline: float,
+        *,
+        drain: bool = False,
     ) -> tuple[Outcome, bool]:
         """Move one round's messages until it has an outcome; raise Unavailable otherwise.
 
         Returns the outcome and whether any acceptor may have accepted one of the round's
         proposals (False only when every ``Accept`` sent was answered with a rejection).
+        With ``drain``, a decided round still waits (until the deadline) for the replies
+        of every acceptor it wrote to.
         """
-        replies: trio.MemorySendChannel[tuple[Send, Reply | None]]
+        replies: trio.MemorySendChannel[tuple[Send, Message | None]]
         replies, receive = trio.open_memory_channel(math.inf)
         outstanding = accepts_sent = accepts_rejected = 0
         error: Exception | None = None
 
-        def tally(send: Send, reply: Reply | None) -> None:
+        def tally(send: Send, reply: Message | None) -> None:
             nonlocal accepts_rejected
             if isinstance(send.message, Accept) and isinstance(reply, Reject):
                 accepts_rejected += 1
 
-        async with trio.open_nursery() as nursery:
+        with receive:
 
             def dispatch(sends: list[Send]) -> None:
                 nonlocal outstanding, accepts_sent
+                encoded: dict[Request, bytes] = {}  # one accept goes to every acceptor
                 for send in sends:
                     outstanding += 1
                     accepts_sent += isinstance(send.message, Accept)
-                    nursery.start_soon(self._send_paxos, address, entry, send, replies, deadline)
+                    message = encoded.get(send.message)
+                    if message is None:
+                        message = encoded[send.message] = encode_message(send.message)
+                    self._post(
+                        address,
+                        entry,
+                        send.to,
+                        message,
+                        deadline,
+                        _deliverer(replies, send),
+                        read_only=False,
+                    )
 
             try:
                 with trio.move_on_at(deadline):
@@ -1102,19 +1289,24 @@ class KVClient:
                         send, reply = await receive.receive()
                         outstanding -= 1
                         tally(send, reply)
-                        if reply is not None:
+                        if isinstance(reply, Promise | Accepted | Reject):
                             dispatch(rnd.receive(send.to, reply))
-                    if isinstance(rnd.outcome, Preempted) and accepts_sent:
+                    late = (isinstance(rnd.outcome, Preempted) and accepts_sent) or (
+                        drain and isinstance(rnd.outcome, Decided)
+                    )
+                    if late:
                         # Whether our value may sit on some acceptor decides how a retry
                         # must treat it (see _Mutation); the last replies are usually close.
-                        with trio.move_on_after(_LATE_REPLY_GRACE):
+                        grace = math.inf if drain else _LATE_REPLY_GRACE
+                        with trio.move_on_after(grace):
                             while outstanding:
                                 send, reply = await receive.receive()
                                 outstanding -= 1
                                 tally(send, reply)
+                                if isinstance(reply, Promise | Accepted | Reject):
+                                    rnd.receive(send.to, reply)
             except Exception as exc:  # from the change function: re-raised below, unwrapped
                 error = exc
-            nursery.cancel_scope.cancel()
         if error is not None:
             rnd.unavailable()  # abandon the round
             raise error
@@ -1122,62 +1314,168 @@ class KVClient:
             missing = rnd.unavailable()
             self._n.unavailable += 1
             logger.warning(
-                "kv: register %s: no quorum at ballot %s (needed %d, reached %d; replica set %s)",
+                "kv: register %s: no quorum at ballot %s (needed %d, reached %d; replica set %s%s)",
                 address.hex()[:16],
                 rnd.ballot,
                 missing.needed,
                 missing.reached,
                 _ids(hint),
+                ", probing" if rnd.is_probing else "",
             )
             raise missing
-        return rnd.outcome, accepts_rejected < accepts_sent
+        outcome = rnd.outcome
+        if drain and isinstance(outcome, Decided) and outcome.ballot is not None:
+            outcome = dataclass_replace(outcome, accepted_by=rnd.accepted_by)
+        return outcome, accepts_rejected < accepts_sent
 
-    async def _send_paxos(
+    def _post(
         self,
         address: BlockAddress,
         entry: _Register,
-        send: Send,
-        replies: trio.MemorySendChannel[tuple[Send, Reply | None]],
+        to: NodeId,
+        message: bytes,
         deadline: float,
+        deliver: Callable[[Message | None], None],
+        *,
+        read_only: bool,
     ) -> None:
-        contact = self._placement.contact(send.to)
-        reply: Reply | None = None
+        """Queue encoded consensus ``message`` for acceptor ``to``; ``deliver`` gets the reply.
+
+        Messages queued for one node while the event loop runs other tasks travel in one
+        RPC (``kv.paxos_batch``); read-only ones (``Inspect``) apart from the others, so a
+        quick read never waits for another round's fsync. ``deliver`` receives the verified
+        reply, or None when the acceptor failed or could not be reached.
+        """
+        key = (to, read_only)
+        box = self._outboxes.get(key)
+        if box is None:
+            box = self._outboxes[key] = _Outbox(to)
+        box.items.append(_Posted(address, entry, message, deadline, deliver))
+        if len(box.items) == 1:
+            self._running().start_soon(self._flush, box)
+
+    async def _flush(self, box: _Outbox) -> None:
+        """Send what ``box`` holds in one RPC and hand each reply to its round."""
+        # One pass of the scheduler: messages other tasks queue meanwhile join this call.
+        await trio.lowlevel.cancel_shielded_checkpoint()
+        items, box.items = box.items, []
+        contact = self._placement.contact(box.node)
         if contact is None:
-            logger.info("kv: acceptor %s of %s is unknown", send.to.hex()[:8], address.hex()[:16])
-        else:
-            try:
+            logger.info("kv: acceptor %s is unknown", box.node.hex()[:8])
+            for item in items:
+                item.deliver(None)
+            return
+        timeout = max(0.001, max(item.deadline for item in items) - trio.current_time())
+        self._n.consensus_calls += 1
+        self._n.consensus_messages += len(items)
+        raws: list[Any]
+        try:
+            if len(items) == 1:
+                item = items[0]
                 result = await self._caller.call(
                     contact,
                     "kv.paxos",
-                    {"address": address, "message": encode_message(send.message)},
-                    timeout=max(0.001, deadline - trio.current_time()),
+                    {"address": item.address, "message": item.message},
+                    timeout=timeout,
                 )
-                message = result.get("message") if isinstance(result, dict) else None
-                if not isinstance(message, bytes):
-                    raise Corrupt("malformed kv.paxos reply")
-                decoded = decode_message(message)
-                if (
-                    isinstance(decoded, Promise)
-                    and decoded.value is not None
-                    and decoded.value != entry.verified
-                ):
-                    if not verify_register_value(address, decoded.value):
-                        self._n.forged_values += 1
-                        raise Corrupt("reported a value with a bad signature")
-                    entry.verified = decoded.value
-                if not isinstance(decoded, Promise | Accepted | Reject):
-                    raise Corrupt("a request where a reply was expected")
-                reply = decoded
-            except Corrupt as exc:
-                self._report_corrupt(contact, f"consensus reply for {address.hex()[:16]}", exc)
-            except (RpcError, RemoteError) as exc:
-                logger.info(
-                    "kv: acceptor %s of register %s: %s",
-                    send.to.hex()[:8],
-                    address.hex()[:16],
-                    exc,
+                raws = [result.get("message") if isinstance(result, dict) else None]
+            else:
+                result = await self._caller.call(
+                    contact,
+                    "kv.paxos_batch",
+                    {"batch": [[item.address, item.message] for item in items]},
+                    timeout=timeout,
                 )
-        replies.send_nowait((send, reply))
+                got = result.get("batch") if isinstance(result, dict) else None
+                raws = got if isinstance(got, list) and len(got) == len(items) else []
+        except (RpcError, RemoteError) as exc:
+            logger.info(
+                "kv: acceptor %s: %d consensus message(s) failed: %s",
+                box.node.hex()[:8],
+                len(items),
+                exc,
+            )
+            raws = [exc] * len(items)
+        if len(raws) != len(items):
+            self._report_corrupt(contact, "batch of consensus replies", Corrupt("wrong length"))
+            raws = [None] * len(items)
+        for item, raw in zip(items, raws, strict=True):
+            item.deliver(self._check_reply(contact, item, raw))
+
+    def _check_reply(self, contact: Contact, item: _Posted, raw: Any) -> Message | None:
+        """Decode and verify one acceptor's reply (see the module docstring); None if bad."""
+        address, entry = item.address, item.entry
+        if isinstance(raw, Exception):
+            return None
+        if isinstance(raw, list) and len(raw) == 2 and all(isinstance(f, str) for f in raw):
+            logger.info(
+                "kv: acceptor %s of register %s: %s: %s",
+                contact.node_id.hex()[:8],
+                address.hex()[:16],
+                *raw,
+            )
+            return None
+        try:
+            if not isinstance(raw, bytes):
+                raise Corrupt("malformed kv.paxos reply")
+            cached = entry.last_reply
+            if cached is not None and cached[0] == raw:
+                return cached[1]  # acceptors in step send identical bytes: decoded and checked
+            decoded = decode_message(raw)
+            if not isinstance(decoded, Promise | Accepted | Reject | Report):
+                raise Corrupt("a request where a reply was expected")
+            value = decoded.value if isinstance(decoded, Promise | Report) else None
+            if value is not None and value != entry.verified:
+                if not verify_register_value(address, value):
+                    self._n.forged_values += 1
+                    raise Corrupt("reported a value with a bad signature")
+                entry.verified = value
+            if value is not None:
+                entry.last_reply = (raw, decoded)
+            return decoded
+        except Corrupt as exc:
+            self._report_corrupt(contact, f"consensus reply for {address.hex()[:16]}", exc)
+        return None
+
+    async def _quick_read(self, address: BlockAddress) -> Decided | None:
+        """A read that writes nothing (:class:`storage.paxos.QuickRead`), or None to fall back.
+
+        Only with a configuration this client saw decided (else the full round probes).
+        """
+        entry = self._register(address)
+        if entry.replicas is None:
+            return None
+        quick = QuickRead(entry.replicas)
+        replies: trio.MemorySendChannel[tuple[NodeId, Message | None]]
+        replies, receive = trio.open_memory_channel(math.inf)
+        deadline = trio.current_time() + min(QUICK_READ_WAIT, self._timeout)
+        inspect = encode_message(Inspect())
+
+        def dispatch(nodes: list[NodeId]) -> None:
+            for node in nodes:
+                self._post(
+                    address,
+                    entry,
+                    node,
+                    inspect,
+                    deadline,
+                    _deliverer(replies, node),
+                    read_only=True,
+                )
+
+        with receive, trio.move_on_at(deadline):
+            dispatch(quick.start())
+            while not quick.settled:
+                to, reply = await receive.receive()
+                dispatch(quick.receive(to, reply if isinstance(reply, Report) else None))
+        decided = quick.outcome
+        if decided is None or decided.value is None:
+            self._n.quick_read_fallbacks += 1
+            return None
+        entry.replicas = decided.value.replica_set
+        self._n.quick_reads += 1
+        self._n.register_ops += 1
+        return decided
 
     async def read(self, name: bytes) -> Versioned:
         """Linearizable read of register ``name``.
@@ -1188,7 +1486,11 @@ class KVClient:
 
         Cancellation: harmless.
         """
-        decided = await self._change(name, Read(), None)
+        self._running()
+        address = register_address(self._keys.signing.public_key, name)
+        decided = await self._quick_read(address)
+        if decided is None:
+            decided = await self._change(name, Read(), None)
         current = self._versioned(decided.value)
         if current is None:
             raise NotFound(f"register {name!r} not found")
@@ -1256,6 +1558,177 @@ class KVClient:
         Cancellation: it may or may not be deleted.
         """
         await self._change(name, _Mutation(self, name, lambda current: (None, False)), None)
+
+    # -- registers by address (repair, rebalancing, drain) ----------------------------------
+
+    async def move_register(
+        self, address: BlockAddress, new_set: tuple[NodeId, ...], *, hint: tuple[NodeId, ...]
+    ) -> RegisterValue | None:
+        """Move register ``address`` to ``new_set`` by consensus.
+
+        BeginReplicaChange then FinishReplicaChange. Resumes or replaces a half-done move.
+        Returns the final value (None if the register does not exist). Raises Unavailable /
+        Conflict as other operations.
+
+        No owner key is needed: the replica sets are not covered by the value's signature,
+        and values are not re-signed. The register is first moved to the joint
+        configuration (old and new set: every change then needs a majority of both), then
+        to ``new_set`` alone, so no acknowledged write is lost whatever the overlap of the
+        two sets. A move under way to another set is aborted first (back to its old set);
+        one under way to ``new_set`` is finished. A tombstone moves like any value. The
+        final step waits (until the timeout) for every acceptor of the joint configuration,
+        and acceptors named by ``hint`` or the old set that left the register are then sent
+        the final value as decided (best effort): they keep pointing proposers with old
+        hints at ``new_set``, and their nodes see that they no longer hold the register.
+
+        Args:
+            address: the register's address.
+            new_set: the acceptors that should hold it (distinct node ids).
+            hint: a replica set the register has or had (where to start looking when this
+                client has not seen a decided value of it).
+
+        Raises:
+            Unavailable: no quorum (of the old, the joint or the new configuration) in time;
+                the move may have been left half-done (a later call resumes it).
+            Conflict: another move or abort raced this one; ``current`` is the value then.
+            InvalidArgument: ``new_set`` or ``hint`` is empty or has duplicates.
+
+        Cancellation: the move may be left half-done (a later call resumes or replaces it).
+        """
+        target = _checked_set("new_set", new_set)
+        start = _checked_set("hint", hint)
+        size = len(start)
+        for _ in range(_MOVE_STEPS):
+            begun = await self._consensus(
+                address, BeginReplicaChange(target), size=size, hint=start
+            )
+            if begun.value is None:
+                return None
+            if not begun.conflict:
+                break
+            # Moving elsewhere: back to the old set first, then start this move.
+            await self._consensus(address, AbortReplicaChange(), size=size, hint=start)
+        else:
+            raise Conflict(begun.value, "the register kept moving elsewhere")
+        finished = await self._consensus(
+            address, FinishReplicaChange(target), size=size, hint=start, write_back_all=True
+        )
+        if finished.conflict:
+            raise Conflict(finished.value, "another move or abort came first")
+        value, ballot = finished.value, finished.ballot
+        if value is not None and ballot is not None:
+            named = set(start) | begun.value.config.members
+            if begun.previous is not None:
+                named |= begun.previous.config.members
+            left = named - value.config.members - finished.accepted_by
+            if left:
+                await self._tell_retired(address, value, ballot, left)
+        self._n.registers_moved += 1
+        logger.info(
+            "kv: register %s now on %s",
+            address.hex()[:16],
+            _ids(finished.value.replica_set) if finished.value is not None else "nothing",
+        )
+        return finished.value
+
+    async def _tell_retired(
+        self, address: BlockAddress, value: RegisterValue, ballot: Ballot, nodes: set[NodeId]
+    ) -> None:
+        """Give acceptors that left the register its final value (best effort, bounded).
+
+        They are sent exactly the ``Accept(ballot, value)`` the deciding round sent the
+        others (one value per ballot still holds), and count toward no quorum of
+        ``value``: they only point proposers with old hints at the new set, and show the
+        node that they left.
+        """
+        entry = self._register(address)
+        replies: trio.MemorySendChannel[tuple[NodeId, Message | None]]
+        replies, receive = trio.open_memory_channel(math.inf)
+        message = encode_message(Accept(ballot, value))
+        deadline = trio.current_time() + self._timeout
+        for node in sorted(nodes):
+            self._post(
+                address,
+                entry,
+                node,
+                message,
+                deadline,
+                _deliverer(replies, node),
+                read_only=False,
+            )
+        told: set[NodeId] = set()
+        with receive, trio.move_on_at(deadline):
+            for _ in nodes:
+                node, reply = await receive.receive()
+                if isinstance(reply, Accepted):
+                    told.add(node)
+        if told != nodes:
+            logger.info(
+                "kv: register %s: acceptors %s that left it did not take its final value",
+                address.hex()[:16],
+                _ids(tuple(sorted(nodes - told))),
+            )
+
+    async def sync_register(
+        self, address: BlockAddress, *, hint: tuple[NodeId, ...]
+    ) -> RegisterValue | None:
+        """Read register ``address`` by a round that writes it back to every acceptor.
+
+        A linearizable read round by address that writes the current value back to every
+        acceptor of its configuration (bringing a lagging or new acceptor up to date).
+        Returns the value (None if absent).
+
+        The round waits, until the client's timeout, for every acceptor of the value's
+        configuration to answer the write-back; one that cannot be reached (or has promised
+        a higher ballot meanwhile) is left as it was, logged and counted
+        (``unsynced_acceptors``), and the value is still returned.
+
+        Args:
+            address: the register's address.
+            hint: a replica set the register has or had.
+
+        Raises:
+            Unavailable: no quorum in time.
+            InvalidArgument: ``hint`` is empty or has duplicates.
+
+        Cancellation: harmless (the write-back writes the current value).
+        """
+        start = _checked_set("hint", hint)
+        decided = await self._consensus(
+            address, Read(), size=len(start), hint=start, write_back_all=True
+        )
+        value = decided.value
+        if value is not None:
+            missing = value.config.members - decided.accepted_by
+            if missing:
+                self._n.unsynced_acceptors += len(missing)
+                logger.info(
+                    "kv: register %s: write-back did not reach %s",
+                    address.hex()[:16],
+                    _ids(tuple(sorted(missing))),
+                )
+        return value
+
+
+def _deliverer(
+    channel: trio.MemorySendChannel[tuple[T, Message | None]], tag: T
+) -> Callable[[Message | None], None]:
+    """Return a callback that hands a reply to a round waiting on ``channel``, if still."""
+
+    def deliver(reply: Message | None) -> None:
+        # Once the round is over a late reply is of no use.
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            channel.send_nowait((tag, reply))
+
+    return deliver
+
+
+def _checked_set(what: str, nodes: tuple[NodeId, ...]) -> tuple[NodeId, ...]:
+    if not isinstance(nodes, tuple) or not nodes or len(set(nodes)) != len(nodes):
+        raise InvalidArgument(f"{what} must be a non-empty tuple of distinct node ids")
+    if not all(isinstance(n, bytes) for n in nodes):
+        raise InvalidArgument(f"{what} must hold node ids as bytes")
+    return nodes
 
 
 def _ids(nodes: tuple[NodeId, ...]) -> str:

@@ -9,8 +9,10 @@ memoryviews (the RPC sends buffers of 64 KiB and more without copying them).
 =============  =======================================================  ==========================
 method         arguments                                                result
 =============  =======================================================  ==========================
-``kv.put``     ``{address, payload}`` (a replica) or                    ``{"stored": True}``
-               ``{address, payload, fragment, manifest}`` (fragment i)
+``kv.put``     ``{address, payload, replicas}`` (a replica; the         ``{"stored": True}``
+               optional ``replicas`` is its target copy count, kept
+               for repair) or ``{address, payload, fragment,
+               manifest}`` (fragment i)
 ``kv.get``     ``{address}`` (a replica) or                             ``{payload}`` or
                ``{address, fragment, skip}`` (a fragment: ``fragment``  ``{manifest, index,
                is the one preferred, any other held one not in          fragment}``
@@ -18,7 +20,10 @@ method         arguments                                                result
 ``kv.has``     ``{address}``                                            ``{whole: bool,
                                                                         fragments: [int]}``
 ``kv.delete``  ``{address}`` (the whole block and every fragment)       ``{"deleted": int}``
-``kv.paxos``   ``{address, message}`` (``paxos.encode_message`` bytes)  ``{message}``
+``kv.paxos``   ``{address, message}`` (``paxos.encode_message`` bytes:  ``{message}``
+               ``Prepare``, ``Accept`` or ``Inspect``)
+``kv.paxos_``  ``{batch: [[address, message], ...]}`` (at most          ``{batch: [message |
+``batch``      :data:`MAX_PAXOS_BATCH`; handled concurrently)           [code, text], ...]}``
 =============  =======================================================  ==========================
 
 Errors travel as :class:`dht.errors.RemoteError` with stable codes (:data:`ERROR_CODES`):
@@ -41,7 +46,12 @@ What is durable when
   *before* the reply) → reply. The acceptor refuses (``Reject(FORBIDDEN)``) any value whose
   signature does not verify for this address (the ``verify`` hook, bound to the address);
   a write-back of the very value it already accepted is not checked again (it was when it
-  was accepted), which halves the signature checks of reads.
+  was accepted), which halves the signature checks of reads. ``Inspect`` (a quick read)
+  reports the durable state and changes nothing, so it takes no lock and writes nothing.
+  ``kv.paxos_batch`` carries many such messages (for many addresses) in one call, as a
+  client sends them when many of its operations are in flight at once: each is handled as
+  by ``kv.paxos``, all at the same time (their state writes share the silo's group
+  commit), and each gets its own reply or error code in the answer.
 
 Limits: any member of the network may call ``kv.delete`` (chunks carry no owner yet; the
 transport admits only nodes with a passport), and ``fragment`` ``-1`` or absent means the
@@ -56,6 +66,18 @@ copy kept readable for node-wide scans, e.g. a future promise floor); ``accepted
 ``metadata`` = :data:`ACCEPTOR_RECORD_FORMAT`. A record that fails its checksum or does not
 parse is never used: the node answers ``corrupt`` and the proposer counts that acceptor as
 failed (resetting it could break consensus safety).
+
+The service keeps the most recently used states (:data:`STATE_CACHE`, each at most
+:data:`STATE_CACHE_MAX_BYTES` serialised) in memory, so that a message for a busy register
+costs no read of the silo. The cache only ever holds a state the silo has durably: an
+entry is dropped before a save and set again once the save returned (a failed or
+cancelled save may or may not have changed the record, so it is read back), and only
+under the address's lock, which every save holds (an ``Inspect`` that reads the silo
+without the lock keeps nothing: a save may commit while its read is in flight). The
+service is the only writer of acceptor records. Other code may *delete* a record directly (a
+draining node dropping retired ones); the cache may then still answer from the dropped
+state, which is safe: an acceptor that remembers more than its disk is never less safe
+(only forgetting a promise is dangerous), and a draining silo refuses to write it again.
 """
 
 from __future__ import annotations
@@ -63,6 +85,7 @@ from __future__ import annotations
 import functools
 import logging
 import struct
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -82,6 +105,7 @@ from .paxos import (
     Accept,
     Acceptor,
     AcceptorState,
+    Inspect,
     Prepare,
     RegisterValue,
     Reject,
@@ -90,13 +114,14 @@ from .paxos import (
     encode_message,
 )
 from .registers import verify_register_value
-from .silo import MAX_FRAGMENT, AcceptorRecord, BlockKey, Silo
+from .silo import MAX_FRAGMENT, MAX_REPLICAS, AcceptorRecord, BlockKey, Silo
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "ACCEPTOR_RECORD_FORMAT",
     "ERROR_CODES",
+    "MAX_PAXOS_BATCH",
     "BlockService",
     "BlockServiceStatistics",
     "pack_fragment_record",
@@ -119,6 +144,11 @@ HASH_IN_THREAD_BYTES = 64 * 1024
 _MAX_FRAGMENT = MAX_FRAGMENT
 #: Largest consensus message accepted (a register value plus a little).
 MAX_PAXOS_MESSAGE = 16 << 20
+#: Most consensus messages in one ``kv.paxos_batch`` call.
+MAX_PAXOS_BATCH = 256
+#: Acceptor states kept in memory (the most recently used), and the largest one kept.
+STATE_CACHE = 4096
+STATE_CACHE_MAX_BYTES = 64 * 1024
 _FRAGMENT_MAGIC = b"BLFM"
 _FRAGMENT_HEADER = struct.Struct(">4sI")
 
@@ -160,6 +190,7 @@ class BlockServiceStatistics:
         invalid_requests: requests refused as malformed.
         deletes: blocks and fragments deleted.
         paxos_requests: consensus messages handled.
+        paxos_inspections: of those, read-only state reports (quick reads).
         paxos_state_writes: acceptor states made durable.
         paxos_forbidden: proposals refused because their signature does not verify.
         paxos_locks: addresses with a consensus message in progress right now.
@@ -176,6 +207,7 @@ class BlockServiceStatistics:
     invalid_requests: int
     deletes: int
     paxos_requests: int
+    paxos_inspections: int
     paxos_state_writes: int
     paxos_forbidden: int
     paxos_locks: int
@@ -200,6 +232,15 @@ def _fragment_field(args: dict[Any, Any], name: str = "fragment") -> int | None:
         return None
     if type(value) is not int or not 0 <= value <= _MAX_FRAGMENT:
         raise _Invalid(f"{name!r} must be -1 or a fragment index")
+    return value
+
+
+def _replicas_field(args: dict[Any, Any]) -> int | None:
+    value = args.get("replicas")
+    if value is None:
+        return None
+    if type(value) is not int or not 1 <= value <= MAX_REPLICAS:
+        raise _Invalid(f"'replicas' must be an int in 1..{MAX_REPLICAS}")
     return value
 
 
@@ -263,17 +304,20 @@ class BlockService:
         self._verify = verify
         self._limiter = trio.CapacityLimiter(hash_threads)
         self._paxos_locks = _KeyedLocks()
+        self._states: OrderedDict[BlockAddress, AcceptorState] = OrderedDict()
         self._blocks_stored = self._bytes_stored = 0
         self._blocks_served = self._bytes_served = 0
         self._not_found = self._corrupt_reads = self._rejected_uploads = 0
         self._no_space = self._invalid = self._deletes = 0
         self._paxos_requests = self._paxos_writes = self._paxos_forbidden = 0
+        self._paxos_inspections = 0
         handlers: dict[str, Callable[[Contact, Any], Awaitable[Any]]] = {
             "kv.put": self._put,
             "kv.get": self._get,
             "kv.has": self._has,
             "kv.delete": self._delete,
             "kv.paxos": self._paxos,
+            "kv.paxos_batch": self._paxos_batch,
         }
         for method, handler in handlers.items():
             registry.register(method, self._guard(method, handler))
@@ -292,6 +336,7 @@ class BlockService:
             invalid_requests=self._invalid,
             deletes=self._deletes,
             paxos_requests=self._paxos_requests,
+            paxos_inspections=self._paxos_inspections,
             paxos_state_writes=self._paxos_writes,
             paxos_forbidden=self._paxos_forbidden,
             paxos_locks=len(self._paxos_locks),
@@ -308,33 +353,30 @@ class BlockService:
         async def guarded(caller: Contact, args: Any) -> Any:
             try:
                 return await handler(caller, args)
-            except _Invalid as exc:
-                self._invalid += 1
-                logger.warning(
-                    "kv: invalid %s request from %s: %s", method, caller.node_id.hex(), exc
-                )
-                raise RemoteError("invalid", str(exc)) from None
-            except NotFound as exc:
-                raise RemoteError("not_found", str(exc)) from None
-            except NoSpace as exc:
-                self._no_space += 1
-                logger.warning("kv: %s refused, silo full: %s", method, exc)
-                raise RemoteError("no_space", str(exc)) from None
-            except Corrupt as exc:
-                raise RemoteError("corrupt", str(exc)) from None
-            except InvalidArgument as exc:
-                self._invalid += 1
-                logger.warning(
-                    "kv: invalid %s request from %s: %s", method, caller.node_id.hex(), exc
-                )
-                raise RemoteError("invalid", str(exc)) from None
-            except PermissionDenied as exc:
-                logger.warning("kv: %s from %s forbidden: %s", method, caller.node_id.hex(), exc)
-                raise RemoteError("forbidden", str(exc)) from None
-            except trio.ClosedResourceError:
-                raise RemoteError("unavailable", "the node is shutting down") from None
+            except (_Invalid, StorageError, trio.ClosedResourceError) as exc:
+                raise self._translate(method, caller, exc) from None
 
         return guarded
+
+    def _translate(self, method: str, caller: Contact, exc: Exception) -> RemoteError:
+        """Return the RemoteError an error of a request travels as (counted and logged)."""
+        if isinstance(exc, _Invalid | InvalidArgument):
+            self._invalid += 1
+            logger.warning("kv: invalid %s request from %s: %s", method, caller.node_id.hex(), exc)
+            return RemoteError("invalid", str(exc))
+        if isinstance(exc, NoSpace):
+            self._no_space += 1
+            logger.warning("kv: %s refused, silo full: %s", method, exc)
+            return RemoteError("no_space", str(exc))
+        if isinstance(exc, PermissionDenied):
+            logger.warning("kv: %s from %s forbidden: %s", method, caller.node_id.hex(), exc)
+            return RemoteError("forbidden", str(exc))
+        if isinstance(exc, trio.ClosedResourceError):
+            return RemoteError("unavailable", "the node is shutting down")
+        for kind, code in ERROR_CODES.items():
+            if isinstance(exc, kind):
+                return RemoteError(code, str(exc))
+        return RemoteError("unavailable", str(exc))
 
     # -- chunks ---------------------------------------------------------------------------
 
@@ -372,8 +414,9 @@ class BlockService:
                 exc,
             )
             raise _Invalid(str(exc)) from None
+        replicas = _replicas_field(args) if fragment is None else None
         # Always (re)written, even when held: a repeated put is how a damaged copy heals.
-        await self._silo.put_block(address, record, fragment)
+        await self._silo.put_block(address, record, fragment, replicas=replicas)
         self._blocks_stored += 1
         self._bytes_stored += len(payload)
         return {"stored": True}
@@ -452,13 +495,35 @@ class BlockService:
 
     # -- consensus ------------------------------------------------------------------------
 
-    async def _load_state(self, address: BlockAddress) -> AcceptorState:
+    async def _load_state(self, address: BlockAddress, *, keep: bool) -> AcceptorState:
+        """Return the durable state of ``address``; ``keep`` it in the cache if read.
+
+        Only a caller holding the address's lock may keep what it read: without the lock a
+        save may commit, and cache its newer state, while this read is in flight.
+        """
+        state = self._states.get(address)
+        if state is not None:
+            self._states.move_to_end(address)
+            return state
         record = await self._silo.load_paxos(address)
         if record is None:
             return AcceptorState()
         if record.metadata != ACCEPTOR_RECORD_FORMAT or record.value is None:
             raise Corrupt(f"acceptor record of {address.hex()[:16]} has an unknown format")
-        return AcceptorState.from_bytes(record.value)
+        state = AcceptorState.from_bytes(record.value)
+        if keep:
+            self._keep_state(address, state, len(record.value))
+        return state
+
+    def _keep_state(self, address: BlockAddress, state: AcceptorState, size: int) -> None:
+        """Remember a durable acceptor state (see the module docstring)."""
+        if size > STATE_CACHE_MAX_BYTES:
+            self._states.pop(address, None)
+            return
+        self._states[address] = state
+        self._states.move_to_end(address)
+        if len(self._states) > STATE_CACHE:
+            self._states.popitem(last=False)
 
     def _check_value(
         self, address: BlockAddress, state: AcceptorState, value: RegisterValue
@@ -472,20 +537,58 @@ class BlockService:
         args = _map(raw)
         address = _address_field(args)
         message = _bytes_field(args, "message")
+        return {"message": await self._consensus_message(caller, address, message)}
+
+    async def _paxos_batch(self, caller: Contact, raw: Any) -> Any:
+        batch = _map(raw).get("batch")
+        if not isinstance(batch, list) or not 1 <= len(batch) <= MAX_PAXOS_BATCH:
+            raise _Invalid(f"'batch' must be a list of 1 to {MAX_PAXOS_BATCH} items")
+        results: list[Any] = [None] * len(batch)
+
+        async def one(index: int, item: Any) -> None:
+            try:
+                if not isinstance(item, list) or len(item) != 2:
+                    raise _Invalid("a batch item is [address, message]")
+                address = _address_field({"address": item[0]})
+                message = _bytes_field({"message": item[1]}, "message")
+                results[index] = await self._consensus_message(caller, address, message)
+            except (_Invalid, StorageError, trio.ClosedResourceError) as exc:
+                error = self._translate("kv.paxos_batch", caller, exc)
+                results[index] = [error.code, error.message]
+
+        async with trio.open_nursery() as nursery:
+            for index, item in enumerate(batch):
+                nursery.start_soon(one, index, item)
+        return {"batch": results}
+
+    async def _consensus_message(
+        self, caller: Contact, address: BlockAddress, message: bytes
+    ) -> bytes:
+        """Handle one encoded consensus request for ``address``; return the encoded reply."""
         if len(message) > MAX_PAXOS_MESSAGE:
             raise _Invalid("consensus message too large")
         try:
             request = decode_message(message)
         except Corrupt as exc:
             raise _Invalid(str(exc)) from None
+        if isinstance(request, Inspect):
+            self._paxos_requests += 1
+            self._paxos_inspections += 1
+            # Nothing changes, so no lock: the state read is one the acceptor made durable.
+            state = await self._load_state(address, keep=False)
+            return encode_message(Acceptor.on_inspect(state))
         if not isinstance(request, Prepare | Accept):
             raise _Invalid(f"{type(request).__name__} is not a request")
         self._paxos_requests += 1
         async with self._paxos_locks.hold(address):
-            state = await self._load_state(address)
+            state = await self._load_state(address, keep=True)
             acceptor = Acceptor(verify=functools.partial(self._check_value, address, state))
             new_state, reply = acceptor.handle(state, request)
             if new_state != state:
+                encoded = new_state.to_bytes()
+                # Until the save returns the old state is the durable one; if it fails (or
+                # is cancelled) the record may or may not have changed: read it back.
+                self._states.pop(address, None)
                 await self._silo.save_paxos(
                     address,
                     AcceptorRecord(
@@ -493,10 +596,11 @@ class BlockService:
                         if new_state.promised is None
                         else bytes(msgpack.packb(new_state.promised.to_wire())),
                         accepted=None,
-                        value=new_state.to_bytes(),
+                        value=encoded,
                         metadata=ACCEPTOR_RECORD_FORMAT,
                     ),
                 )
+                self._keep_state(address, new_state, len(encoded))
                 self._paxos_writes += 1
         if isinstance(reply, Reject) and reply.reason is RejectReason.FORBIDDEN:
             self._paxos_forbidden += 1
@@ -506,4 +610,4 @@ class BlockService:
                 request.ballot,
                 caller.node_id.hex(),
             )
-        return {"message": encode_message(reply)}
+        return encode_message(reply)

@@ -22,13 +22,16 @@ Roles and messages::
                                           Accepted(b, next(b) | None)
                                 ◀──     : Reject(b, promised)
     (quorum of Accepted: new is chosen; the change is decided)
+    Inspect                     ──▶   Report(promised, accepted, value)   (nothing changes;
+                                ◀──                                        the quick read)
 
 Ballots are ``(counter, proposer id)`` compared lexicographically, so they are totally
 ordered and two proposers never share one. A proposer id must be unique per proposer
 *incarnation* (node id plus a boot nonce, say): a proposer that restarts with the same id and
 a forgotten counter could send two different values under one ballot.
 
-Invariants (1, 3 and 4 are checked by ``tests/property/test_paxos_stateful.py``):
+Invariants (1, 3 and 4 are checked by ``tests/property/test_paxos_stateful.py``, and with
+probing proposers and quick reads by ``tests/property/test_paxos_views.py``):
 
 1. An acceptor's ``accepted_ballot <= promised``; ``promised`` never decreases.
 2. An acceptor answers only from state the caller has made durable (the caller persists the
@@ -57,7 +60,8 @@ A value's *configuration* needs a majority of every set it names. Rules:
   only when the promises satisfy the configuration of ``cur``, the highest accepted value
   seen; if ``cur`` names acceptors not yet asked, they are sent the same ``Prepare``
   (a stale hint is thereby corrected round by round). A register never written uses the
-  hint: the hint must be the block's creation replica set or one that reaches it.
+  hint: the hint must be the block's creation replica set or one that reaches it, or
+  else the proposer must probe (below).
 * Phase 2 needs the configuration of ``cur`` *and* that of ``new`` (joint quorum).
 * Moves go ``A -> (A, B) -> B`` (or back to ``A`` to abort); a change that alters the
   configuration is written only once ``cur`` is known chosen. In a normal round the proposer
@@ -72,6 +76,72 @@ A value's *configuration* needs a majority of every set it names. Rules:
   long as proposers may hold a hint naming it; that is what lets a stale proposer find the
   new set. This design is argued informally here and checked by the stateful property test
   (stale proposers, moves, a lossy network); it is not a mechanised proof.
+
+Probing: a proposer that does not know the configuration. The rule "a register never
+written uses the hint" is only safe if every proposer's hint reaches the register's
+history. A proposer that has never seen a decided value of the register (a client's first
+operation on it) takes its hint from placement, the ``R`` members nearest to the address
+*in its own member view*, and two views may disagree (a node joined, was evicted, one
+gateway lags). Creating on its own nearest ``R`` after hearing "empty" from a majority of
+them would then fork the register: the creator's set and the true one may share no
+majority. Such a proposer therefore *probes*: it passes ``probe = W``, the nearest
+``R + s`` members of its view (``s`` spares), and its creation set ``H`` (its nearest
+``R``, ``H ⊆ W``) as the hint. Phase 1 sends the same ``Prepare`` to ``W ∪ H`` and, on
+top of the usual rule (promises satisfying ``cur``'s configuration, or a majority of
+``H`` when nothing was seen), completes only when at most ``f = |H| - majority(|H|)``
+candidates of ``W`` have not promised (the *probe quorum*), whether or not a value was
+found. Assumption: views differ by at most ``s`` members near the address, so that every
+replica set the register is created with or moved to is contained in every probing
+proposer's ``W`` (moves go to the nearest members of the mover's view; a set moved away
+from keeps its state and points at the new one, as above). Why it is enough:
+
+* A probe quorum meets every majority of every ``R``-subset ``S ⊆ W``: at most ``f``
+  candidates are silent and a majority of ``S`` has more than ``f`` members. So if a
+  value was chosen at ballot ``a`` on ``S`` and the probe's ballot is ``b > a``, some
+  promiser accepted ``a`` (or later) *before* promising ``b`` and reports it: the prober
+  follows it and never creates. If ``b < a`` the usual Paxos argument applies in the other
+  direction (a promiser would have refused ``a``). Two creations from different views thus
+  cannot both be chosen.
+* Why the probe quorum is needed even when a value *is* found: a creation that failed
+  half-way may have left an unchosen value ``v2`` (config ``S2``) on a minority, and a
+  later creation from another view may then have been chosen on ``H`` without hearing
+  from that minority (its probe tolerates ``f`` silent candidates). A proposer that
+  stopped at a majority of ``S2`` could adopt ``v2`` at a high ballot and fork the
+  register. By the first point every stray value's ballot is below every chosen ballot
+  (a probe above a chosen ballot would have found that value and not created), and a
+  probe quorum always contains a holder of the latest chosen value (or of a later value
+  derived from it), so the highest ballot a prober sees is never a stray's: strays are
+  never adopted. A proposer that knows a configuration from a *decided* value (a cache hit)
+  keeps the ordinary rule: every majority of that configuration holds a chosen value whose
+  ballot is above every stray.
+
+The price: a probing round needs all but ``f`` of ``|W|`` candidates, not a majority of
+``R``; it is paid once per proposer and register (the caller then knows the configuration).
+
+Reads without writes (the quick read, :class:`QuickRead`). A read as a round costs a
+promise and an accept made durable on a quorum. Instead a reader may ask the acceptors
+of a configuration it saw decided for their state (:class:`Inspect`, which changes
+nothing) and return ``v`` as soon as a set ``Q`` satisfying ``v.config`` reports the same
+accepted ballot ``a`` and value ``v``; otherwise it runs the full round. Why that is
+linearizable:
+
+* ``v`` is chosen: ``Q`` accepted ``(a, v)`` and satisfies ``v.config``.
+* No operation that completed before the read started saw or wrote a value at a ballot
+  above ``a``. Such an operation (a write, or a round's write-back, or a quick read seeing
+  a quorum at that ballot) left a quorum of its value's configuration at an accepted ballot
+  above ``a``. If that configuration is ``v.config``, that quorum meets ``Q``, and a member
+  of both would have reported its higher ballot (accepted ballots only grow, and every
+  report is made after the read started). If the configuration changed since ``v``, the
+  change went through a value accepted, at a ballot above ``a``, by a quorum of
+  ``v.config`` (the joint value, or the write-back that precedes it) before any value
+  outside ``v.config`` could be accepted: again a member of ``Q`` would have reported it.
+* So ``v`` is at least as new as everything completed before the read, and chosen no
+  later than the last report: the read takes effect between the two. Promises do not
+  matter: a proposer that prepared a higher ballot but has not had a quorum accept has
+  completed nothing, and its write, if it completes, is ordered after the read.
+
+Replies that disagree (a write in flight, a lagging acceptor) or report nothing only cost
+the full round. Acceptors answer :class:`Inspect` from durable state like any request.
 
 Signatures. Acceptors refuse any value for which the caller's ``verify`` hook returns
 False (``Reject(reason=FORBIDDEN)``), so a forged proposal cannot be chosen. The signature
@@ -100,6 +170,7 @@ joint consensus).
 from __future__ import annotations
 
 import enum
+import functools
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
@@ -125,17 +196,21 @@ __all__ = [
     "Delete",
     "Edit",
     "FinishReplicaChange",
+    "Inspect",
+    "Message",
     "Outcome",
     "Preempted",
     "Prepare",
     "Promise",
     "Proposer",
+    "QuickRead",
     "Read",
     "Refused",
     "RegisterValue",
     "Reject",
     "RejectReason",
     "Reply",
+    "Report",
     "Request",
     "Round",
     "Send",
@@ -195,13 +270,24 @@ class Ballot:
         return f"{self.counter}.{self.proposer.hex()[:8]}"
 
 
+#: Replica sets already found well-formed (a few sets recur in every value and round).
+_CHECKED_SETS: set[tuple[NodeId, ...]] = set()
+_CHECKED_SETS_MAX = 4096
+
+
 def _check_set(name: str, nodes: tuple[NodeId, ...]) -> None:
+    if type(nodes) is tuple and nodes in _CHECKED_SETS:
+        return
     if not isinstance(nodes, tuple) or not nodes:
         raise ValueError(f"{name} must be a non-empty tuple of node ids")
+    for node in nodes:
+        if not isinstance(node, bytes):
+            raise TypeError(f"{name} must hold node ids as bytes")
     if len(set(nodes)) != len(nodes):
         raise ValueError(f"{name} has duplicate node ids")
-    if not all(isinstance(n, bytes) for n in nodes):
-        raise TypeError(f"{name} must hold node ids as bytes")
+    if len(_CHECKED_SETS) >= _CHECKED_SETS_MAX:
+        _CHECKED_SETS.clear()
+    _CHECKED_SETS.add(nodes)
 
 
 @dataclass(frozen=True)
@@ -230,7 +316,7 @@ class Config:
         """Return the configuration that needs both this one's quorums and ``other``'s."""
         return Config.of(*self.sets, *other.sets)
 
-    @property
+    @functools.cached_property
     def members(self) -> frozenset[NodeId]:
         """Every acceptor named by the configuration."""
         return frozenset(n for nodes in self.sets for n in nodes)
@@ -318,7 +404,7 @@ class RegisterValue:
         """Whether a replica-set change is under way (two sets must agree)."""
         return self.next_replica_set is not None
 
-    @property
+    @functools.cached_property
     def config(self) -> Config:
         """The quorum system that governs this value."""
         if self.next_replica_set is None:
@@ -482,20 +568,51 @@ class Reject:
     reason: RejectReason = RejectReason.PREEMPTED
 
 
+@dataclass(frozen=True)
+class Inspect:
+    """Ask an acceptor what it holds, changing nothing (the quick read)."""
+
+
+@dataclass(frozen=True)
+class Report:
+    """An acceptor's state, as :class:`Inspect` asked: nothing was promised for it."""
+
+    promised: Ballot | None
+    accepted_ballot: Ballot | None
+    value: RegisterValue | None
+
+
 Request = Prepare | Accept
 Reply = Promise | Accepted | Reject
-_TAGS: dict[type, int] = {Prepare: 1, Accept: 2, Promise: 3, Accepted: 4, Reject: 5}
+Message = Request | Reply | Inspect | Report
+_TAGS: dict[type, int] = {
+    Prepare: 1,
+    Accept: 2,
+    Promise: 3,
+    Accepted: 4,
+    Reject: 5,
+    Inspect: 6,
+    Report: 7,
+}
 
 
 def _wire_ballot(b: Ballot | None) -> list[Any] | None:
     return None if b is None else b.to_wire()
 
 
-def encode_message(message: Request | Reply) -> bytes:
+def encode_message(message: Message) -> bytes:
     """Serialise a consensus message (msgpack) for the RPC layer."""
     tag = _TAGS[type(message)]
     body: list[Any]
-    if isinstance(message, Prepare):
+    if isinstance(message, Inspect):
+        body = []
+    elif isinstance(message, Report):
+        body = [
+            _wire_ballot(message.promised),
+            _wire_ballot(message.accepted_ballot),
+            None if message.value is None else message.value.to_wire(),
+        ]
+    elif isinstance(message, Prepare):
         body = [message.ballot.to_wire()]
     elif isinstance(message, Accept):
         body = [message.ballot.to_wire(), message.value.to_wire(), message.promise_next]
@@ -512,7 +629,7 @@ def encode_message(message: Request | Reply) -> bytes:
     return bytes(msgpack.packb([tag, *body]))
 
 
-def decode_message(data: bytes) -> Request | Reply:
+def decode_message(data: bytes) -> Message:
     """Parse :func:`encode_message`'s output.
 
     Raises:
@@ -541,6 +658,16 @@ def decode_message(data: bytes) -> Request | Reply:
         if tag == 5:
             b, p, reason = body
             return Reject(Ballot.from_wire(b), _ballot_or_none(p), RejectReason(reason))
+        if tag == 6:
+            () = body
+            return Inspect()
+        if tag == 7:
+            p, ab, v = body
+            return Report(
+                _ballot_or_none(p),
+                _ballot_or_none(ab),
+                None if v is None else RegisterValue.from_wire(v),
+            )
     except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError) as exc:
         raise Corrupt(f"malformed consensus message: {exc}") from exc
     raise Corrupt(f"unknown consensus message tag {tag!r}")
@@ -598,6 +725,11 @@ class Acceptor:
         promised = ballot.next() if promise_next else ballot
         new = AcceptorState(promised=promised, accepted_ballot=ballot, value=value)
         return new, Accepted(ballot, promised if promise_next else None)
+
+    @staticmethod
+    def on_inspect(state: AcceptorState) -> Report:
+        """Handle :class:`Inspect`: report the state; nothing changes, nothing is promised."""
+        return Report(state.promised, state.accepted_ballot, state.value)
 
     def handle(self, state: AcceptorState, request: Request) -> tuple[AcceptorState, Reply]:
         """Dispatch a decoded request to :meth:`on_prepare` or :meth:`on_accept`."""
@@ -893,10 +1025,16 @@ class Proposer:
         """Whether the next round will skip phase 1."""
         return self._cache is not None
 
-    def begin(self, change: Change, replicas: Sequence[NodeId]) -> Round:
+    def begin(
+        self, change: Change, replicas: Sequence[NodeId], *, probe: Collection[NodeId] = ()
+    ) -> Round:
         """Start a round applying ``change``; ``replicas`` is the believed replica set.
 
-        Any round this proposer started before is abandoned (its replies are ignored).
+        With ``probe`` the proposer does not know the register's configuration:
+        ``replicas`` is where it would create the register, and phase 1 also asks the
+        ``probe`` acceptors and needs the probe quorum (see the module docstring,
+        "Probing"). Any round this proposer started before is abandoned (its replies are
+        ignored).
         """
         if self._current is not None:
             self._current._abandon()
@@ -905,7 +1043,7 @@ class Proposer:
         if cache is not None:
             rnd = Round(self, change, hint, cache.ballot, fast=cache)
         else:
-            rnd = Round(self, change, hint, self._fresh_ballot(), fast=None)
+            rnd = Round(self, change, hint, self._fresh_ballot(), fast=None, probe=probe)
         self._current = rnd
         return rnd
 
@@ -953,11 +1091,15 @@ class Round:
         ballot: Ballot,
         *,
         fast: _Cache | None,
+        probe: Collection[NodeId] = (),
     ) -> None:
         _check_set("replicas", hint)
         self._proposer = proposer
         self._change = change
         self._hint = hint
+        # Probing: every candidate asked in phase 1, and how many may stay silent.
+        self._candidates = frozenset(probe) | frozenset(hint) if probe else frozenset()
+        self._tolerance = len(hint) - majority(len(hint))
         self.ballot = ballot
         self.outcome: Outcome | None = None
         self._abandoned = False
@@ -997,7 +1139,12 @@ class Round:
             }
             # The cached value is known chosen: a configuration change needs no write-back.
             return self._propose(cache.value, self._apply(cache.value), known_chosen=True)
-        return self._prepare(Config((self._hint,)).members)
+        return self._prepare(Config((self._hint,)).members | self._candidates)
+
+    @property
+    def is_probing(self) -> bool:
+        """Whether phase 1 needs the probe quorum (the proposer did not know the config)."""
+        return bool(self._candidates)
 
     def receive(self, sender: NodeId, reply: Reply) -> list[Send]:
         """Take one acceptor's reply; return further messages to send (maybe none).
@@ -1020,7 +1167,7 @@ class Round:
             if isinstance(reply, Promise):
                 return self._on_promise(sender, reply)
             if isinstance(reply, Reject):
-                return self._on_reject(sender, reply, self._required_prepare())
+                return self._on_reject(sender, reply, None)
             return []
         if reply.ballot != self._accept_ballot or sender not in self._accept_config:
             return []
@@ -1042,7 +1189,12 @@ class Round:
     def unavailable(self) -> Unavailable:
         """Abandon the round after a timeout; return the error describing the missing quorum."""
         if self._phase is _Phase.PREPARE:
-            config, reached = self._required_prepare(), len(self._promises)
+            config = self._required_prepare()
+            if config.satisfied_by(self._promises) and not self._probe_complete():
+                heard = len(self._candidates.intersection(self._promises))
+                self._abandon()
+                return Unavailable(len(self._candidates) - self._tolerance, heard)
+            reached = len(self._promises)
         else:
             config, reached = self._accept_config, len(self._accepted)
         self._abandon()
@@ -1074,6 +1226,15 @@ class Round:
         _, cur = self._current_value()
         return Config((self._hint,)) if cur is None else cur.config
 
+    def _probe_complete(self) -> bool:
+        silent = len(self._candidates) - len(self._candidates.intersection(self._promises))
+        return silent <= self._tolerance
+
+    def _prepare_impossible(self) -> bool:
+        if self._required_prepare().impossible(self._refused):
+            return True
+        return len(self._candidates.intersection(self._refused)) > self._tolerance
+
     def _on_promise(self, sender: NodeId, promise: Promise) -> list[Send]:
         self._promises[sender] = promise
         self._refused.pop(sender, None)
@@ -1082,6 +1243,8 @@ class Round:
         if not required.satisfied_by(self._promises):
             # A newer configuration than the hint: ask its acceptors too (same ballot).
             return self._prepare(required.members)
+        if not self._probe_complete():
+            return []  # a probing proposer waits for all but a tolerated few candidates
         _, cur = self._current_value()
         self._phase = _Phase.ACCEPT
         transition = self._apply(cur)
@@ -1150,12 +1313,13 @@ class Round:
             return self._propose(value, transition, known_chosen=True)
         return self._decide(value, self._accept_ballot)
 
-    def _on_reject(self, sender: NodeId, reject: Reject, config: Config) -> list[Send]:
+    def _on_reject(self, sender: NodeId, reject: Reject, config: Config | None) -> list[Send]:
+        """Count a rejection; ``config`` is the phase-2 configuration (None in phase 1)."""
         self._proposer.observe(reject.promised)
         if sender in (self._promises if self._phase is _Phase.PREPARE else self._accepted):
             return []  # a stale duplicate; this acceptor already said yes
         self._refused[sender] = reject
-        if config.impossible(self._refused):
+        if self._prepare_impossible() if config is None else config.impossible(self._refused):
             forbidden = any(r.reason is RejectReason.FORBIDDEN for r in self._refused.values())
             highest = max(
                 (r.promised for r in self._refused.values() if r.promised is not None),
@@ -1192,3 +1356,61 @@ class Round:
     def _abandon(self) -> None:
         self._abandoned = True
         self._proposer._finish(self, None)
+
+
+class QuickRead:
+    """A linearizable read that writes nothing, when the acceptors agree (sans-IO).
+
+    Ask the acceptors of the believed configuration for their state (:class:`Inspect`);
+    the read is done as soon as a quorum of some reported value's configuration reports
+    that very value at the same accepted ballot (see the module docstring, "Reads
+    without writes"). Acceptors a reported value names and that were not asked are asked
+    too. If that cannot happen (replies disagree, the register is empty, acceptors
+    fail), :attr:`settled` becomes true without an :attr:`outcome`, and the caller runs a
+    full round (:class:`Read`) instead.
+    """
+
+    def __init__(self, replicas: Sequence[NodeId]) -> None:
+        """Prepare to ask ``replicas`` (a configuration the caller saw decided)."""
+        hint = tuple(replicas)
+        _check_set("replicas", hint)
+        self._hint = hint
+        self._asked: set[NodeId] = set()
+        self._answered: set[NodeId] = set()
+        self._reports: dict[NodeId, Report] = {}
+        self.outcome: Decided | None = None
+
+    @property
+    def settled(self) -> bool:
+        """Whether the read is over: an outcome, or every acceptor asked has answered."""
+        return self.outcome is not None or self._answered >= self._asked
+
+    def start(self) -> list[NodeId]:
+        """Return the acceptors to send :class:`Inspect` to first."""
+        return self._ask(self._hint)
+
+    def _ask(self, nodes: Iterable[NodeId]) -> list[NodeId]:
+        new = sorted(set(nodes) - self._asked)
+        self._asked.update(new)
+        return new
+
+    def receive(self, sender: NodeId, report: Report | None) -> list[NodeId]:
+        """Take one acceptor's report (``None``: it failed); return more acceptors to ask.
+
+        Reports from acceptors not asked, duplicates and reports after the outcome are
+        ignored.
+        """
+        if self.outcome is not None or sender not in self._asked or sender in self._answered:
+            return []
+        self._answered.add(sender)
+        if report is None or report.value is None or report.accepted_ballot is None:
+            return []
+        self._reports[sender] = report
+        value, ballot = report.value, report.accepted_ballot
+        agreeing = frozenset(
+            n for n, r in self._reports.items() if r.accepted_ballot == ballot and r.value == value
+        )
+        if value.config.satisfied_by(agreeing):
+            self.outcome = Decided(value, value, ballot, accepted_by=agreeing)
+            return []
+        return self._ask(value.config.members)

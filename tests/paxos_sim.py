@@ -5,6 +5,12 @@ dropped or duplicated next, when acceptors crash and restart (their durable stat
 their inbox is lost) and when clients time out or restart. The cluster records every
 client operation for the linearizability checker and checks the safety invariants as it
 goes (:attr:`Cluster.violations`).
+
+With ``views`` each client has its own member view: it starts *cold* (it knows no
+configuration), so its rounds probe (``Proposer.begin(..., probe=...)``) and a register it
+creates goes to its own view's set; once a round is decided it uses the decided
+configuration, until it restarts or forgets it. Reads may be quick reads
+(:class:`storage.paxos.QuickRead`, falling back to a round), as the real client's.
 """
 
 from __future__ import annotations
@@ -30,13 +36,17 @@ from storage.paxos import (
     Decided,
     Delete,
     FinishReplicaChange,
+    Inspect,
+    Message,
     Prepare,
     Promise,
     Proposer,
+    QuickRead,
     Read,
     RegisterValue,
     Reject,
     Reply,
+    Report,
     Request,
     Round,
     Send,
@@ -73,7 +83,7 @@ class Envelope:
 
     src: NodeId
     dst: NodeId
-    message: Request | Reply
+    message: Message
 
 
 class SimAcceptor:
@@ -100,6 +110,10 @@ class SimAcceptor:
             self.disk = new.to_bytes()
         return reply
 
+    def inspect(self) -> Report | None:
+        """Report the durable state (a quick read); ``None`` if the node is down."""
+        return Acceptor.on_inspect(self.state) if self.up else None
+
 
 @dataclass
 class _Pending:
@@ -111,7 +125,14 @@ class _Pending:
 class SimClient:
     """A client with its own proposer, one operation at a time."""
 
-    def __init__(self, index: int, hint: tuple[NodeId, ...], *, pipelining: bool) -> None:
+    def __init__(
+        self,
+        index: int,
+        hint: tuple[NodeId, ...],
+        *,
+        pipelining: bool,
+        view: tuple[NodeId, ...] | None = None,
+    ) -> None:
         self.index = index
         self.address = NodeId(b"client-%d" % index)
         self.incarnation = 0
@@ -119,7 +140,12 @@ class SimClient:
         self.proposer = self._new_proposer()
         self.hint = hint
         self.round: Round | None = None
+        self.quick: QuickRead | None = None
         self.pending: _Pending | None = None
+        #: The set this client's view would create the register on; None: no views.
+        self.view = view
+        #: Whether it knows no configuration (its rounds probe).
+        self.cold = view is not None
         self.last_version = 0
         self.moving_to: tuple[NodeId, ...] | None = None
         self.writes = 0
@@ -132,12 +158,14 @@ class SimClient:
         self.incarnation += 1
         self.proposer = self._new_proposer()
         self.round = None
+        self.quick = None
         self.pending = None
+        self.cold = self.view is not None
 
     @property
     def busy(self) -> bool:
         """Whether an operation is in progress."""
-        return self.round is not None
+        return self.round is not None or self.quick is not None
 
 
 class Cluster:
@@ -149,6 +177,8 @@ class Cluster:
         clients: how many proposing clients.
         secret: the writers' signing secret (acceptors verify with it).
         pipelining: whether proposers use the one-round-trip optimisation.
+        views: per client, the set its member view would create the register on (clients
+            then start cold and probe ``acceptors``; see the module docstring).
     """
 
     def __init__(
@@ -159,13 +189,21 @@ class Cluster:
         *,
         secret: bytes = b"owner-secret",
         pipelining: bool = True,
+        views: Sequence[tuple[NodeId, ...]] | None = None,
     ) -> None:
         verify = verifier(secret)
         self.sign = sign_with(secret)
         self.nodes = {n: SimAcceptor(n, verify) for n in acceptors}
         self.replica_set = tuple(replica_set)
+        self.probe = tuple(acceptors) if views is not None else ()
         self.clients = [
-            SimClient(i, self.replica_set, pipelining=pipelining) for i in range(clients)
+            SimClient(
+                i,
+                self.replica_set,
+                pipelining=pipelining,
+                view=None if views is None else tuple(views[i % len(views)]),
+            )
+            for i in range(clients)
         ]
         self.by_address = {c.address: c for c in self.clients}
         self.network: list[Envelope] = []
@@ -176,6 +214,7 @@ class Cluster:
         self.chosen: dict[Ballot, RegisterValue] = {}
         self.decided: dict[Ballot, RegisterValue] = {}
         self.delivered = 0
+        self.quick_reads = 0
         self.last_move_target: tuple[NodeId, ...] | None = None
 
     # -- clients ----------------------------------------------------------------------
@@ -188,7 +227,8 @@ class Cluster:
     def begin(self, index: int, kind: str, target: tuple[NodeId, ...] = ()) -> bool:
         """Start an operation on client ``index``; return False if it is busy.
 
-        Kinds: write, cas, read, delete, forged (a write signed with the wrong key),
+        Kinds: write, cas, read, quick_read (a read trying :class:`QuickRead` first when the
+        client knows a configuration), delete, forged (a write signed with the wrong key),
         begin_move / finish_move / abort_move (replica-set changes, to ``target``).
         """
         client = self.clients[index]
@@ -208,8 +248,13 @@ class Cluster:
             change = CompareAndSet(client.last_version, payload, sign=self.sign)
         elif kind == "delete":
             change = Delete(sign=self.sign)
-        elif kind == "read":
-            change = Read()
+        elif kind in ("read", "quick_read"):
+            change, op_kind = Read(), "read"
+            if kind == "quick_read" and not client.cold:
+                client.pending = _Pending(op_kind, None, self.tick())
+                client.quick = QuickRead(client.hint)
+                self._post_inspect(client, client.quick.start())
+                return True
         elif kind == "begin_move":
             change, op_kind = BeginReplicaChange(target), "move"
         elif kind == "finish_move":
@@ -221,13 +266,26 @@ class Cluster:
         else:
             raise ValueError(kind)
         client.pending = _Pending(op_kind, pending_input, self.tick())
-        client.round = client.proposer.begin(change, client.hint)
-        self._post(client.address, client.round.start())
+        self._begin_round(client, change)
         return True
 
+    def _begin_round(self, client: SimClient, change: Change) -> None:
+        if client.cold:
+            assert client.view is not None
+            client.round = client.proposer.begin(change, client.view, probe=self.probe)
+        else:
+            client.round = client.proposer.begin(change, client.hint)
+        self._post(client.address, client.round.start())
+
+    def _post_inspect(self, client: SimClient, nodes: list[NodeId]) -> None:
+        self.network.extend(Envelope(client.address, n, Inspect()) for n in nodes)
+
     def known_replica_sets(self) -> list[tuple[NodeId, ...]]:
-        """Every replica set named by a chosen value (legitimate, if stale, hints)."""
-        sets = {self.replica_set}
+        """Every replica set named by a chosen value (legitimate, if stale, hints).
+
+        With views there is no one creation set: only chosen values' sets count.
+        """
+        sets = {self.replica_set} if not self.probe else set()
         for value in self.chosen.values():
             sets.add(value.replica_set)
             if value.next_replica_set is not None:
@@ -237,7 +295,17 @@ class Cluster:
     def stale_hint(self, index: int, pick: int) -> None:
         """Make client ``index`` believe in some replica set the block once had."""
         sets = self.known_replica_sets()
-        self.clients[index].hint = sets[pick % len(sets)]
+        if not sets:
+            return
+        client = self.clients[index]
+        client.hint = sets[pick % len(sets)]
+        client.cold = False
+
+    def forget(self, index: int) -> None:
+        """Client ``index`` forgets the configuration it knew (its next rounds probe)."""
+        client = self.clients[index]
+        if client.view is not None:
+            client.cold = True
 
     def timeout(self, index: int) -> None:
         """Client ``index`` gives up on its operation (unknown outcome)."""
@@ -245,11 +313,13 @@ class Cluster:
         if client.round is not None:
             client.round.unavailable()
             self._finish_unknown(client)
+        elif client.quick is not None:
+            self._finish_unknown(client)
 
     def restart_client(self, index: int) -> None:
         """Crash and restart client ``index`` (its operation's outcome becomes unknown)."""
         client = self.clients[index]
-        if client.round is not None:
+        if client.busy:
             self._finish_unknown(client)
         client.restart()
 
@@ -260,6 +330,7 @@ class Cluster:
                 Operation(client.index, KEY, pending.kind, pending.input, None, pending.invoke)
             )
         client.round = None
+        client.quick = None
         client.pending = None
         client.proposer.forget()
 
@@ -280,9 +351,9 @@ class Cluster:
         now = self.tick()
         value = outcome.value
         version = 0 if value is None else value.version
-        payload = None if value is None else value.payload
         if value is not None:
             client.hint = value.replica_set
+            client.cold = False
             client.moving_to = value.next_replica_set
             if value.next_replica_set is not None:
                 self.last_move_target = value.next_replica_set
@@ -314,11 +385,35 @@ class Cluster:
                 Operation(client.index, KEY, "delete", None, None, pending.invoke, now)
             )
         else:  # read, and replica-set changes (identity on the data)
-            self.history.append(
-                Operation(client.index, KEY, "read", None, (version, payload), pending.invoke, now)
-            )
+            self._record_read(client, pending, value)
         client.round = None
         client.pending = None
+
+    def _record_read(
+        self, client: SimClient, pending: _Pending, value: RegisterValue | None
+    ) -> None:
+        observed = (0, None) if value is None else (value.version, value.payload)
+        self.history.append(
+            Operation(client.index, KEY, "read", None, observed, pending.invoke, self.tick())
+        )
+
+    def _on_report(self, client: SimClient, src: NodeId, report: Report) -> None:
+        quick = client.quick
+        assert quick is not None
+        self._post_inspect(client, quick.receive(src, report))
+        if quick.outcome is not None:
+            pending = client.pending
+            assert pending is not None
+            value = quick.outcome.value
+            self.quick_reads += 1
+            if value is not None:
+                client.hint = value.replica_set
+                client.moving_to = value.next_replica_set
+            self._record_read(client, pending, value)
+            client.quick = client.pending = None
+        elif quick.settled:
+            client.quick = None  # inconclusive: a full round, as the real client does
+            self._begin_round(client, Read())
 
     # -- network ----------------------------------------------------------------------
 
@@ -334,7 +429,13 @@ class Cluster:
             self._to_acceptor(env)
             return
         client = self.by_address.get(env.dst)
-        if client is None or client.round is None:
+        if client is None:
+            return
+        if isinstance(message, Report):
+            if client.quick is not None:
+                self._on_report(client, env.src, message)
+            return
+        if client.round is None:
             return
         assert isinstance(message, Promise | Accepted | Reject)
         rnd = client.round
@@ -345,6 +446,11 @@ class Cluster:
 
     def _to_acceptor(self, env: Envelope) -> None:
         request = env.message
+        if isinstance(request, Inspect):
+            report = self.nodes[env.dst].inspect()
+            if report is not None:
+                self.network.append(Envelope(env.dst, env.src, report))
+            return
         assert isinstance(request, Prepare | Accept)
         reply = self.nodes[env.dst].handle(request)
         if reply is None:
@@ -398,11 +504,14 @@ class Cluster:
         return problems
 
     def final_read(self, hint: tuple[NodeId, ...], attempts: int = 20) -> Decided:
-        """Run a read on a quiet, reliable network from a fresh proposer using ``hint``."""
+        """Run a read on a quiet, reliable network from a fresh proposer using ``hint``.
+
+        With views the reader is cold: it probes every acceptor.
+        """
         proposer = Proposer(b"final-reader")
         address = NodeId(b"final-reader")
         for _ in range(attempts):
-            rnd = proposer.begin(Read(), hint)
+            rnd = proposer.begin(Read(), hint, probe=self.probe)
             invoke = self.tick()
             inbox = [Envelope(address, s.to, s.message) for s in rnd.start()]
             self.network.extend(inbox)
@@ -460,8 +569,10 @@ def random_schedule(
             cluster.crash_restart(rng.choice(sorted(cluster.nodes)))
         elif x < 0.95:
             cluster.timeout(rng.randrange(clients))
-        elif x < 0.97:
+        elif x < 0.96:
             cluster.stale_hint(rng.randrange(clients), rng.randrange(100))
+        elif x < 0.97:
+            cluster.forget(rng.randrange(clients))
         else:
             cluster.restart_client(rng.randrange(clients))
         if cluster.violations:

@@ -7,6 +7,8 @@ a restart of every node; and a check that no plaintext ever reaches a node's dis
 
 from __future__ import annotations
 
+import functools
+import itertools
 import logging
 import os
 import random
@@ -22,21 +24,26 @@ import trio
 from dht.contracts import Handler
 from dht.errors import RemoteError
 from dht.identity import NodeIdentity
-from dht.ids import Contact
+from dht.ids import Contact, NodeId
+from dht.overlay import Overlay
 from dht.rpc import RpcNode
 from storage.api import ChunkRef
 from storage.chunks import chunk_address
 from storage.errors import Conflict, NotFound, Unavailable
+from storage.ids import BlockAddress
 from storage.kv_client import KVClient
 from storage.paxos import (
     Accept,
+    AcceptorState,
     Ballot,
+    BeginReplicaChange,
     RegisterValue,
     Reject,
     RejectReason,
     decode_message,
     encode_message,
 )
+from storage.placement import OverlayPlacement
 from storage.policy import Redundancy
 from storage.registers import register_address, sign_register_value, writer_field
 from storage.silo_files import HEADER
@@ -589,3 +596,299 @@ async def test_no_plaintext_reaches_any_node_disk(cluster_factory: ClusterFactor
     for path in files:
         content = path.read_bytes()
         assert secret[:16] not in content, path
+
+
+# --- registers seen through different member views -------------------------------------------
+
+
+class PartialView:
+    """A placement that has not heard of some members yet (a gateway whose list lags)."""
+
+    def __init__(self, overlay: Overlay, hidden: set[NodeId]) -> None:
+        self._overlay = overlay
+        self._hidden = hidden
+        self._inner = OverlayPlacement(overlay)
+
+    def closest(self, key: bytes, n: int) -> list[Contact]:
+        """The ``n`` nearest members this view knows."""
+        nearest = self._overlay.closest_nodes(key, n + len(self._hidden))
+        return [c for c in nearest if c.node_id not in self._hidden][:n]
+
+    def contact(self, node_id: NodeId) -> Contact | None:
+        """A known member's contact."""
+        return None if node_id in self._hidden else self._inner.contact(node_id)
+
+
+def node_of(cluster: Cluster, node_id: NodeId) -> ClusterNode:
+    """The cluster node with id ``node_id``."""
+    return next(n for n in cluster.nodes if n.identity.node_id == node_id)
+
+
+async def lagging_client(cluster: Cluster, index: int, hidden: set[NodeId]) -> KVClient:
+    """A client on node ``index`` whose placement does not know the ``hidden`` members."""
+    node = cluster.nodes[index]
+    assert node.rpc is not None
+    assert node.overlay is not None
+    assert node.nursery is not None
+    client = KVClient(
+        node.rpc,
+        PartialView(node.overlay, hidden),
+        keys=cluster.keys,
+        default_redundancy=REPLICATED,
+        timeout=5.0,
+    )
+    await node.nursery.start(client.run)
+    return client
+
+
+def ranked_members(cluster: Cluster, name: bytes) -> list[NodeId]:
+    """Every member, nearest to register ``name``'s address first."""
+    address = register_address(cluster.keys.signing.public_key, name)
+    overlay = cluster.nodes[0].overlay
+    assert overlay is not None
+    return [c.node_id for c in overlay.closest_nodes(address, len(cluster.nodes))]
+
+
+async def test_clients_with_different_member_views_never_fork_a_register(
+    cluster_factory: ClusterFactory,
+) -> None:
+    registries: dict[int, FaultyRegistry] = {}
+    cluster = await cluster_factory(5, registry_wrapper=faulty_cluster(registries))
+    name = b"one history"
+    ranked = ranked_members(cluster, name)
+    # A gateway that has not heard of the two members nearest to the register yet creates
+    # it on the three it knows: ranked[2:5].
+    lagging = await lagging_client(cluster, 0, set(ranked[:2]))
+    created = await lagging.compare_and_set(name, None, b"first")
+    assert created is not None
+    # The creation set's member that an up-to-date client shares with it stalls, so the
+    # up-to-date client's own nearest three, ranked[0:3], can only answer "empty".
+    registries[node_of(cluster, ranked[2]).index].hang = {"kv.paxos"}
+    current = await cluster.client(1)
+    seen = await current.read(name)
+    assert (seen.value, seen.version) == (b"first", 1)
+    with pytest.raises(Conflict) as lost:
+        await current.compare_and_set(name, None, b"second")
+    assert lost.value.current == seen
+    registries[node_of(cluster, ranked[2]).index].hang = set()
+    assert await lagging.read(name) == seen
+
+
+# --- moving registers (repair, rebalancing, drain) ---------------------------------------------
+
+
+async def held(cluster: Cluster, node_id: NodeId, address: bytes) -> RegisterValue | None:
+    """The value node ``node_id`` has accepted for ``address`` (from its silo)."""
+    silo = node_of(cluster, node_id).silo
+    assert silo is not None
+    record = await silo.load_paxos(BlockAddress(address))
+    if record is None or record.value is None:
+        return None
+    return AcceptorState.from_bytes(record.value).value
+
+
+async def test_move_register_to_a_disjoint_set_keeps_every_write(
+    cluster_factory: ClusterFactory,
+) -> None:
+    cluster = await cluster_factory(6)
+    name = b"moving"
+    address = register_address(cluster.keys.signing.public_key, name)
+    ranked = ranked_members(cluster, name)
+    old, new = tuple(ranked[:3]), tuple(ranked[3:])
+    writer = await cluster.client(node_of(cluster, old[0]).index)
+    stale = await cluster.client(node_of(cluster, old[1]).index)
+    mover = await cluster.client(node_of(cluster, new[0]).index)  # outlives the old set
+    await writer.compare_and_set(name, None, b"v1")
+    assert (await stale.read(name)).value == b"v1"  # caches the old set
+
+    await cluster.stop(node_of(cluster, old[2]).index)  # misses the move
+    moved = await mover.move_register(address, new, hint=old)
+    assert moved is not None
+    assert (set(moved.replica_set), moved.next_replica_set) == (set(new), None)
+    assert moved.version == 1
+    # The members that left hold the final value (they point at the new set), the one
+    # that was down once a later call for the same move finds it up.
+    assert [await held(cluster, n, address) for n in old[:2]] == [moved, moved]
+    await cluster.restart(node_of(cluster, old[2]).index)
+    await cluster.wait_converged()
+    assert await held(cluster, old[2], address) != moved
+    assert await mover.move_register(address, new, hint=old) == moved
+    assert await held(cluster, old[2], address) == moved
+    # The old set's members still answer, and point every stale client at the new set.
+    edited = await stale.edit(name, lambda v: (v or b"") + b"+v2")
+    assert edited is not None
+    assert (edited.value, edited.version) == (b"v1+v2", 2)
+    assert (await writer.read(name)).value == b"v1+v2"
+    # Moving again to where it is changes nothing; an absent register has nothing to move.
+    again = await mover.move_register(address, new, hint=new)
+    assert again is not None
+    assert again.version == 2
+    absent = register_address(cluster.keys.signing.public_key, b"never written")
+    assert await mover.move_register(absent, new, hint=old) is None
+    assert await mover.sync_register(absent, hint=old) is None
+    # With the whole old set gone, the new set alone serves the register.
+    for node_id in old:
+        await cluster.stop(node_of(cluster, node_id).index)
+    assert mover.statistics().registers_moved == 3
+    assert (await mover.read(name)).value == b"v1+v2"
+    final = await mover.edit(name, lambda v: (v or b"") + b"+v3")
+    assert final is not None
+    assert final.version == 3
+
+
+async def test_move_register_while_other_clients_write(cluster_factory: ClusterFactory) -> None:
+    cluster = await cluster_factory(6)
+    name = b"busy counter"
+    address = register_address(cluster.keys.signing.public_key, name)
+    ranked = ranked_members(cluster, name)
+    sets = [tuple(ranked[:3]), tuple(ranked[2:5]), tuple(ranked[3:6]), tuple(ranked[:3])]
+    writers = [await cluster.client(i % 6, timeout=30.0) for i in range(4)]
+    mover = await cluster.client(5, timeout=30.0)
+    stale = await cluster.client(4, timeout=30.0)
+    await writers[0].compare_and_set(name, None, b"0")
+    assert (await stale.read(name)).value == b"0"  # caches the creation set
+
+    def increment(value: bytes | None) -> bytes:
+        return str(int(value or b"0") + 1).encode()
+
+    acknowledged = 0
+
+    async def write(client: KVClient) -> None:
+        nonlocal acknowledged
+        for _ in range(15):
+            await client.edit(name, increment)
+            acknowledged += 1
+
+    async def move() -> None:
+        for previous, target in itertools.pairwise(sets):
+            await trio.sleep(0.05)
+            moved = await mover.move_register(address, target, hint=previous)
+            assert moved is not None
+            assert set(moved.replica_set) == set(target)
+
+    async with trio.open_nursery() as nursery:
+        for client in writers:
+            nursery.start_soon(write, client)
+        nursery.start_soon(move)
+    assert acknowledged == 60
+    final = await stale.read(name)
+    assert final.value == b"60"
+    synced = await mover.sync_register(address, hint=sets[1])
+    assert synced is not None
+    assert set(synced.replica_set) == set(sets[-1])
+    assert mover.statistics().unsynced_acceptors == 0
+
+
+async def test_move_register_resumes_or_replaces_a_half_done_move_and_moves_tombstones(
+    cluster_factory: ClusterFactory,
+) -> None:
+    cluster = await cluster_factory(6)
+    name = b"half moved"
+    address = register_address(cluster.keys.signing.public_key, name)
+    ranked = ranked_members(cluster, name)
+    home, elsewhere, target = tuple(ranked[:3]), tuple(ranked[3:]), tuple(ranked[1:4])
+    client = await cluster.client(0)
+    await client.compare_and_set(name, None, b"data")
+    # A mover that stopped after the first step leaves the register in its joint state.
+    begun = await client._consensus(address, BeginReplicaChange(elsewhere), size=3, hint=home)
+    assert begun.value is not None
+    assert begun.value.next_replica_set == elsewhere
+    replaced = await client.move_register(address, target, hint=home)
+    assert replaced is not None
+    assert (set(replaced.replica_set), replaced.next_replica_set) == (set(target), None)
+    # Resumed: the move under way is the one asked for.
+    await client._consensus(address, BeginReplicaChange(elsewhere), size=3, hint=target)
+    resumed = await client.move_register(address, elsewhere, hint=target)
+    assert resumed is not None
+    assert (set(resumed.replica_set), resumed.next_replica_set) == (set(elsewhere), None)
+    # Deleted registers move too (their tombstone must stay where readers look).
+    await client.delete(name)
+    moved = await client.move_register(address, home, hint=elsewhere)
+    assert moved is not None
+    assert moved.is_tombstone
+    assert set(moved.replica_set) == set(home)
+    with pytest.raises(NotFound):
+        await (await cluster.client(3)).read(name)
+
+
+async def test_sync_register_brings_a_lagging_acceptor_up_to_date(
+    cluster_factory: ClusterFactory,
+) -> None:
+    cluster = await cluster_factory(3)
+    name = b"lagging"
+    address = register_address(cluster.keys.signing.public_key, name)
+    replicas = tuple(ranked_members(cluster, name))
+    client = await cluster.client(0, timeout=3.0)
+    lagging = next(n for n in cluster.nodes if n.index != 0)
+    await cluster.stop(lagging.index)
+    await client.compare_and_set(name, None, b"written while a member was down")
+    # Down: the write-back cannot reach it; the value is still returned.
+    value = await client.sync_register(address, hint=replicas)
+    assert value is not None
+    assert client.statistics().unsynced_acceptors == 1
+    await cluster.restart(lagging.index)
+    await cluster.wait_converged()
+    assert lagging.silo is not None
+    assert await lagging.silo.load_paxos(address) is None
+    synced = await client.sync_register(address, hint=replicas)
+    assert synced == value
+    record = await lagging.silo.load_paxos(address)
+    assert record is not None
+    assert record.value is not None
+    assert AcceptorState.from_bytes(record.value).value == value
+    assert client.statistics().unsynced_acceptors == 1
+
+
+def replace_with(value: bytes, current: bytes | None) -> bytes:
+    """An edit that writes ``value`` whatever the register held."""
+    return value
+
+
+async def test_operations_in_flight_together_share_rpcs(cluster_factory: ClusterFactory) -> None:
+    cluster = await cluster_factory(3)
+    client = await cluster.client(0)
+    names = [b"many %d" % i for i in range(16)]
+
+    async def write(name: bytes) -> None:
+        for value in (b"0", b"1", b"2"):
+            await client.edit(name, functools.partial(replace_with, value))
+
+    async with trio.open_nursery() as nursery:
+        for name in names:
+            nursery.start_soon(write, name)
+    async with trio.open_nursery() as nursery:
+        for name in names:
+            nursery.start_soon(client.read, name)
+    for name in names:
+        assert (await client.read(name)).value == b"2"
+    stats = client.statistics()
+    assert stats.consensus_calls * 2 < stats.consensus_messages
+    service = cluster.nodes[1].service
+    assert service is not None
+    assert service.statistics().invalid_requests == 0
+
+
+async def test_reads_of_a_settled_register_write_nothing(cluster_factory: ClusterFactory) -> None:
+    cluster = await cluster_factory(3)
+    client = await cluster.client(0)
+    await client.compare_and_set(b"quiet", None, b"v")
+
+    def writes() -> int:
+        return sum(n.service.statistics().paxos_state_writes for n in cluster.nodes if n.service)
+
+    with trio.fail_after(5):  # let the write's last accept land
+        while True:
+            before = writes()
+            await trio.sleep(0.2)
+            if writes() == before:
+                break
+    quick = client.statistics().quick_reads
+    for _ in range(5):
+        assert (await client.read(b"quiet")).value == b"v"
+    assert writes() == before
+    assert client.statistics().quick_reads == quick + 5
+    # A client that never saw the register decides it by a (probing) round first.
+    other = await cluster.client(1)
+    assert (await other.read(b"quiet")).value == b"v"
+    assert other.statistics().quick_reads == 0
+    assert other.statistics().probes >= 1

@@ -2,9 +2,9 @@
 
 Five acceptors, a block created on three of them, three clients with their own
 proposers (one-round-trip optimisation on or off). Rules start operations (write, CAS,
-read, delete, forged writes, replica-set moves), deliver / drop / duplicate messages in any
-order, crash-restart acceptors (durable state kept) and clients (new incarnation), and
-time clients out. Checked:
+read, quick read, delete, forged writes, replica-set moves), deliver / drop / duplicate
+messages in any order, crash-restart acceptors (durable state kept) and clients (new
+incarnation), and time clients out. Checked:
 
 * never two different values accepted at one ballot (hence never two decided);
 * chosen values never regress (ordered by ballot, versions only grow, one payload each);
@@ -37,6 +37,7 @@ KINDS = [
     "cas",
     "cas",
     "read",
+    "quick_read",
     "delete",
     "forged",
     "begin_move",
