@@ -19,7 +19,9 @@ A *message* (one RPC message, of any size up to ``max_message_size``) is split i
 of at most :data:`MAX_FRAME_PAYLOAD` (1 MiB) bytes; every chunk but the last is pushed with
 ``TAG_MESSAGE`` and the last with ``TAG_PUSH``, so message boundaries are authenticated and
 no length of a whole message ever has to be trusted before it is checked. A ``TAG_FINAL``
-frame with an empty chunk ends the stream cleanly; nothing may follow it.
+frame ends the stream; nothing may follow it. Its chunk is empty for a clean end, or a short
+reason (at most :data:`MAX_CLOSE_REASON` bytes, outside any message) when the sender refuses
+the connection (see :mod:`dht.handshake`).
 
 Invariants the decoder enforces (any violation raises
 :class:`~dht.errors.RemoteProtocolError` and leaves the decoder failed for good):
@@ -69,6 +71,8 @@ STREAM_HEADER_BYTES = sodium.crypto_secretstream_xchacha20poly1305_HEADERBYTES
 #: Default upper bound on one message (the RPC layer may lower or raise it).
 DEFAULT_MAX_MESSAGE_SIZE = 64 << 20
 KEY_BYTES = sodium.crypto_secretstream_xchacha20poly1305_KEYBYTES
+#: Longest reason a final frame may carry.
+MAX_CLOSE_REASON = 64
 
 _TAG_MESSAGE = sodium.crypto_secretstream_xchacha20poly1305_TAG_MESSAGE
 _TAG_PUSH = sodium.crypto_secretstream_xchacha20poly1305_TAG_PUSH
@@ -212,11 +216,19 @@ class FrameEncoder:
         """Like :meth:`encode` but return an independent ``bytes`` copy."""
         return bytes(self.encode(*messages))
 
-    def close(self) -> bytes:
-        """Return the final frame that ends this direction cleanly; no more can be sent."""
+    def close(self, reason: bytes = b"") -> bytes:
+        """Return the final frame that ends this direction; no more can be sent.
+
+        Args:
+            reason: empty for a clean end, else why the connection is refused (short).
+        """
         if self._closed:
             raise LocalProtocolError("secure stream already closed")
-        pos = self._push(b"", 0, 0, _TAG_FINAL, 0)
+        if len(reason) > MAX_CLOSE_REASON:
+            raise LocalProtocolError(f"a close reason is at most {MAX_CLOSE_REASON} bytes")
+        self._out.grow(LENGTH_BYTES + FRAME_OVERHEAD + len(reason), 0)
+        source = _ffi.from_buffer("unsigned char[]", reason) if reason else b""
+        pos = self._push(source, 0, len(reason), _TAG_FINAL, 0)
         self._closed = True
         self._wire_bytes += pos
         return bytes(self._out.view[:pos])
@@ -305,6 +317,7 @@ class FrameDecoder:
         self._msg_len = 0
         self._msg_done = False
         self._ended = False
+        self._close_reason = b""
         self._failed: RemoteProtocolError | None = None
         self._messages = 0
         self._frames = 0
@@ -432,8 +445,10 @@ class FrameDecoder:
                 self._payload_bytes += self._msg_len
                 self._msg_done = True
                 return self._msg.view[: self._msg_len]
-            if tag == _TAG_FINAL and self._msg_len == 0:
+            if tag == _TAG_FINAL and self._msg_len == size <= MAX_CLOSE_REASON:
                 self._ended = True
+                self._close_reason = bytes(self._msg.view[:size])
+                self._msg_len = 0
                 continue
             self._fail(f"unexpected frame tag {tag}")
 
@@ -447,14 +462,19 @@ class FrameDecoder:
 
     @property
     def ended(self) -> bool:
-        """Whether the peer ended its stream cleanly (a final frame was received)."""
+        """Whether the peer ended its stream (a final frame was received)."""
         return self._ended
+
+    @property
+    def close_reason(self) -> bytes:
+        """What the peer's final frame carried: empty for a clean end, else why it refused."""
+        return self._close_reason
 
     def ready_bytes(self, max_frames: int = 4) -> int:
         """Return the wire size of the wholly received frames among the next ``max_frames``.
 
-        The I/O layer uses it to decide whether decrypting is worth a worker thread (a large
-        message usually starts with a small frame: its msgpack head).
+        A measure of how much decrypting the next :meth:`next_message` call would do (a
+        large message usually starts with a small frame: its msgpack head).
         """
         pos, total = self._start, 0
         for _ in range(max_frames):

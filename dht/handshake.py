@@ -36,6 +36,20 @@ What each side checks before it trusts the peer (else :class:`HandshakeRefused`)
 Malformed input (bad length, bad msgpack, wrong shapes, wrong magic or version) raises
 :class:`RemoteProtocolError`; after any error the handshake is dead and raises again.
 
+A side that refuses the peer tells it why before closing, with one of the fixed reasons in
+:data:`REFUSAL_REASONS` (never the details, which stay in the refusing side's log)::
+
+    REFUSE = [b"ballast-refuse", 1, reason]
+
+sent as a handshake message whenever the peer is still waiting for one: the responder
+refusing HELLO_I, the initiator refusing HELLO_R or AUTH_R. When the responder refuses
+AUTH_I the initiator has already completed (it may be sending frames), so the responder
+instead ends its secretstream with a ``TAG_FINAL`` frame whose chunk is the reason (see
+:mod:`dht.framing`), which the initiator reads, authenticated, as the first frame of the
+responder's stream. A REFUSE is not authenticated, and need not be: anyone on the path can
+cut the connection anyway, and a refusal only turns that into an error that says why. Its
+reason must be one of the known ones, so nothing a peer chooses reaches the logs.
+
 Session keys come from ``crypto_kx`` on the ephemeral keys (forward secrecy: node keys only
 sign). Each side then starts a secretstream for its sending direction with its ``tx`` key
 and sends the stream header inside its (signed) AUTH. The initiator may send encrypted
@@ -73,8 +87,23 @@ NONCE_BYTES = 32
 KX_PUBLIC_KEY_BYTES = sodium.crypto_kx_PUBLIC_KEY_BYTES
 _HELLO_MAGIC = b"ballast-hello"
 _AUTH_MAGIC = b"ballast-auth"
+_REFUSE_MAGIC = b"ballast-refuse"
 _SIGNATURE_LABEL = b"ballast-handshake-v1"
 _LENGTH_BYTES = 4
+
+#: What a refusal tells the peer: which check it failed (the details are only logged).
+REFUSAL_REASONS = frozenset({"network", "passport", "role", "signature", "node-id"})
+
+
+def refusal_message(reason: str) -> str:
+    """Return the error text for a refusal by the peer with ``reason`` (one of the known ones).
+
+    Raises:
+        RemoteProtocolError: ``reason`` is not one of :data:`REFUSAL_REASONS`.
+    """
+    if reason not in REFUSAL_REASONS:
+        raise RemoteProtocolError("malformed refusal (unknown reason)")
+    return f"the peer refused the handshake ({reason})"
 
 
 @dataclass(frozen=True)
@@ -175,13 +204,18 @@ class Handshake:
         self._rx_key = self._tx_key = b""
         self._peer_header = b""
         self._encoder: FrameEncoder | None = None
+        self._refusal: HandshakeRefused | None = None
         if initiator:
             self._outbuf += self._hello
 
     # -- I/O-free interface -----------------------------------------------------------
 
     def data_to_send(self) -> bytes:
-        """Return (and forget) the bytes that must be sent to the peer now."""
+        """Return (and forget) the bytes that must be sent to the peer now.
+
+        After :meth:`next_event` raised :class:`HandshakeRefused` because this side refused
+        the peer, these are the refusal that tells the peer why (send it, then close).
+        """
         out = bytes(self._outbuf)
         self._outbuf.clear()
         return out
@@ -207,8 +241,10 @@ class Handshake:
             raise LocalProtocolError("handshake already complete")
         try:
             return self._advance()
-        except RemoteProtocolError:
+        except RemoteProtocolError as e:
             self._state = "failed"
+            if e is not self._refusal:
+                self._outbuf.clear()  # garbage, or the peer refused us: nothing more to say
             raise
 
     # -- internals ----------------------------------------------------------------------
@@ -240,6 +276,8 @@ class Handshake:
             if taken is None:
                 return NEED_DATA
             raw, body = taken
+            if body and body[0] == _REFUSE_MAGIC:
+                self._on_refuse(body)
             if self._state == "hello":
                 self._on_hello(raw, body)
                 if not self.initiator:
@@ -263,7 +301,9 @@ class Handshake:
         if not _is_bytes(nonce, NONCE_BYTES):
             raise RemoteProtocolError("malformed HELLO nonce")
         if fingerprint != self._fingerprint:
-            raise HandshakeRefused(f"peer belongs to another network than {self._network.name!r}")
+            raise self._refuse(
+                "network", f"peer belongs to another network than {self._network.name!r}"
+            )
         if kx_pk == self._kx_pk or nonce == self._nonce:
             raise RemoteProtocolError("peer echoed our own HELLO (reflection)")
         hellos = self._hello + raw if self.initiator else raw + self._hello
@@ -330,20 +370,44 @@ class Handshake:
             passport = Passport.from_bytes(passport_bytes, self._network)
             passport.verify(self._network, public_key)
         except CredentialError as e:
-            raise HandshakeRefused(f"peer has no valid passport: {e}") from None
+            raise self._refuse("passport", f"peer has no valid passport: {e}") from None
         if self._roles is not None and passport.role not in self._roles:
-            raise HandshakeRefused(f"peer's role {passport.role!r} is not accepted here")
+            raise self._refuse("role", f"peer's role {passport.role!r} is not accepted here")
         side = "responder" if self.initiator else "initiator"
         signed = self._signed_bytes(side, public_key, passport_bytes, host, port, header)
         if not verify_signature(public_key, signed, signature):
-            raise HandshakeRefused("peer's handshake signature is invalid (forged or replayed)")
+            raise self._refuse(
+                "signature", "peer's handshake signature is invalid (forged or replayed)"
+            )
         node_id = node_id_from_public_key(public_key)
         if self._expected is not None and node_id != self._expected:
-            raise HandshakeRefused(
-                f"expected node {self._expected.hex()}, found {node_id.hex()} at that address"
+            raise self._refuse(
+                "node-id",
+                f"expected node {self._expected.hex()}, found {node_id.hex()} at that address",
             )
         self._peer_header = header
         return PeerInfo(node_id, public_key, Address(host, port), passport.role, passport)
+
+    def _refuse(self, reason: str, detail: str) -> HandshakeRefused:
+        """Queue the refusal the peer is told (``reason``); return the error to raise here."""
+        assert reason in REFUSAL_REASONS
+        if self._state == "auth" and not self.initiator:
+            # the initiator completed when it sent AUTH_I: it now reads frames, so the
+            # refusal ends our secretstream (authenticated: the initiator verified AUTH_R)
+            assert self._encoder is not None
+            self._outbuf += self._encoder.close(reason.encode())
+        else:
+            body = [_REFUSE_MAGIC, PROTOCOL_VERSION, reason]
+            self._outbuf += _frame(msgpack.packb(body, use_bin_type=True))
+        self._refusal = HandshakeRefused(detail)
+        return self._refusal
+
+    def _on_refuse(self, body: list[Any]) -> None:
+        if len(body) != 3 or type(body[1]) is not int or body[1] != PROTOCOL_VERSION:
+            raise RemoteProtocolError("malformed refusal")
+        if not isinstance(body[2], str):
+            raise RemoteProtocolError("malformed refusal")
+        raise HandshakeRefused(refusal_message(body[2]))
 
     def _complete(self, peer: PeerInfo) -> HandshakeComplete:
         assert self._encoder is not None

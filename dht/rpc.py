@@ -44,7 +44,8 @@ Invariants:
   peer's address), its pending calls fail with :class:`~dht.errors.PeerUnreachable`, and the
   next call to that peer dials again. A handler that raises ``RemoteError`` is answered with
   that error; any other exception becomes code ``"internal"``, is logged, and the server
-  carries on. A peer without a passport for this network never gets past the handshake.
+  carries on. A peer without a passport for this network never gets past the handshake;
+  a refused peer is told which check it failed, and the caller's error says so.
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ import trio
 
 from .contracts import Handler
 from .errors import (
+    HandshakeRefused,
     PeerUnreachable,
     ProtocolError,
     RemoteError,
@@ -268,12 +270,18 @@ class _Connection:
                     with trio.move_on_after(_LINGER_SECONDS):
                         await self._writer_done.wait()
                     nursery.cancel_scope.cancel()
+        except* HandshakeRefused as group:
+            # the peer refused us once our side of the handshake was done (dht.handshake)
+            reason = f"refused: {_first(group)}"
+            self.node._handshakes_failed += 1
+            logger.warning("connection to %s refused: %s", self.stream.remote, _first(group))
         except* ProtocolError as group:
             reason = f"protocol error: {_first(group)}"
             self.node._protocol_errors += 1
             logger.warning("closing connection to %s: %s", self.stream.remote, _first(group))
         except* (trio.BrokenResourceError, trio.ClosedResourceError) as group:
-            reason = f"connection lost: {_first(group)}"
+            if reason == "closed":  # a refusal read before the connection broke explains it
+                reason = f"connection lost: {_first(group)}"
             logger.info("connection to %s lost: %s", self.stream.remote, _first(group))
         except* Exception as group:  # a bug of ours: lose this connection, not the node
             reason = "internal error"

@@ -6,11 +6,13 @@ import struct
 
 import pytest
 
+from dht import framing
 from dht.errors import LocalProtocolError, RemoteProtocolError
 from dht.framing import (
     END_OF_STREAM,
     FRAME_OVERHEAD,
     LENGTH_BYTES,
+    MAX_CLOSE_REASON,
     MAX_FRAME_PAYLOAD,
     NEED_DATA,
     STREAM_HEADER_BYTES,
@@ -219,6 +221,33 @@ def test_final_frame_ends_the_stream_and_nothing_may_follow() -> None:
     decoder2.receive_data(encoder2.close() + b"\x00\x00\x00\x11")
     with pytest.raises(RemoteProtocolError, match="after the end"):
         decoder2.next_message()
+
+
+def raw_frames(encoder: FrameEncoder, *chunks: tuple[bytes, int]) -> bytes:
+    """Encrypt (chunk, tag) pairs as frames, tags chosen freely (to forge odd streams)."""
+    wire = b""
+    for chunk, tag in chunks:
+        source = framing._ffi.from_buffer("unsigned char[]", chunk) if chunk else b""
+        end = encoder._push(source, 0, len(chunk), tag, 0)
+        wire += bytes(encoder._out.view[:end])
+    return wire
+
+
+def test_final_frame_may_carry_a_short_refusal_reason() -> None:
+    encoder, decoder = pair()
+    decoder.receive_data(encoder.encode_bytes(b"last") + encoder.close(b"role"))
+    assert bytes(decoder.next_message()) == b"last"  # type: ignore[arg-type]
+    assert decoder.next_message() is END_OF_STREAM
+    assert decoder.close_reason == b"role"
+    with pytest.raises(LocalProtocolError, match="at most"):
+        FrameEncoder(KEY).close(b"x" * (MAX_CLOSE_REASON + 1))
+    final, more = framing._TAG_FINAL, framing._TAG_MESSAGE
+    too_long = b"x" * (MAX_CLOSE_REASON + 1)
+    for forged in ([(too_long, final)], [(b"part of a message", more), (b"role", final)]):
+        encoder, decoder = pair()
+        decoder.receive_data(raw_frames(encoder, *forged))
+        with pytest.raises(RemoteProtocolError, match="unexpected frame tag"):
+            decoder.next_message()
 
 
 def test_truncated_stream_only_needs_data() -> None:

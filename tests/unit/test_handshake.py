@@ -10,8 +10,14 @@ import trio
 import trio.testing
 
 from dht.errors import HandshakeRefused, LocalProtocolError, RemoteProtocolError
-from dht.framing import NEED_DATA
-from dht.handshake import MAX_HANDSHAKE_MESSAGE, Handshake, HandshakeComplete
+from dht.framing import END_OF_STREAM, NEED_DATA
+from dht.handshake import (
+    MAX_HANDSHAKE_MESSAGE,
+    REFUSAL_REASONS,
+    Handshake,
+    HandshakeComplete,
+    refusal_message,
+)
 from dht.identity import Passport
 from dht.ids import Address
 from dht.transport import SecureStream, establish
@@ -27,6 +33,11 @@ GOLDEN_HELLO = (
     "c420" + GOLDEN_FINGERPRINT + "c420"  # fingerprint,
     "85788f6e8c1818fd4314b841a87ffb91af60d95aa98338496cd17ba1cbf1532b"  # eph_pk,
     "c420" + "04" * 32  # nonce]
+)
+GOLDEN_REFUSE_NETWORK = (
+    "0000001a"  # length
+    "93c40e62616c6c6173742d726566757365"  # [b"ballast-refuse",
+    "01a76e6574776f726b"  # 1, "network"]
 )
 
 
@@ -246,6 +257,85 @@ def test_expected_node_id_and_accepted_roles_are_enforced() -> None:
         pump(initiator, responder)
 
 
+# -- a refused peer is told why -------------------------------------------------------
+
+
+def test_golden_refuse_vector_and_the_initiator_learns_it_is_in_another_network() -> None:
+    owner, network = make_network("shared-name")
+    member = make_member(owner, network)
+    rogue_owner, rogue_network = make_network("shared-name")
+    stranger = make_member(rogue_owner, rogue_network)
+    stranger_hs, responder = handshakes(stranger, member)
+    responder.receive_data(stranger_hs.data_to_send())
+    with pytest.raises(HandshakeRefused, match="another network than 'shared-name'"):
+        responder.next_event()  # the details stay here...
+    refusal = responder.data_to_send()
+    assert refusal.hex() == GOLDEN_REFUSE_NETWORK  # ...the peer gets the fixed reason only
+    stranger_hs.receive_data(refusal)
+    with pytest.raises(HandshakeRefused, match=r"refused the handshake \(network\)"):
+        stranger_hs.next_event()
+    assert stranger_hs.data_to_send() == b""  # nothing is said back to a refusal
+
+
+def test_responder_learns_why_the_initiator_refused_its_auth() -> None:
+    a, b = members()
+    initiator = Handshake(
+        a.identity,
+        a.passport,
+        a.network,
+        initiator=True,
+        listen_address=ADDR_I,
+        expected_node_id=a.identity.node_id,  # wrong on purpose: b answers
+    )
+    responder = Handshake(b.identity, b.passport, b.network, initiator=False, listen_address=ADDR_R)
+    responder.receive_data(initiator.data_to_send())
+    assert responder.next_event() is NEED_DATA
+    initiator.receive_data(responder.data_to_send())
+    with pytest.raises(HandshakeRefused, match="expected node"):
+        initiator.next_event()
+    responder.receive_data(initiator.data_to_send())  # a REFUSE instead of AUTH_I
+    with pytest.raises(HandshakeRefused, match=r"refused the handshake \(node-id\)"):
+        responder.next_event()
+
+
+def test_refusal_of_auth_i_ends_the_responders_stream_with_the_reason() -> None:
+    a, b = members()  # b is a "client"; a accepts storage nodes only
+    initiator, responder = handshakes(b, a, accepted_roles=frozenset({"storage"}))
+    responder.receive_data(initiator.data_to_send())
+    responder.next_event()
+    initiator.receive_data(responder.data_to_send())
+    done = initiator.next_event()
+    assert isinstance(done, HandshakeComplete)  # the initiator cannot know yet
+    responder.receive_data(initiator.data_to_send() + done.encoder.encode_bytes(b"request"))
+    with pytest.raises(HandshakeRefused, match="role 'client'"):
+        responder.next_event()
+    done.decoder.receive_data(responder.data_to_send())  # an authenticated final frame
+    assert done.decoder.next_message() is END_OF_STREAM
+    assert done.decoder.close_reason == b"role"
+
+
+def test_garbage_gets_no_refusal_and_refusals_carry_known_reasons_only() -> None:
+    a, b = members()
+    _, responder = handshakes(a, b)
+    responder.receive_data(b"\x00\x00\x00\x02\x91\x01")
+    with pytest.raises(RemoteProtocolError):
+        responder.next_event()
+    assert responder.data_to_send() == b""
+    for body in (
+        [b"ballast-refuse", 1, "because I said so"],
+        [b"ballast-refuse", 1, b"network"],
+        [b"ballast-refuse", 2, "network"],
+        [b"ballast-refuse", 1],
+    ):
+        hs = Handshake(a.identity, a.passport, a.network, initiator=True, listen_address=ADDR_I)
+        packed = msgpack.packb(body)
+        hs.receive_data(len(packed).to_bytes(4, "big") + packed)
+        with pytest.raises(RemoteProtocolError, match="malformed refusal") as caught:
+            hs.next_event()
+        assert not isinstance(caught.value, HandshakeRefused)
+    assert {refusal_message(r) for r in REFUSAL_REASONS}  # every reason has a message
+
+
 @pytest.mark.parametrize(
     "wire",
     [
@@ -309,7 +399,7 @@ async def test_establish_over_memory_streams_and_exchange_messages() -> None:
     left, right = await _establish_pair(a, b)
     assert left.peer.node_id == b.identity.node_id
     assert right.peer.node_id == a.identity.node_id
-    big = bytes(range(256)) * 12_000  # ~3 MiB: several frames, a worker thread
+    big = bytes(range(256)) * 12_000  # ~3 MiB: several frames
     async with trio.open_nursery() as nursery:
         nursery.start_soon(left.send_messages, [b"one", big, b"three"])
         assert bytes(await right.receive_message()) == b"one"  # type: ignore[arg-type]
@@ -331,7 +421,7 @@ async def test_stranger_is_refused_closed_and_logged(caplog: pytest.LogCaptureFi
     caplog.set_level(logging.WARNING, "dht.transport")
 
     async def stranger_side() -> None:
-        with pytest.raises(RemoteProtocolError):
+        with pytest.raises(HandshakeRefused, match=r"refused the handshake \(network\)"):
             await establish(
                 left,
                 stranger.identity,
@@ -355,6 +445,36 @@ async def test_stranger_is_refused_closed_and_logged(caplog: pytest.LogCaptureFi
     assert "handshake with <StapledStream> failed" in caplog.text
     with pytest.raises(trio.ClosedResourceError):
         await right.send_all(b"x")  # the wrapper closed the stream
+
+
+async def test_peer_refused_after_its_handshake_completed_learns_why() -> None:
+    a, b = members()  # b is a "client"; a accepts storage nodes only
+    left, right = trio.testing.memory_stream_pair()
+    streams: list[SecureStream] = []
+
+    async def initiator_side() -> None:
+        secure = await establish(
+            left, b.identity, b.passport, b.network, initiator=True, listen_address=ADDR_I
+        )
+        streams.append(secure)
+        await secure.send_message(b"request sent before the verdict")
+        with pytest.raises(HandshakeRefused, match=r"refused the handshake \(role\)"):
+            await secure.receive_message()
+        await secure.aclose()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(initiator_side)
+        with pytest.raises(HandshakeRefused, match="role 'client'"):
+            await establish(
+                right,
+                a.identity,
+                a.passport,
+                a.network,
+                initiator=False,
+                listen_address=ADDR_R,
+                accepted_roles=frozenset({"storage"}),
+            )
+    assert len(streams) == 1
 
 
 async def test_handshake_timeout_with_mock_clock(autojump_clock: trio.testing.MockClock) -> None:

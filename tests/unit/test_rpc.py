@@ -253,6 +253,26 @@ async def test_stranger_is_refused_and_never_reaches_a_handler(
     assert calls == []
     assert "127.0.0.1:" in caplog.text
     assert "another network" in caplog.text
+    assert "refused the handshake (network)" in caplog.text  # what the stranger was told
+
+
+async def test_node_refusing_a_role_tells_the_caller_why(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    owner, network = make_network()
+    storage = node(make_member(owner, network), accepted_roles=frozenset({"storage"}))
+    client = node(make_member(owner, network, role="client"))
+    storage.register("echo", echo)
+    caplog.set_level(logging.WARNING, "dht")
+    async with running(storage, client):
+        # the client completes its side of the handshake, then reads the refusal
+        with pytest.raises(PeerUnreachable, match=r"refused the handshake \(role\)"):
+            await client.call(storage.contact, "echo", 1, timeout=5)
+        await wait_until(lambda: storage.statistics().handshakes_failed == 1)
+        assert client.statistics().handshakes_failed == 1
+        assert storage.statistics().requests_served == 0
+    assert "role 'client' is not accepted here" in caplog.text  # the details, on our side
+    assert f"connection to {storage.contact.address} refused" in caplog.text
 
 
 async def test_wrong_node_at_address_is_unreachable() -> None:
