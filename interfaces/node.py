@@ -32,7 +32,7 @@ from dht.ids import Address, Contact, NodeId
 from dht.membership import MembershipConfig
 from dht.overlay import Overlay, OverlayConfig
 from dht.rpc import RpcNode
-from storage.errors import StorageError
+from storage.errors import InvalidArgument, StorageError
 from storage.kv_client import KVClient
 from storage.kv_service import BlockService
 from storage.placement import OverlayPlacement
@@ -415,7 +415,11 @@ class Node:
             if not isinstance(request, dict) or not isinstance(request.get("draining", True), bool):
                 logger.warning("admin: bad drain request body %r", body[:200])
                 return 400, {"error": 'the body must be {"draining": true|false}'}
-            await repair.set_draining(request.get("draining", True))
+            try:
+                await repair.set_draining(request.get("draining", True))
+            except InvalidArgument as error:
+                logger.warning("admin: drain change refused: %s", error)
+                return 409, {"error": str(error)}
             return 200, self._drain_document()
         if operation == "repair":
             found_work = await repair.repair_now()

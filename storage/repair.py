@@ -51,8 +51,10 @@ results.
 
 Wire format (msgpack): ``repair.holdings`` request ``{"blocks": [address, ...],
 "registers": [address, ...]}`` (at most :data:`MAX_QUERY` of each), reply ``{"blocks":
-[[key, ...], ...], "registers": [ballot | None, ...]}`` in the same order, where a key is
-``-1`` for a whole block or a fragment index, and a ballot is ``[counter, proposer]``.
+[[key, ...], ...], "registers": [ballot | None, ...], "draining": bool}`` in the same
+order, where a key is ``-1`` for a whole block or a fragment index, and a ballot is
+``[counter, proposer]``. A node that learns from this reply that a target drains before
+gossip told it leaves that block for the next pass.
 """
 
 from __future__ import annotations
@@ -96,6 +98,8 @@ HOLDINGS = "repair.holdings"
 #: Most addresses of each kind in one ``repair.holdings`` request.
 MAX_QUERY = 1024
 _DRAINING_SETTING = "repair.draining"
+#: Set once a draining node dropped acceptor records: it must never accept records again.
+_DROPPED_SETTING = "repair.dropped-records"
 _WHOLE = -1
 
 
@@ -297,6 +301,7 @@ class RepairService:
         self._send_at = 0.0
         self._cpu = trio.CapacityLimiter(1)
         self._limiter = trio.CapacityLimiter(self.config.parallel)
+        self._stale_view = False
 
     # -- RPC ------------------------------------------------------------------------------
 
@@ -316,6 +321,7 @@ class RepairService:
         return {
             "blocks": [[_WHOLE if k is None else k for k in held.get(a, [])] for a in blocks],
             "registers": ballots,
+            "draining": self.draining,
         }
 
     async def _accepted_ballot(self, address: BlockAddress) -> list[Any] | None:
@@ -326,21 +332,34 @@ class RepairService:
 
     async def _load_state(self, address: BlockAddress) -> AcceptorState | None:
         try:
-            record = await self._silo.load_paxos(address)
-            if record is None or record.value is None:
-                return None
-            if record.metadata != ACCEPTOR_RECORD_FORMAT:
-                raise Corrupt("unknown acceptor record format")
-            return AcceptorState.from_bytes(record.value)
+            return await self._read_state(address)
         except Corrupt as exc:
             logger.error("repair: acceptor record of %s unreadable: %s", address.hex()[:16], exc)
             return None
+
+    async def _read_state(self, address: BlockAddress) -> AcceptorState | None:
+        """This node's acceptor state of ``address`` (None: no record).
+
+        Raises:
+            Corrupt: the record is unreadable (it is then left alone).
+        """
+        record = await self._silo.load_paxos(address)
+        if record is None or record.value is None:
+            return None
+        if record.metadata != ACCEPTOR_RECORD_FORMAT:
+            raise Corrupt("unknown acceptor record format")
+        return AcceptorState.from_bytes(record.value)
 
     # -- lifecycle ------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run passes (and scrubs) until cancelled."""
-        if await self._silo.get_setting(_DRAINING_SETTING) == b"1":
+        try:
+            draining = await self._silo.get_setting(_DRAINING_SETTING) == b"1"
+        except Corrupt as exc:  # cannot tell: draining is the safe side
+            logger.error("repair: draining setting unreadable (%s); draining", exc)
+            draining = True
+        if draining:
             await self.set_draining(True)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._watch_members)
@@ -349,7 +368,7 @@ class RepairService:
             while True:
                 self._wake = trio.Event()  # a change during the pass wakes the next one
                 busy = await self.repair_now()
-                if busy or (self.draining and self.drain_remaining() > 0):
+                if busy:
                     await trio.sleep(self.config.settle_delay)
                     continue
                 with trio.move_on_after(self.config.scan_interval):
@@ -380,7 +399,17 @@ class RepairService:
         return stats.blocks + stats.acceptor_records
 
     async def set_draining(self, draining: bool) -> None:
-        """Start (or stop) draining this node; persisted across restarts."""
+        """Start (or stop) draining this node; persisted across restarts.
+
+        Raises:
+            InvalidArgument: stopping a drain after it dropped consensus state: the node
+                could then answer for promises it forgot (wipe it and join it afresh).
+        """
+        if not draining and await self._silo.get_setting(_DROPPED_SETTING) is not None:
+            raise InvalidArgument(
+                "this node dropped consensus state while draining and cannot take blocks "
+                "again; remove its data directory and join it as a new node"
+            )
         await self._silo.put_setting(_DRAINING_SETTING, b"1" if draining else b"0")
         self._silo.set_accepting(not draining)
         self._members.set_draining(draining)
@@ -439,10 +468,24 @@ class RepairService:
         (draining if self.draining else eligible).append(own)
         return _View(own, tuple(eligible), tuple(draining), frozenset(live), contacts)
 
+    def _progress(self) -> int:
+        n = self._n
+        return (
+            n.copies_made
+            + n.fragments_rebuilt
+            + n.registers_moved
+            + n.registers_synced
+            + n.copies_released
+            + n.retired_records_dropped
+        )
+
     async def repair_now(self) -> bool:
-        """Run one pass now (waiting for a running one); return whether it found work."""
+        """Run one pass now (waiting for a running one); return whether it made progress
+        (or must look again soon)."""
         async with self._pass_lock:
             started = trio.current_time()
+            before = self._progress()
+            self._stale_view = False
             view = self._view()
             tally = _PassTally()
             examined = await self._chunk_pass(view, tally)
@@ -459,7 +502,9 @@ class RepairService:
             n.bytes_to_move = tally.bytes_to_move
             if tally.work:
                 n.repair_seconds += n.last_pass_seconds
-            return tally.work > 0
+            # Passes repeat at once only while they get somewhere: a failure that persists
+            # (a full target, an unreachable acceptor) waits for the next interval or event.
+            return self._progress() > before or self._stale_view
 
     # -- chunks ---------------------------------------------------------------------------
 
@@ -508,10 +553,15 @@ class RepairService:
                 if contact.node_id != view.own.node_id:
                     wanted.setdefault(contact.node_id, set()).add(address)
             shapes.append((group, target_set, others, data, parity))
-        holdings = await self._query_blocks(view, wanted)
+        holdings, draining = await self._query_blocks(view, wanted)
         plans: list[tuple[BlockPlan, int]] = []
         for group, target_set, others, data, parity in shapes:
             address = group[0].key.address
+            if draining.intersection(t.node_id for t in target_set):
+                # A target drains and this node has not heard yet: planning on it could
+                # release a copy that the target is about to move away. Next pass.
+                self._stale_view = True
+                continue
             asked = [c for c in (*target_set, *others) if c.node_id in holdings]
             size = max(e.size for e in group)
             if data:
@@ -554,8 +604,10 @@ class RepairService:
 
     async def _query_blocks(
         self, view: _View, wanted: Mapping[NodeId, set[BlockAddress]]
-    ) -> Holdings:
+    ) -> tuple[Holdings, set[NodeId]]:
+        """What each asked node holds, and which of them said they drain."""
         holdings: Holdings = {}
+        draining: set[NodeId] = set()
 
         async def ask(node: NodeId, addresses: list[BlockAddress]) -> None:
             contact = view.contacts.get(node)
@@ -569,6 +621,8 @@ class RepairService:
                     timeout=self.config.rpc_timeout,
                 )
                 holdings[node] = _parse_block_holdings(addresses, reply)
+                if reply.get("draining") is True:
+                    draining.add(node)
             except (RpcError, InvalidArgument) as exc:
                 logger.debug("repair: holdings of %s unknown: %s", node.hex()[:8], exc)
 
@@ -577,7 +631,7 @@ class RepairService:
                 batch = sorted(addresses)
                 for start in range(0, len(batch), MAX_QUERY):
                     nursery.start_soon(ask, node, batch[start : start + MAX_QUERY])
-        return holdings
+        return holdings, draining
 
     async def _run_plans(self, plans: list[tuple[BlockPlan, int]], tally: _PassTally) -> None:
         todo = sorted((p for p in plans if not p[0].idle), key=lambda p: p[0].redundancy_left)
@@ -594,6 +648,13 @@ class RepairService:
                 nursery.start_soon(run, plan)
 
     async def _execute(self, plan: BlockPlan) -> None:
+        try:
+            await self._carry_out(plan)
+        except Exception:  # a bug or a peer's surprise must not stop the node's repair
+            self._n.failures += 1
+            logger.exception("repair: plan for %s failed", plan.address.hex()[:16])
+
+    async def _carry_out(self, plan: BlockPlan) -> None:
         done: set[Copy] = set()
         for copy in plan.copies:
             if await self._copy(plan.address, copy):
@@ -601,8 +662,7 @@ class RepairService:
         for rebuild in plan.rebuilds:
             await self._rebuild(plan.address, rebuild)
         for key, needs in plan.release.items():
-            if needs <= done:
-                await self._silo.delete_block(plan.address, key)
+            if needs <= done and await self._silo.delete_block(plan.address, key):
                 self._n.copies_released += 1
                 logger.debug("repair: released %s", BlockKey(plan.address, key))
 
@@ -698,28 +758,19 @@ class RepairService:
             for c in by_distance(address, (*view.eligible, *view.draining))
             if c.node_id != view.own.node_id
         ]
-        for contact in candidates:
-            if manifest is not None and len(gathered) >= manifest.data:
-                break
-            try:
-                reply = await self._caller.call(
-                    contact,
-                    "kv.get",
-                    {"address": address, "fragment": index, "skip": [index, *gathered]},
-                    timeout=self.config.rpc_timeout,
-                )
-                got_manifest = verify_manifest(address, reply["manifest"])
-                got_index = reply["index"]
-                if type(got_index) is not int or got_index == index or got_index in gathered:
+        progress = True
+        while progress and candidates:  # a node may hold several fragments: ask again
+            progress = False
+            for contact in list(candidates):
+                if manifest is not None and len(gathered) >= manifest.data:
+                    break
+                got = await self._remote_fragment(address, contact, [index, *gathered])
+                if got is None:
+                    candidates.remove(contact)
                     continue
-                verify_fragment(got_manifest, got_index, reply["fragment"])
-            except (RpcError, Corrupt, KeyError, TypeError) as exc:
-                logger.debug(
-                    "repair: no fragment of %s from %s: %s", address.hex()[:16], contact, exc
-                )
-                continue
-            manifest = got_manifest
-            gathered[got_index] = bytes(reply["fragment"])
+                manifest, got_index, data = got
+                gathered[got_index] = data
+                progress = True
         if manifest is None or len(gathered) < manifest.data:
             needed = manifest.data if manifest is not None else 1
             raise Unavailable(needed, len(gathered), "too few fragments to rebuild from")
@@ -733,6 +784,31 @@ class RepairService:
 
     # -- registers ------------------------------------------------------------------------
 
+    async def _remote_fragment(
+        self, address: BlockAddress, contact: Contact, skip: list[int]
+    ) -> tuple[Manifest, int, bytes] | None:
+        """One verified fragment not in ``skip`` from ``contact``, or None."""
+        try:
+            reply = await self._caller.call(
+                contact,
+                "kv.get",
+                {"address": address, "fragment": skip[0], "skip": skip},
+                timeout=self.config.rpc_timeout,
+            )
+            if not isinstance(reply, dict):
+                raise Corrupt("reply is not a map")
+            raw_manifest, got_index, data = reply["manifest"], reply["index"], reply["fragment"]
+            if not isinstance(raw_manifest, bytes) or not isinstance(data, bytes):
+                raise Corrupt("manifest and fragment must be bytes")
+            if type(got_index) is not int or got_index in skip:
+                raise Corrupt(f"unexpected fragment index {got_index!r}")
+            manifest = verify_manifest(address, raw_manifest)
+            verify_fragment(manifest, got_index, data)
+        except (RpcError, Corrupt, KeyError) as exc:
+            logger.debug("repair: no fragment of %s from %s: %s", address.hex()[:16], contact, exc)
+            return None
+        return manifest, got_index, data
+
     async def _register_pass(self, view: _View, tally: _PassTally) -> int:
         examined = 0
         after: BlockAddress | None = None
@@ -742,7 +818,11 @@ class RepairService:
             in_place: list[tuple[BlockAddress, RegisterValue]] = []
             moves: list[tuple[BlockAddress, RegisterValue, tuple[NodeId, ...]]] = []
             for address in addresses:
-                state = await self._load_state(address)
+                try:
+                    state = await self._read_state(address)
+                except Corrupt as exc:
+                    logger.error("repair: acceptor record %s left alone: %s", address.hex(), exc)
+                    continue
                 value = None if state is None else state.value
                 if value is None or view.own.node_id not in value.config.members:
                     if self.draining:
@@ -776,10 +856,17 @@ class RepairService:
             ready = [n for n in live if n not in draining] or live
             if not ready or ready[0] != view.own.node_id:
                 return None
-        size = len(value.next_replica_set or value.replica_set)
+        current = value.next_replica_set or value.replica_set
+        # Grow back to the network's default after a shrink (the set's size may have been
+        # cut while too few members were eligible).
+        size = max(len(current), self._default_replicas)
         chosen = placement_targets(address, view.eligible, size)
         if not chosen:
             return None
+        draining = {c.node_id for c in view.draining}
+        healthy = all(n in view.live and n not in draining for n in current)
+        if len(chosen) < len(current) and healthy:
+            return tuple(current)  # cannot do better than the healthy set it has
         return tuple(c.node_id for c in chosen)
 
     async def _move(
@@ -860,7 +947,13 @@ class RepairService:
                 nursery.start_soon(sync, address, value)
 
     async def _drop_retired(self, address: BlockAddress) -> None:
-        """Drop an acceptor record no configuration needs here (only while draining)."""
+        """Drop an acceptor record no configuration needs here (only while draining).
+
+        The silo refuses new acceptor records while draining, and the node may never stop
+        draining once it dropped one (:meth:`set_draining`), so it can never answer for a
+        promise it forgot: to consensus it is a crashed acceptor.
+        """
+        await self._silo.put_setting(_DROPPED_SETTING, b"1")
         if await self._silo.delete_paxos(address):
             self._n.retired_records_dropped += 1
 
@@ -902,6 +995,10 @@ class RepairService:
             self._n.failures += 1
             logger.error("repair: corrupt %s not healed: %s", key, exc)
             return False
+        except Exception:  # a bug or a peer's surprise must not stop the scrub
+            self._n.failures += 1
+            logger.exception("repair: corrupt %s not healed", key)
+            return False
         logger.warning("repair: corrupt %s replaced by a verified copy", key)
         return True
 
@@ -914,8 +1011,11 @@ class RepairService:
                 reply = await self._caller.call(
                     contact, "kv.get", {"address": address}, timeout=self.config.rpc_timeout
                 )
-                payload = bytes(reply["payload"])
-            except (RpcError, KeyError, TypeError):
+                payload = reply["payload"] if isinstance(reply, dict) else None
+            except (RpcError, KeyError):
+                continue
+            if not isinstance(payload, bytes):
+                logger.warning("repair: %s answered kv.get with no payload bytes", contact)
                 continue
             if chunk_address(payload) == address:
                 return payload

@@ -14,7 +14,7 @@ from dht.membership import Member, MembershipEvent, MemberState
 from storage.errors import InvalidArgument
 from storage.ids import BlockAddress
 from storage.repair import HOLDINGS, MAX_QUERY, RepairConfig, RepairService
-from storage.silo import Silo
+from storage.silo import AcceptorRecord, Silo
 from tests.fake_network import make_contact
 
 OWN = make_contact(0)
@@ -72,7 +72,7 @@ async def test_holdings_answers_in_query_order(
     await silo.put_block(addr(2), b"fragment", 3)
     handler = registry.handlers[HOLDINGS]
     reply = await handler(OWN, {"blocks": [addr(2), addr(3), addr(1)], "registers": [addr(4)]})
-    assert reply == {"blocks": [[3], [], [-1]], "registers": [None]}
+    assert reply == {"blocks": [[3], [], [-1]], "registers": [None], "draining": False}
 
 
 @pytest.mark.parametrize(
@@ -105,6 +105,34 @@ async def test_draining_is_persisted_and_refuses_new_blocks(
     assert await silo.get_setting("repair.draining") == b"1"
     await repair.set_draining(False)
     assert silo.accepting
+
+
+class Mover:
+    """Register moves: none expected on a node whose records name no configuration."""
+
+    async def move_register(self, address: Any, new_set: Any, *, hint: Any) -> Any:
+        raise AssertionError("nothing to move")
+
+    async def sync_register(self, address: Any, *, hint: Any) -> Any:
+        raise AssertionError("nothing to sync")
+
+
+async def test_a_drain_that_dropped_consensus_state_cannot_be_cancelled(tmp_path: Path) -> None:
+    silo = await Silo.open(tmp_path / "drained", capacity_bytes=1 << 24)
+    async with silo:
+        repair = RepairService(silo, Caller(), Members(), Mover(), default_replicas=3)
+        await drain_drops_then_refuses_to_stop(repair, silo)
+
+
+async def drain_drops_then_refuses_to_stop(repair: RepairService, silo: Silo) -> None:
+    await silo.save_paxos(addr(7), AcceptorRecord(promised=b"ballot 1"))  # promise-only
+    await repair.set_draining(True)
+    await repair.repair_now()
+    assert await silo.load_paxos(addr(7)) is None
+    assert repair.statistics().retired_records_dropped == 1
+    with pytest.raises(InvalidArgument):
+        await repair.set_draining(False)
+    assert not silo.accepting
 
 
 async def test_a_lone_node_pass_keeps_its_blocks(
