@@ -61,7 +61,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -603,35 +603,54 @@ class RepairService:
         return manifest, bytes(data)
 
     async def _query_blocks(
-        self, view: _View, wanted: Mapping[NodeId, set[BlockAddress]]
+        self, view: _View, wanted: Mapping[NodeId, Iterable[BlockAddress]]
     ) -> tuple[Holdings, set[NodeId]]:
         """What each asked node holds, and which of them said they drain."""
+        answers, draining = await self._ask_holdings(view, wanted, "blocks")
         holdings: Holdings = {}
+        for node, keys in answers.items():
+            try:
+                holdings[node] = _parse_keys(keys)
+            except InvalidArgument as exc:
+                logger.debug("repair: holdings of %s unknown: %s", node.hex()[:8], exc)
+        return holdings, draining
+
+    async def _ask_holdings(
+        self, view: _View, wanted: Mapping[NodeId, Iterable[BlockAddress]], kind: str
+    ) -> tuple[dict[NodeId, dict[BlockAddress, Any]], set[NodeId]]:
+        """Ask each node of ``wanted`` (in batches) what it holds of ``kind`` (``"blocks"``
+        or ``"registers"``): node → address → its answer, unchecked, and the nodes that
+        said they drain. A node that fails or answers out of shape is left out (unknown).
+        """
+        answers: dict[NodeId, dict[BlockAddress, Any]] = {}
         draining: set[NodeId] = set()
 
         async def ask(node: NodeId, addresses: list[BlockAddress]) -> None:
             contact = view.contacts.get(node)
             if contact is None:
                 return
+            query: dict[str, list[BlockAddress]] = {"blocks": [], "registers": []}
+            query[kind] = addresses
             try:
                 reply = await self._caller.call(
-                    contact,
-                    HOLDINGS,
-                    {"blocks": addresses, "registers": []},
-                    timeout=self.config.rpc_timeout,
+                    contact, HOLDINGS, query, timeout=self.config.rpc_timeout
                 )
-                holdings[node] = _parse_block_holdings(addresses, reply)
-                if reply.get("draining") is True:
-                    draining.add(node)
+                got = reply.get(kind) if isinstance(reply, dict) else None
+                if not isinstance(got, list) or len(got) != len(addresses):
+                    raise InvalidArgument("holdings reply does not match the query")
             except (RpcError, InvalidArgument) as exc:
-                logger.debug("repair: holdings of %s unknown: %s", node.hex()[:8], exc)
+                logger.debug("repair: %s held by %s unknown: %s", kind, node.hex()[:8], exc)
+                return
+            answers.setdefault(node, {}).update(zip(addresses, got, strict=True))
+            if reply.get("draining") is True:
+                draining.add(node)
 
         async with trio.open_nursery() as nursery:
             for node, addresses in wanted.items():
                 batch = sorted(addresses)
                 for start in range(0, len(batch), MAX_QUERY):
                     nursery.start_soon(ask, node, batch[start : start + MAX_QUERY])
-        return holdings, draining
+        return answers, draining
 
     async def _run_plans(self, plans: list[tuple[BlockPlan, int]], tally: _PassTally) -> None:
         todo = sorted((p for p in plans if not p[0].idle), key=lambda p: p[0].redundancy_left)
@@ -898,30 +917,7 @@ class RepairService:
             for node in value.replica_set:
                 if node != view.own.node_id:
                     wanted.setdefault(node, []).append(address)
-        ballots: dict[NodeId, dict[BlockAddress, Any]] = {}
-
-        async def ask(node: NodeId, addresses: list[BlockAddress]) -> None:
-            contact = view.contacts.get(node)
-            if contact is None:
-                return
-            try:
-                reply = await self._caller.call(
-                    contact,
-                    HOLDINGS,
-                    {"blocks": [], "registers": addresses},
-                    timeout=self.config.rpc_timeout,
-                )
-                got = reply["registers"]
-                if not isinstance(got, list) or len(got) != len(addresses):
-                    raise InvalidArgument("holdings reply does not match the query")
-                ballots[node] = dict(zip(addresses, got, strict=True))
-            except (RpcError, InvalidArgument, KeyError, TypeError) as exc:
-                logger.debug("repair: register holdings of %s unknown: %s", node.hex()[:8], exc)
-
-        async with trio.open_nursery() as nursery:
-            for node, addresses in wanted.items():
-                for start in range(0, len(addresses), MAX_QUERY):
-                    nursery.start_soon(ask, node, addresses[start : start + MAX_QUERY])
+        ballots, _ = await self._ask_holdings(view, wanted, "registers")
         lagging = []
         for address, value in registers:
             mine = await self._accepted_ballot(address)
@@ -1037,14 +1033,10 @@ def _addresses(raw: Any, name: str) -> list[BlockAddress]:
     return [BlockAddress(a) for a in value]
 
 
-def _parse_block_holdings(
-    addresses: list[BlockAddress], reply: Any
-) -> dict[BlockAddress, list[int | None]]:
-    blocks = reply.get("blocks") if isinstance(reply, dict) else None
-    if not isinstance(blocks, list) or len(blocks) != len(addresses):
-        raise InvalidArgument("holdings reply does not match the query")
+def _parse_keys(answers: Mapping[BlockAddress, Any]) -> dict[BlockAddress, list[int | None]]:
+    """Check one node's block holdings (``-1``: whole block, else fragment indexes)."""
     out: dict[BlockAddress, list[int | None]] = {}
-    for address, keys in zip(addresses, blocks, strict=True):
+    for address, keys in answers.items():
         if not isinstance(keys, list) or not all(type(k) is int and k >= -1 for k in keys):
             raise InvalidArgument("holdings reply lists malformed keys")
         out[address] = [None if k == _WHOLE else k for k in keys]

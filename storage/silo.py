@@ -730,14 +730,10 @@ class Silo:
             entries.append(BlockEntry(key, size, replicas))
         return entries
 
-    async def _list_entry_rows(
-        self, after: BlockKey | None, limit: int
-    ) -> list[tuple[bytes, int, int, int | None, int | None]]:
+    async def _list_entry_rows(self, after: BlockKey | None, limit: int) -> list[_EntryRow]:
         start = self._list_start(after, limit)
 
-        def select(
-            conn: sqlite3.Connection,
-        ) -> list[tuple[bytes, int, int, int | None, int | None]]:
+        def select(conn: sqlite3.Connection) -> list[_EntryRow]:
             return conn.execute(
                 "SELECT b.address, b.fragment, b.size, t.replicas, t.checksum FROM blocks b"
                 " LEFT JOIN replica_targets t ON t.address = b.address AND b.fragment = -1"
