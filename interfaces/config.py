@@ -17,6 +17,7 @@ Example::
     bandwidth = "64MiB"                  # most bytes per second sent for repair and moves
     scrub_interval = "24h"               # time between checksum scrubs of the whole silo
     scrub_rate = "8MiB"                  # most bytes per second a scrub reads
+    tombstone_grace = "1h"               # a deleted register is forgotten this long after
 
     [admin]
     listen = "127.0.0.1:9100"            # /metrics (Prometheus) and /status (JSON)
@@ -126,6 +127,7 @@ class NodeConfig:
     repair_bandwidth: int = 64 * 1024**2
     scrub_interval: float = 24 * 3600.0
     scrub_rate: int = 8 * 1024**2
+    tombstone_grace: float = 3600.0
     admin_listen: Address | None = None
     s3_listen: Address | None = None
     s3_gateway_key: Path | None = None
@@ -159,7 +161,7 @@ class NodeConfig:
 _ALLOWED = {
     "node": {"data_dir", "listen", "advertise", "capacity", "bootstrap"},
     "membership": {"eviction_delay"},
-    "repair": {"interval", "bandwidth", "scrub_interval", "scrub_rate"},
+    "repair": {"interval", "bandwidth", "scrub_interval", "scrub_rate", "tombstone_grace"},
     "admin": {"listen"},
     "s3": {"listen", "gateway_key"},
 }
@@ -211,6 +213,7 @@ def parse_config(document: dict[str, Any], *, source: str = "<config>") -> NodeC
         ("repair", "bandwidth", _positive(parse_size), "repair_bandwidth"),
         ("repair", "scrub_interval", _positive(parse_duration), "scrub_interval"),
         ("repair", "scrub_rate", _positive(parse_size), "scrub_rate"),
+        ("repair", "tombstone_grace", _positive(parse_duration), "tombstone_grace"),
         ("admin", "listen", parse_address, "admin_listen"),
         ("s3", "listen", parse_address, "s3_listen"),
     ):

@@ -250,6 +250,7 @@ class Node:
                 bandwidth=config.repair_bandwidth,
                 scrub_interval=config.scrub_interval,
                 scrub_rate=config.scrub_rate,
+                tombstone_grace=config.tombstone_grace,
             ),
         )
         repair.register_handlers(rpc)

@@ -24,6 +24,8 @@ method         arguments                                                result
                ``Prepare``, ``Accept`` or ``Inspect``)
 ``kv.paxos_``  ``{batch: [[address, message], ...]}`` (at most          ``{batch: [message |
 ``batch``      :data:`MAX_PAXOS_BATCH`; handled concurrently)           [code, text], ...]}``
+``kv.collect`` ``{address, ballot}`` (forget a decided tombstone, see   ``{"collected": bool}``
+               "Collected tombstones")
 =============  =======================================================  ==========================
 
 Errors travel as :class:`dht.errors.RemoteError` with stable codes (:data:`ERROR_CODES`):
@@ -78,6 +80,21 @@ service is the only writer of acceptor records. Other code may *delete* a record
 draining node dropping retired ones); the cache may then still answer from the dropped
 state, which is safe: an acceptor that remembers more than its disk is never less safe
 (only forgetting a promise is dangerous), and a draining silo refuses to write it again.
+
+Collected tombstones
+~~~~~~~~~~~~~~~~~~~~
+``kv.collect(address, t)`` is sent by the register's responsible node once a tombstone
+decided at ballot ``t`` is old enough and every member of the network reported it at ``t``
+or held nothing newer (:mod:`storage.repair`; the rule is
+:func:`storage.paxos.tombstone_collectable`). The acceptor then drops the record and folds
+its promise (and ``t``) into one node-wide *promise floor*, stored in the same silo
+transaction (setting :data:`PROMISE_FLOOR_SETTING`): every address without a record
+answers as an acceptor that promised the floor, so an ``Accept`` of an older value from a
+proposer that prepared before ``t`` can never land on the emptied acceptor. A record that
+is newer than ``t`` (the register lives again) or holds another value at ``t`` is kept
+(``collected: False``); an older record (a retired holder's stale value) is dropped too,
+since the tombstone supersedes it. Proposers learn the floor from the first rejection and
+start fresh registers above it.
 """
 
 from __future__ import annotations
@@ -105,6 +122,7 @@ from .paxos import (
     Accept,
     Acceptor,
     AcceptorState,
+    Ballot,
     Inspect,
     Prepare,
     RegisterValue,
@@ -122,6 +140,7 @@ __all__ = [
     "ACCEPTOR_RECORD_FORMAT",
     "ERROR_CODES",
     "MAX_PAXOS_BATCH",
+    "PROMISE_FLOOR_SETTING",
     "BlockService",
     "BlockServiceStatistics",
     "pack_fragment_record",
@@ -136,6 +155,8 @@ ERROR_CODES: dict[type[StorageError], str] = {
     InvalidArgument: "invalid",
     PermissionDenied: "forbidden",
 }
+#: The node-wide promise floor of collected tombstones: msgpack ``[counter, proposer]``.
+PROMISE_FLOOR_SETTING = "kv.promise-floor"
 #: ``metadata`` of every acceptor record this service writes.
 ACCEPTOR_RECORD_FORMAT = b"ballast-acceptor-state-v1"
 #: Payloads at least this large are hashed in a worker thread.
@@ -194,6 +215,7 @@ class BlockServiceStatistics:
         paxos_state_writes: acceptor states made durable.
         paxos_forbidden: proposals refused because their signature does not verify.
         paxos_locks: addresses with a consensus message in progress right now.
+        tombstones_collected: acceptor records dropped by ``kv.collect``.
     """
 
     blocks_stored: int
@@ -211,6 +233,7 @@ class BlockServiceStatistics:
     paxos_state_writes: int
     paxos_forbidden: int
     paxos_locks: int
+    tombstones_collected: int
 
 
 class _Invalid(Exception):
@@ -310,7 +333,9 @@ class BlockService:
         self._not_found = self._corrupt_reads = self._rejected_uploads = 0
         self._no_space = self._invalid = self._deletes = 0
         self._paxos_requests = self._paxos_writes = self._paxos_forbidden = 0
-        self._paxos_inspections = 0
+        self._paxos_inspections = self._tombstones_collected = 0
+        self._floor: Ballot | None = None
+        self._floor_loaded = False
         handlers: dict[str, Callable[[Contact, Any], Awaitable[Any]]] = {
             "kv.put": self._put,
             "kv.get": self._get,
@@ -318,6 +343,7 @@ class BlockService:
             "kv.delete": self._delete,
             "kv.paxos": self._paxos,
             "kv.paxos_batch": self._paxos_batch,
+            "kv.collect": self._collect,
         }
         for method, handler in handlers.items():
             registry.register(method, self._guard(method, handler))
@@ -340,6 +366,7 @@ class BlockService:
             paxos_state_writes=self._paxos_writes,
             paxos_forbidden=self._paxos_forbidden,
             paxos_locks=len(self._paxos_locks),
+            tombstones_collected=self._tombstones_collected,
         )
 
     # -- error translation ----------------------------------------------------------------
@@ -507,13 +534,58 @@ class BlockService:
             return state
         record = await self._silo.load_paxos(address)
         if record is None:
-            return AcceptorState()
+            return AcceptorState(promised=await self._promise_floor())
         if record.metadata != ACCEPTOR_RECORD_FORMAT or record.value is None:
             raise Corrupt(f"acceptor record of {address.hex()[:16]} has an unknown format")
         state = AcceptorState.from_bytes(record.value)
         if keep:
             self._keep_state(address, state, len(record.value))
         return state
+
+    async def _promise_floor(self) -> Ballot | None:
+        """The node-wide promise floor of collected tombstones (read from the silo once).
+
+        Raises:
+            Corrupt: the stored floor is unreadable (no consensus message is answered then:
+                answering below a forgotten floor could resurrect deleted data).
+        """
+        if not self._floor_loaded:
+            raw = await self._silo.get_setting(PROMISE_FLOOR_SETTING)
+            stored = None
+            if raw is not None:
+                try:
+                    stored = Ballot.from_wire(msgpack.unpackb(raw))
+                except (ValueError, Corrupt, msgpack.UnpackException) as exc:
+                    raise Corrupt(f"promise floor unreadable: {exc}") from None
+            if not self._floor_loaded:  # a collect may have raised it while we read
+                self._floor = _highest(self._floor, stored)
+                self._floor_loaded = True
+        return self._floor
+
+    async def _collect(self, caller: Contact, raw: Any) -> Any:
+        args = _map(raw)
+        address = _address_field(args)
+        try:
+            ballot = Ballot.from_wire(args.get("ballot"))
+        except Corrupt as exc:
+            raise _Invalid(f"bad 'ballot': {exc}") from None
+        async with self._paxos_locks.hold(address):
+            left = Acceptor.collect(await self._load_state(address, keep=False), ballot)
+            if left is None:
+                return {"collected": False}  # the register lives again, or not this tombstone
+            floor = _highest(await self._promise_floor(), left.promised)
+            assert floor is not None
+            # Raised in memory before the record goes: an acceptor that remembers more than
+            # its disk is never less safe.
+            self._floor = floor
+            self._states.pop(address, None)
+            dropped = await self._silo.delete_paxos(
+                address, setting=(PROMISE_FLOOR_SETTING, msgpack.packb(floor.to_wire()))
+            )
+            if dropped:
+                self._tombstones_collected += 1
+                logger.debug("kv: collected the tombstone of %s at %s", address.hex()[:16], ballot)
+        return {"collected": True}
 
     def _keep_state(self, address: BlockAddress, state: AcceptorState, size: int) -> None:
         """Remember a durable acceptor state (see the module docstring)."""
@@ -611,3 +683,12 @@ class BlockService:
                 caller.node_id.hex(),
             )
         return encode_message(reply)
+
+
+def _highest(a: Ballot | None, b: Ballot | None) -> Ballot | None:
+    """The higher of two optional ballots."""
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return max(a, b)

@@ -155,10 +155,14 @@ the next version. A tombstone decided at ballot ``t`` may be collected only when
       still holding state for the block, has accepted it at ``t`` (see
       :func:`tombstone_collectable`): otherwise a straggler's older value would be the
       highest accepted value in some later quorum and the deleted data would come back;
-  (b) each acceptor then drops the value but keeps its ``promised`` ballot (which is
-      ``>= t``; :meth:`Acceptor.collect`): otherwise an accept of the old value from a
+  (b) each acceptor then drops the value but keeps its ``promised`` ballot (raised to at
+      least ``t``; :meth:`Acceptor.collect`): otherwise an accept of the old value from a
       proposer that ran phase 1 before ``t`` could still land on an emptied acceptor.
-      A node may fold the kept ballots of collected blocks into one node-wide floor.
+      A node folds the kept ballots of collected blocks into one node-wide floor
+      (:mod:`storage.kv_service`). An acceptor still holding an older value (lagging, or
+      retired by a move) forgets it too, *before* any holder of the tombstone does: once
+      the tombstone is gone, nothing older may be left to be read. A register written
+      again after collection starts a new life from version 1, as after an etcd delete.
 
 Sources: Rystsov, "CASPaxos: Replicated State Machines without logs" (2018, arXiv:1802.07000;
 §2.2.1 for the one-round-trip optimisation, and its sections on deletion and on cluster
@@ -740,15 +744,25 @@ class Acceptor:
         )
 
     @staticmethod
-    def collect(state: AcceptorState, ballot: Ballot) -> AcceptorState:
-        """Drop a tombstone accepted at ``ballot``, keeping the promise as a floor.
+    def collect(state: AcceptorState, ballot: Ballot) -> AcceptorState | None:
+        """Forget a tombstone decided at ``ballot`` (or an older value it superseded).
 
-        Call only once :func:`tombstone_collectable` holds for that ballot; any other
-        state is returned unchanged.
+        Returns what is left, a promise of at least ``ballot`` and nothing accepted, or
+        ``None`` to refuse: the acceptor holds a newer value (the register lives again) or
+        another value at ``ballot``. Call only once every holder of the register agrees the
+        tombstone is the last word (see the module docstring).
         """
-        if state.accepted_ballot != ballot or state.value is None or not state.value.is_tombstone:
-            return state
-        return AcceptorState(promised=state.promised)
+        accepted, value = state.accepted_ballot, state.value
+        if accepted is not None and (
+            accepted > ballot
+            or (
+                accepted == ballot
+                and not (value is not None and value.is_tombstone and not value.is_moving)
+            )
+        ):
+            return None
+        promised = ballot if state.promised is None else max(state.promised, ballot)
+        return AcceptorState(promised=promised)
 
 
 def tombstone_collectable(

@@ -25,6 +25,21 @@ eviction, a member starting to drain):
    register by consensus (joint quorums: :meth:`RegisterMover.move_register`); if they
    agree, it asks the members for their accepted ballots and brings a lagging or empty
    member up to date with a write-back round (:meth:`RegisterMover.sync_register`).
+3. **Tombstones.** The responsible node of a deleted register (its value is a tombstone
+   decided at ballot ``t``, not moving) that has seen that tombstone for ``tombstone_grace``
+   asks every member of the network for its accepted ballot of the register. If all answer
+   and none is above ``t`` (the register did not live again), it sends ``kv.collect(t)``:
+   first to the nodes holding an older value (a lagging or retired acceptor: once the others
+   forget the tombstone, such a value must not be left to be read), then to the replica set,
+   itself last, stopping at the first refusal or failure (what is left is the tombstone
+   itself, so the register still reads as deleted, and the next pass tries again). Each
+   acceptor drops the record and keeps a node-wide promise floor (:mod:`storage.kv_service`),
+   so no proposer that prepared before ``t`` can get an old value accepted afterwards. The
+   grace must exceed any operation's timeout. A node that was evicted while holding a
+   stale value and comes back after longer than the grace is not asked (as with Cassandra's
+   ``gc_grace_seconds``, such a node should rejoin empty). A record that holds only a
+   promise (a proposer probed this node, or never got to accept) is dropped the same way
+   after the grace, by its own node alone: folding a promise into the floor forgets nothing.
 
 Eviction repair, join rebalancing and drain are the same pass under a different member
 list: an evicted member is no longer eligible, so its blocks have a missing target; a new
@@ -76,7 +91,7 @@ from .chunks import Manifest, chunk_address, rebuild_fragments, verify_fragment,
 from .errors import Conflict, Corrupt, InvalidArgument, NotFound, StorageError, Unavailable
 from .ids import BLOCK_ADDRESS_BYTES, BlockAddress
 from .kv_service import ACCEPTOR_RECORD_FORMAT, pack_fragment_record, unpack_fragment_record
-from .paxos import AcceptorState, RegisterValue
+from .paxos import AcceptorState, Ballot, RegisterValue
 from .repair_plan import BlockPlan, Copy, Rebuild, by_distance, plan_fragments, plan_replicas
 from .repair_plan import targets as placement_targets
 from .silo import BlockEntry, BlockKey, PaxosKey, Silo
@@ -157,6 +172,8 @@ class RepairConfig:
         rpc_timeout: timeout of each call repair makes.
         scrub_interval: time between scrub passes.
         scrub_rate: most bytes per second a scrub reads.
+        tombstone_grace: how long a deleted register's tombstone is kept before it is
+            collected (longer than any operation's timeout).
     """
 
     scan_interval: float = 30.0
@@ -168,9 +185,17 @@ class RepairConfig:
     rpc_timeout: float = 10.0
     scrub_interval: float = 24 * 3600.0
     scrub_rate: float = 8 * 1024 * 1024
+    tombstone_grace: float = 3600.0
 
     def __post_init__(self) -> None:
-        for name in ("scan_interval", "bandwidth", "rpc_timeout", "scrub_interval", "scrub_rate"):
+        for name in (
+            "scan_interval",
+            "bandwidth",
+            "rpc_timeout",
+            "scrub_interval",
+            "scrub_rate",
+            "tombstone_grace",
+        ):
             value = getattr(self, name)
             if not (isinstance(value, int | float) and value > 0 and not math.isnan(value)):
                 raise InvalidArgument(f"{name} must be a positive number")
@@ -206,6 +231,8 @@ class RepairStatistics:
     registers_synced: int
     copies_released: int
     retired_records_dropped: int
+    tombstones_collected: int
+    promises_dropped: int
     bytes_moved: int
     repair_seconds: float
     repair_rate: float
@@ -231,6 +258,8 @@ class _Counters:
     registers_synced: int = 0
     copies_released: int = 0
     retired_records_dropped: int = 0
+    tombstones_collected: int = 0
+    promises_dropped: int = 0
     bytes_moved: int = 0
     repair_seconds: float = 0.0
     failures: int = 0
@@ -302,6 +331,9 @@ class RepairService:
         self._cpu = trio.CapacityLimiter(1)
         self._limiter = trio.CapacityLimiter(self.config.parallel)
         self._stale_view = False
+        #: Tombstones this node is responsible for, and records holding only a promise:
+        #: address → (ballot, first seen).
+        self._tombstones: dict[BlockAddress, tuple[Ballot, float]] = {}
 
     # -- RPC ------------------------------------------------------------------------------
 
@@ -437,6 +469,8 @@ class RepairService:
             registers_synced=n.registers_synced,
             copies_released=n.copies_released,
             retired_records_dropped=n.retired_records_dropped,
+            tombstones_collected=n.tombstones_collected,
+            promises_dropped=n.promises_dropped,
             bytes_moved=n.bytes_moved,
             repair_seconds=round(n.repair_seconds, 3),
             repair_rate=round(n.bytes_moved / n.repair_seconds, 1) if n.repair_seconds else 0.0,
@@ -477,6 +511,7 @@ class RepairService:
             + n.registers_synced
             + n.copies_released
             + n.retired_records_dropped
+            + n.tombstones_collected
         )
 
     async def repair_now(self) -> bool:
@@ -831,10 +866,13 @@ class RepairService:
     async def _register_pass(self, view: _View, tally: _PassTally) -> int:
         examined = 0
         after: BlockAddress | None = None
+        tombstones: dict[BlockAddress, tuple[Ballot, float]] = {}
         while True:
             addresses = await self._silo.list_paxos(after=after, limit=self.config.page)
             examined += len(addresses)
             in_place: list[tuple[BlockAddress, RegisterValue]] = []
+            ripe: list[tuple[BlockAddress, RegisterValue, Ballot]] = []
+            promises: list[tuple[BlockAddress, Ballot]] = []
             moves: list[tuple[BlockAddress, RegisterValue, tuple[NodeId, ...]]] = []
             for address in addresses:
                 try:
@@ -846,23 +884,114 @@ class RepairService:
                 if value is None or view.own.node_id not in value.config.members:
                     if self.draining:
                         await self._drop_retired(address)
+                    elif state is not None and state.promised is not None and value is None:
+                        promises.append((address, state.promised))
                     continue
                 desired = self._register_targets(address, value, view)
                 if desired is None:
                     continue
                 if value.is_moving or set(value.replica_set) != set(desired):
                     moves.append((address, value, desired))
-                else:
-                    in_place.append((address, value))
+                    continue
+                in_place.append((address, value))
+                if value.is_tombstone and state is not None and not self.draining:
+                    ballot = state.accepted_ballot
+                    assert ballot is not None
+                    if self._aged(tombstones, address, ballot) >= self.config.tombstone_grace:
+                        ripe.append((address, value, ballot))
             tally.work += len(moves)
             tally.under_target += len(moves)
             async with trio.open_nursery() as nursery:
                 for address, value, desired in moves:
                     nursery.start_soon(self._move, address, value, desired)
             await self._sync_lagging(view, in_place, tally)
+            await self._collect_tombstones(view, ripe)
+            for address, promised in promises:
+                seen = self._aged(tombstones, address, promised)
+                if seen >= self.config.tombstone_grace and await self._tell_collect(
+                    view, address, promised, [view.own.node_id]
+                ):
+                    self._n.promises_dropped += 1
             if len(addresses) < self.config.page:
+                self._tombstones = tombstones
                 return examined
             after = addresses[-1]
+
+    def _aged(
+        self,
+        seen_now: dict[BlockAddress, tuple[Ballot, float]],
+        address: BlockAddress,
+        ballot: Ballot,
+    ) -> float:
+        """Note that ``address`` is at ``ballot`` in this pass; return for how long it has been."""
+        seen = self._tombstones.get(address)
+        if seen is None or seen[0] != ballot:
+            seen = (ballot, trio.current_time())
+        seen_now[address] = seen
+        return trio.current_time() - seen[1]
+
+    async def _collect_tombstones(
+        self, view: _View, ripe: Sequence[tuple[BlockAddress, RegisterValue, Ballot]]
+    ) -> None:
+        """Collect tombstones every member agrees are the last word (see the module doc)."""
+        if not ripe:
+            return
+        others = sorted(view.live - {view.own.node_id})
+        wanted = {node: [address for address, _, _ in ripe] for node in others}
+        ballots, _ = await self._ask_holdings(view, wanted, "registers")
+        silent = [node for node in others if node not in ballots]
+        if silent:
+            logger.info("repair: %d tombstones kept: no answer from %s", len(ripe), _ids(silent))
+            return
+        for address, value, ballot in ripe:
+            older: list[NodeId] = []
+            same: list[NodeId] = []
+            try:
+                for node in others:
+                    raw = ballots[node].get(address)
+                    theirs = None if raw is None else Ballot.from_wire(raw)
+                    if theirs is not None and theirs > ballot:
+                        raise Conflict("the register lives again")
+                    if theirs is not None and theirs < ballot:
+                        older.append(node)
+                    elif theirs is not None or node in value.replica_set:
+                        same.append(node)
+            except (Conflict, Corrupt) as exc:
+                logger.debug("repair: tombstone of %s kept: %s", address.hex()[:16], exc)
+                continue
+            if await self._tell_collect(view, address, ballot, [*older, *same, view.own.node_id]):
+                self._tombstones.pop(address, None)
+                self._n.tombstones_collected += 1
+
+    async def _tell_collect(
+        self, view: _View, address: BlockAddress, ballot: Ballot, nodes: Sequence[NodeId]
+    ) -> bool:
+        """Send ``kv.collect`` to ``nodes`` in order; stop at the first that does not."""
+        for node in nodes:
+            try:
+                reply = await self._caller.call(
+                    view.contacts[node],
+                    "kv.collect",
+                    {"address": address, "ballot": ballot.to_wire()},
+                    timeout=self.config.rpc_timeout,
+                )
+            except RpcError as exc:
+                logger.info(
+                    "repair: tombstone of %s not collected on %s: %s",
+                    address.hex()[:16],
+                    node.hex()[:8],
+                    exc,
+                )
+                return False
+            if not (isinstance(reply, dict) and reply.get("collected") is True):
+                logger.info(
+                    "repair: %s refused to collect the tombstone of %s",
+                    node.hex()[:8],
+                    address.hex()[:16],
+                )
+                return False
+        logger.debug("repair: tombstone of %s collected at %s", address.hex()[:16], ballot)
+        return True
 
     def _register_targets(
         self, address: BlockAddress, value: RegisterValue, view: _View

@@ -915,20 +915,33 @@ class Silo:
                     self._reserved -= size
             await job.wait()
 
-    async def delete_paxos(self, address: BlockAddress) -> bool:
+    async def delete_paxos(
+        self, address: BlockAddress, *, setting: tuple[str, Buffer] | None = None
+    ) -> bool:
         """Delete a mutable block's acceptor record durably; return whether it was there.
 
+        ``setting`` (name, value), if given, is stored in the same transaction: a node that
+        must remember something about the record it forgets (a promise floor) never keeps
+        one without the other.
+
         Raises:
-            InvalidArgument: bad address.
+            InvalidArgument: bad address or setting.
             trio.ClosedResourceError: the silo is closed.
 
-        Cancellation: the record may or may not be deleted.
+        Cancellation: the record may or may not be deleted (with the setting).
         """
         addr = _address(address)
+        extra: tuple[str, bytes, int] | None = None
+        if setting is not None:
+            name = _setting_name(setting[0])
+            data = _payload(setting[1])
+            extra = (name, data, _setting_checksum(name, data))
 
         def delete(conn: sqlite3.Connection) -> int:
             old = _old_acceptor_size(conn, addr)
             conn.execute("DELETE FROM paxos WHERE address = ?", (addr,))
+            if extra is not None:
+                conn.execute("INSERT OR REPLACE INTO settings VALUES (?, ?, ?)", extra)
             return old
 
         def done(job: Job[int]) -> None:

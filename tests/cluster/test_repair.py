@@ -6,15 +6,20 @@ import random
 import sqlite3
 from collections.abc import Iterable
 from contextlib import closing
+from dataclasses import replace
 from pathlib import Path
 
+import pytest
 import trio
 
 from storage.api import ChunkRef
+from storage.errors import NotFound
 from storage.ids import BlockAddress
+from storage.paxos import AcceptorState
 from storage.registers import register_address
 from tests.cluster.repair_cluster import (
     ERASURE,
+    FAST_REPAIR,
     REPLICATED,
     RepairCluster,
     chunk_census,
@@ -219,3 +224,49 @@ async def test_scrub_finds_damaged_copies_and_heals_them_from_good_ones(tmp_path
         await node.silo.get_block(whole.address)
         await node.silo.get_block(fragment.address, fragment.fragment)
         await read_all(rc, chunks, via=1)
+
+
+async def test_deleted_registers_are_collected_and_never_come_back(tmp_path: Path) -> None:
+    """Tombstones older than the grace are dropped by every node; what is deleted stays
+    deleted, the rest is untouched, and a collected name can be written again."""
+    config = replace(FAST_REPAIR, scan_interval=0.5, tombstone_grace=1.0)
+    async with repair_cluster(tmp_path, 4, repair=config) as rc:
+        registers = await write_registers(rc, 40)
+        client = await rc.cluster.client(1, timeout=10.0)
+        deleted = sorted(registers)[::2]
+        async with trio.open_nursery() as nursery:
+            for name in deleted:
+                nursery.start_soon(client.delete, name)
+        gone = register_addresses(rc, deleted)
+
+        async def collected() -> bool:
+            for node in rc.running():
+                assert node.silo is not None
+                for address in gone:
+                    if await node.silo.load_paxos(address) is not None:
+                        return False
+            return True
+
+        await wait_for("every tombstone to be collected", collected, 30)
+        counted = sum(rc.service(n.index).statistics().tombstones_collected for n in rc.running())
+        assert counted == len(deleted)
+        for node in rc.running():  # and nothing else: no tombstone, no lone promise
+            assert node.silo is not None
+            for address in await node.silo.list_paxos():
+                record = await node.silo.load_paxos(address)
+                assert record is not None
+                assert record.value is not None
+                state = AcceptorState.from_bytes(record.value)
+                assert state.value is not None
+                assert not state.value.is_tombstone
+        kept = {name: value for name, value in registers.items() if name not in deleted}
+        await read_registers(rc, kept, via=3)
+        reader = await rc.cluster.client(2, timeout=10.0)
+        for name in deleted:
+            with pytest.raises(NotFound):
+                await reader.read(name)
+        again = deleted[0]
+        await client.compare_and_set(again, None, b"a second life")
+        assert (await reader.read(again)).value == b"a second life"
+        with pytest.raises(NotFound):
+            await client.read(deleted[1])

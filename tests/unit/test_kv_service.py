@@ -218,3 +218,87 @@ async def test_an_inspection_racing_a_save_never_leaves_an_older_state_cached(
         silo.save_gate = silo.load_gate = None
         promised = await paxos(registry, address, Prepare(Ballot(5, b"q")))
         assert promised == Promise(Ballot(5, b"q"), Ballot(2, b"p"), second)
+
+
+def tombstone(name: bytes, version: int) -> RegisterValue:
+    """A signed tombstone of register ``name``."""
+    return sign_register_value(KEYS.signing, name, RegisterValue(version, REPLICAS, None))
+
+
+async def collect(registry: Registry, address: bytes, ballot: Ballot) -> Any:
+    """Ask the service to collect the tombstone of ``address`` accepted at ``ballot``."""
+    return await registry.handlers["kv.collect"](
+        CALLER, {"address": address, "ballot": ballot.to_wire()}
+    )
+
+
+async def test_a_collected_tombstone_leaves_a_promise_floor_that_survives_a_restart(
+    node: tuple[BlockService, Registry, Silo],
+) -> None:
+    service, registry, silo = node
+    name = b"gone"
+    address = register_address(KEYS.signing.public_key, name)
+    assert isinstance(
+        await paxos(registry, address, Accept(Ballot(1, b"p"), signed(name, 1))), Accepted
+    )
+    assert isinstance(
+        await paxos(registry, address, Accept(Ballot(4, b"p"), tombstone(name, 2))), Accepted
+    )
+    assert await collect(registry, address, Ballot(4, b"p")) == {"collected": True}
+    assert await silo.load_paxos(address) is None
+    assert service.statistics().tombstones_collected == 1
+    # A proposer that prepared before the tombstone cannot get the old value accepted again.
+    late = await paxos(registry, address, Accept(Ballot(3, b"q"), signed(name, 1)))
+    assert isinstance(late, Reject)
+    assert late.promised == Ballot(4, b"p")
+    assert await silo.load_paxos(address) is None
+    # The floor is node-wide and durable: a new service on the same silo keeps it.
+    registry = Registry()
+    BlockService(silo, registry)
+    other = register_address(KEYS.signing.public_key, b"never-seen")
+    assert isinstance(await paxos(registry, other, Prepare(Ballot(2, b"q"))), Reject)
+    report = await paxos(registry, address, Inspect())
+    assert report == Report(Ballot(4, b"p"), None, None)
+    fresh = await paxos(registry, address, Prepare(Ballot(5, b"q")))
+    assert fresh == Promise(Ballot(5, b"q"), None, None)
+
+
+async def test_collect_keeps_a_register_that_lives_again_or_another_value(
+    node: tuple[BlockService, Registry, Silo],
+) -> None:
+    service, registry, silo = node
+    name = b"back"
+    address = register_address(KEYS.signing.public_key, name)
+    await paxos(registry, address, Accept(Ballot(2, b"p"), tombstone(name, 2)))
+    await paxos(registry, address, Accept(Ballot(3, b"p"), signed(name, 3)))
+    assert await collect(registry, address, Ballot(2, b"p")) == {"collected": False}
+    assert await collect(registry, address, Ballot(3, b"p")) == {"collected": False}
+    assert await silo.load_paxos(address) is not None
+    assert service.statistics().tombstones_collected == 0
+
+
+async def test_collect_drops_an_older_value_of_a_retired_holder(
+    node: tuple[BlockService, Registry, Silo],
+) -> None:
+    _, registry, silo = node
+    name = b"stale"
+    address = register_address(KEYS.signing.public_key, name)
+    await paxos(registry, address, Accept(Ballot(1, b"p"), signed(name, 1)))
+    assert await collect(registry, address, Ballot(5, b"p")) == {"collected": True}
+    assert await silo.load_paxos(address) is None
+    at_floor = await paxos(registry, address, Accept(Ballot(5, b"p"), signed(name, 1)))
+    assert isinstance(at_floor, Accepted)  # at the floor itself: the decided ballot's own value
+    assert isinstance(
+        await paxos(registry, address, Accept(Ballot(4, b"q"), signed(name, 1))), Reject
+    )
+
+
+@pytest.mark.parametrize("ballot", [None, "x", [1], [1, 2, 3], [1, None], [-1, b"p"]])
+async def test_collect_refuses_a_bad_ballot(
+    node: tuple[BlockService, Registry, Silo], ballot: Any
+) -> None:
+    _, registry, _ = node
+    address = register_address(KEYS.signing.public_key, b"r")
+    with pytest.raises(RemoteError) as raised:
+        await registry.handlers["kv.collect"](CALLER, {"address": address, "ballot": ballot})
+    assert raised.value.code == "invalid"

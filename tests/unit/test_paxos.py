@@ -800,9 +800,19 @@ def test_collect_keeps_the_promise_floor() -> None:
     tomb = value(None, 2)
     state = AcceptorState(B3, B2, tomb)
     assert Acceptor.collect(state, B2) == AcceptorState(promised=B3)
-    assert Acceptor.collect(state, B1) is state  # not the decided ballot
+    assert Acceptor.collect(state, B1) is None  # it holds something newer
     live = AcceptorState(B3, B2, value())
-    assert Acceptor.collect(live, B2) is live  # never drops live data
+    assert Acceptor.collect(live, B2) is None  # never drops live data
+    # A straggler's older value is superseded by the tombstone: it goes, the floor rises.
+    assert Acceptor.collect(AcceptorState(B1, B1, value()), B2) == AcceptorState(promised=B2)
+    assert Acceptor.collect(AcceptorState(), B2) == AcceptorState(promised=B2)
+
+
+def collected(state: AcceptorState, ballot: Ballot) -> bytes:
+    """The durable bytes an acceptor keeps after collecting at ``ballot``."""
+    left = Acceptor.collect(state, ballot)
+    assert left is not None
+    return left.to_bytes()
 
 
 def test_gc_following_the_rule_never_resurrects() -> None:
@@ -827,7 +837,7 @@ def test_gc_following_the_rule_never_resurrects() -> None:
     assert len(gone.accepted_by) == 2  # the decision needed only a majority...
     assert tombstone_collectable(gone.value, deleter.accepted_by)  # ...GC waits for all
     for n in ABC:
-        nodes[n].disk = Acceptor.collect(nodes[n].state, gone.ballot).to_bytes()
+        nodes[n].disk = collected(nodes[n].state, gone.ballot)
         assert nodes[n].state.value is None
     # The slow write-back arrives after collection: the kept promise refuses it.
     for s in stale_accepts:
@@ -845,7 +855,7 @@ def test_gc_breaking_the_rule_resurrects_deleted_data() -> None:
     assert gone.ballot is not None
     assert not tombstone_collectable(gone.value, gone.accepted_by)  # C never accepted it
     for n in (A, B):  # collect anyway
-        nodes[n].disk = Acceptor.collect(nodes[n].state, gone.ballot).to_bytes()
+        nodes[n].disk = collected(nodes[n].state, gone.ballot)
     out = decided(run(Proposer(b"r"), Read(), nodes, down={A}))
     assert out.value is not None
     assert out.value.payload == b"secret"
@@ -911,3 +921,15 @@ def test_half_written_move_cannot_fork_the_register() -> None:
     seen = decided(drive(r.begin(Read(), CDE), nodes))
     assert seen.value is not None
     assert seen.value.payload == b"w"
+
+
+def test_gc_that_forgets_the_straggler_first_never_resurrects() -> None:
+    """The collector's order: a holder of an older value forgets it before the tombstone goes."""
+    nodes = cluster()
+    decided(run(Proposer(b"w"), Write(b"secret", sign=SIGN), nodes, drain=True))
+    gone = decided(run(Proposer(b"d"), Delete(sign=SIGN), nodes, down={C}))
+    assert gone.ballot is not None
+    for n in (C, A, B):
+        nodes[n].disk = collected(nodes[n].state, gone.ballot)
+    for down in ABC:
+        assert decided(run(Proposer(b"r" + down), Read(), nodes, down={down})).value is None
