@@ -86,7 +86,7 @@ Collected tombstones
 ``kv.collect(address, t)`` is sent by the register's responsible node once a tombstone
 decided at ballot ``t`` is old enough and every member of the network reported it at ``t``
 or held nothing newer (:mod:`storage.repair`; the rule is
-:func:`storage.paxos.tombstone_collectable`). The acceptor then drops the record and folds
+:func:`storage.paxos.collection_order`). The acceptor then drops the record and folds
 its promise (and ``t``) into one node-wide *promise floor*, stored in the same silo
 transaction (setting :data:`PROMISE_FLOOR_SETTING`): every address without a record
 answers as an acceptor that promised the floor, so an ``Accept`` of an older value from a

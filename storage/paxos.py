@@ -149,20 +149,24 @@ covers version, payload and writer but not the replica sets: moving a block is d
 the storage nodes, not by the owner key.
 
 Tombstones and garbage collection. ``Delete`` writes a tombstone (payload ``None``) with
-the next version. A tombstone decided at ballot ``t`` may be collected only when
+the next version. A tombstone accepted at ballot ``t`` is collected
+(:func:`collection_order`) only when
 
-  (a) every acceptor of its (stable, non-joint) replica set, and every retired acceptor
-      still holding state for the block, has accepted it at ``t`` (see
-      :func:`tombstone_collectable`): otherwise a straggler's older value would be the
-      highest accepted value in some later quorum and the deleted data would come back;
-  (b) each acceptor then drops the value but keeps its ``promised`` ballot (raised to at
-      least ``t``; :meth:`Acceptor.collect`): otherwise an accept of the old value from a
-      proposer that ran phase 1 before ``t`` could still land on an emptied acceptor.
-      A node folds the kept ballots of collected blocks into one node-wide floor
-      (:mod:`storage.kv_service`). An acceptor still holding an older value (lagging, or
-      retired by a move) forgets it too, *before* any holder of the tombstone does: once
-      the tombstone is gone, nothing older may be left to be read. A register written
-      again after collection starts a new life from version 1, as after an etcd delete.
+  (a) it is decided (a majority of its stable, non-joint replica set holds it at ``t``):
+      a round that prepared without seeing an undecided tombstone could still complete
+      with a value computed from the old one, after the tombstone was forgotten;
+  (b) no acceptor anywhere holds anything newer (the register did not live again);
+  (c) every acceptor still holding an *older* value (lagging, or retired by a move)
+      forgets it first: once the tombstone is gone, a straggler's older value would be
+      the highest accepted value in some later quorum and the deleted data would come back;
+  (d) each acceptor drops what it holds but keeps its promise, raised to at least ``t``
+      (:meth:`Acceptor.collect`): otherwise an accept of the old value from a proposer
+      that ran phase 1 before ``t`` could still land on an emptied acceptor. A node folds
+      the kept promises of collected blocks into one node-wide floor
+      (:mod:`storage.kv_service`).
+
+A register written again after collection starts a new life from version 1 (as after an
+etcd delete): versions order the changes of one life.
 
 Sources: Rystsov, "CASPaxos: Replicated State Machines without logs" (2018, arXiv:1802.07000;
 §2.2.1 for the one-round-trip optimisation, and its sections on deletion and on cluster
@@ -175,7 +179,7 @@ from __future__ import annotations
 
 import enum
 import functools
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
@@ -221,9 +225,9 @@ __all__ = [
     "Signer",
     "Transition",
     "Write",
+    "collection_order",
     "decode_message",
     "encode_message",
-    "tombstone_collectable",
     "trust_all_values",
 ]
 
@@ -765,23 +769,36 @@ class Acceptor:
         return AcceptorState(promised=promised)
 
 
-def tombstone_collectable(
+def collection_order(
     tombstone: RegisterValue,
-    accepted_by: Collection[NodeId],
-    retired_holders: Collection[NodeId] = (),
-) -> bool:
-    """Return whether a decided tombstone may be garbage-collected (see module docstring).
+    ballot: Ballot,
+    accepted: Mapping[NodeId, Ballot | None],
+    *,
+    last: NodeId | None = None,
+) -> tuple[NodeId, ...] | None:
+    """Plan the collection of ``tombstone``, accepted at ``ballot``, from a snapshot.
 
-    Args:
-        tombstone: the value decided at some ballot ``t``.
-        accepted_by: acceptors that answered ``Accepted`` for ``t`` with this value.
-        retired_holders: acceptors outside the replica set that still keep state for the
-            block (dropped by earlier moves); they must have accepted ``t`` too.
+    ``accepted`` maps every acceptor that may hold state for the block (every member of
+    the network) to the ballot it last accepted (None: nothing). Returns the acceptors to
+    tell :meth:`Acceptor.collect`, in order: the holders of older values first (once the
+    tombstone is gone nothing older may be left to be read), then those holding nothing
+    (their promise floor rises, so a late accept of an old value cannot land there either),
+    then the tombstone's holders, ``last`` at the very end. Returns None when the tombstone may not
+    be collected: it is moving, an acceptor holds something newer (the register lives
+    again), or no majority of the replica set holds it (not decided: a round that prepared
+    without seeing it could still complete with an older value).
     """
     if not tombstone.is_tombstone or tombstone.is_moving:
-        return False
-    holders = set(tombstone.replica_set) | set(retired_holders)
-    return holders <= set(accepted_by)
+        return None
+    if any(b is not None and b > ballot for b in accepted.values()):
+        return None
+    holding = [n for n in tombstone.replica_set if accepted.get(n) == ballot]
+    if len(holding) < majority(len(tombstone.replica_set)):
+        return None
+    older = sorted(n for n, b in accepted.items() if b is not None and b < ballot)
+    empty = sorted(n for n, b in accepted.items() if b is None and n != last)
+    holders = sorted(n for n, b in accepted.items() if b == ballot and n != last)
+    return (*older, *empty, *holders, *(() if last is None else (last,)))
 
 
 # ---------------------------------------------------------------------------------------
@@ -1196,7 +1213,7 @@ class Round:
         """Acceptors known to have accepted the current (or decided) proposal.
 
         Unlike :attr:`Decided.accepted_by` this keeps growing with replies that arrive
-        after the decision, which is what :func:`tombstone_collectable` needs.
+        after the decision.
         """
         return frozenset(self._accepted)
 

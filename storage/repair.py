@@ -27,8 +27,10 @@ eviction, a member starting to drain):
    member up to date with a write-back round (:meth:`RegisterMover.sync_register`).
 3. **Tombstones.** The responsible node of a deleted register (its value is a tombstone
    decided at ballot ``t``, not moving) that has seen that tombstone for ``tombstone_grace``
-   asks every member of the network for its accepted ballot of the register. If all answer
-   and none is above ``t`` (the register did not live again), it sends ``kv.collect(t)``:
+   asks every member of the network for its accepted ballot of the register. If all answer,
+   none is above ``t`` (the register did not live again) and a majority of the replica set
+   holds ``t`` (it is decided), it sends ``kv.collect(t)``
+   (:func:`~storage.paxos.collection_order`):
    first to the nodes holding an older value (a lagging or retired acceptor: once the others
    forget the tombstone, such a value must not be left to be read), then to the replica set,
    itself last, stopping at the first refusal or failure (what is left is the tombstone
@@ -91,7 +93,7 @@ from .chunks import Manifest, chunk_address, rebuild_fragments, verify_fragment,
 from .errors import Conflict, Corrupt, InvalidArgument, NotFound, StorageError, Unavailable
 from .ids import BLOCK_ADDRESS_BYTES, BlockAddress
 from .kv_service import ACCEPTOR_RECORD_FORMAT, pack_fragment_record, unpack_fragment_record
-from .paxos import AcceptorState, Ballot, RegisterValue
+from .paxos import AcceptorState, Ballot, RegisterValue, collection_order
 from .repair_plan import BlockPlan, Copy, Rebuild, by_distance, plan_fragments, plan_replicas
 from .repair_plan import targets as placement_targets
 from .silo import BlockEntry, BlockKey, PaxosKey, Silo
@@ -943,23 +945,21 @@ class RepairService:
         if silent:
             logger.info("repair: %d tombstones kept: no answer from %s", len(ripe), _ids(silent))
             return
+        own = view.own.node_id
         for address, value, ballot in ripe:
-            older: list[NodeId] = []
-            same: list[NodeId] = []
+            accepted: dict[NodeId, Ballot | None] = {own: ballot}
             try:
                 for node in others:
                     raw = ballots[node].get(address)
-                    theirs = None if raw is None else Ballot.from_wire(raw)
-                    if theirs is not None and theirs > ballot:
-                        raise Conflict("the register lives again")
-                    if theirs is not None and theirs < ballot:
-                        older.append(node)
-                    elif theirs is not None or node in value.replica_set:
-                        same.append(node)
-            except (Conflict, Corrupt) as exc:
+                    accepted[node] = None if raw is None else Ballot.from_wire(raw)
+            except Corrupt as exc:
                 logger.debug("repair: tombstone of %s kept: %s", address.hex()[:16], exc)
                 continue
-            if await self._tell_collect(view, address, ballot, [*older, *same, view.own.node_id]):
+            order = collection_order(value, ballot, accepted, last=own)
+            if order is None:
+                logger.debug("repair: tombstone of %s not collectable yet", address.hex()[:16])
+                continue
+            if await self._tell_collect(view, address, ballot, order):
                 self._tombstones.pop(address, None)
                 self._n.tombstones_collected += 1
 

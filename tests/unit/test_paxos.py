@@ -41,9 +41,9 @@ from storage.paxos import (
     Round,
     Send,
     Write,
+    collection_order,
     decode_message,
     encode_message,
-    tombstone_collectable,
     trust_all_values,
 )
 from tests.paxos_sim import SimAcceptor, sign_with, verifier
@@ -784,16 +784,17 @@ def test_fast_path_across_a_move() -> None:
 # --- tombstones and garbage collection -----------------------------------------------------
 
 
-def test_tombstone_collectable_rule() -> None:
+def test_collection_order_rule() -> None:
     tomb = RegisterValue(3, ABC, None)
-    assert tombstone_collectable(tomb, {A, B, C})
-    assert not tombstone_collectable(tomb, {A, B})  # a straggler may still hold the old value
-    assert not tombstone_collectable(tomb, {A, B, C}, retired_holders={D})
-    assert tombstone_collectable(tomb, {A, B, C, D}, retired_holders={D})
-    assert not tombstone_collectable(RegisterValue(3, ABC, b"x"), {A, B, C})
-    assert not tombstone_collectable(
-        RegisterValue(3, ABC, None, next_replica_set=CDE), {A, B, C, D, E}
-    )
+    everywhere = {A: B2, B: B2, C: B2, D: None, E: None}
+    assert collection_order(tomb, B2, everywhere, last=A) == (D, E, B, C, A)
+    # Holders of older values forget first, then the empty ones raise their floor.
+    assert collection_order(tomb, B2, {A: B2, B: B2, C: None, D: B1}, last=B) == (D, C, A, B)
+    assert collection_order(tomb, B2, {A: B2, B: B1, C: B1}, last=A) is None  # not decided
+    assert collection_order(tomb, B2, {A: B2, B: B2, C: B3}, last=A) is None  # lives again
+    assert collection_order(RegisterValue(3, ABC, b"x"), B2, everywhere) is None
+    moving = RegisterValue(3, ABC, None, next_replica_set=CDE)
+    assert collection_order(moving, B2, everywhere) is None
 
 
 def test_collect_keeps_the_promise_floor() -> None:
@@ -835,7 +836,8 @@ def test_gc_following_the_rule_never_resurrects() -> None:
     assert gone.value is not None
     assert gone.ballot is not None
     assert len(gone.accepted_by) == 2  # the decision needed only a majority...
-    assert tombstone_collectable(gone.value, deleter.accepted_by)  # ...GC waits for all
+    snapshot = {n: nodes[n].state.accepted_ballot for n in ABC}
+    assert collection_order(gone.value, gone.ballot, snapshot) is not None
     for n in ABC:
         nodes[n].disk = collected(nodes[n].state, gone.ballot)
         assert nodes[n].state.value is None
@@ -846,15 +848,16 @@ def test_gc_following_the_rule_never_resurrects() -> None:
 
 
 def test_gc_breaking_the_rule_resurrects_deleted_data() -> None:
-    """Why the rule exists: collecting while a replica missed the tombstone brings data back."""
+    """Why stragglers go first: collecting while a replica kept the old value brings it back."""
     nodes = cluster()
     decided(run(Proposer(b"w"), Write(b"secret", sign=SIGN), nodes, drain=True))
     assert nodes[C].state.value is not None
     gone = decided(run(Proposer(b"d"), Delete(sign=SIGN), nodes, down={C}))
     assert gone.value is not None
     assert gone.ballot is not None
-    assert not tombstone_collectable(gone.value, gone.accepted_by)  # C never accepted it
-    for n in (A, B):  # collect anyway
+    snapshot = {n: nodes[n].state.accepted_ballot for n in ABC}
+    assert collection_order(gone.value, gone.ballot, snapshot) == (C, A, B)
+    for n in (A, B):  # collect, but not the straggler C first
         nodes[n].disk = collected(nodes[n].state, gone.ballot)
     out = decided(run(Proposer(b"r"), Read(), nodes, down={A}))
     assert out.value is not None
