@@ -570,10 +570,14 @@ class BlockService:
         except Corrupt as exc:
             raise _Invalid(f"bad 'ballot': {exc}") from None
         async with self._paxos_locks.hold(address):
-            left = Acceptor.collect(await self._load_state(address, keep=False), ballot)
+            state = await self._load_state(address, keep=False)
+            left = Acceptor.collect(state, ballot)
             if left is None:
                 return {"collected": False}  # the register lives again, or not this tombstone
-            floor = _highest(await self._promise_floor(), left.promised)
+            before = await self._promise_floor()
+            if state == left and left.promised == before:
+                return {"collected": True}  # nothing held, and the floor already covers it
+            floor = _highest(before, left.promised)
             assert floor is not None
             # Raised in memory before the record goes: an acceptor that remembers more than
             # its disk is never less safe.

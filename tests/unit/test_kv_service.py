@@ -302,3 +302,18 @@ async def test_collect_refuses_a_bad_ballot(
     with pytest.raises(RemoteError) as raised:
         await registry.handlers["kv.collect"](CALLER, {"address": address, "ballot": ballot})
     assert raised.value.code == "invalid"
+
+
+async def test_collect_on_an_empty_acceptor_raises_its_floor(
+    node: tuple[BlockService, Registry, Silo],
+) -> None:
+    """A member holding nothing is told too: a late accept of an old value cannot land."""
+    _, registry, silo = node
+    name = b"elsewhere"
+    address = register_address(KEYS.signing.public_key, name)
+    assert await collect(registry, address, Ballot(6, b"p")) == {"collected": True}
+    assert await silo.load_paxos(address) is None
+    late = await paxos(registry, address, Accept(Ballot(5, b"q"), signed(name, 1)))
+    assert isinstance(late, Reject)
+    assert await collect(registry, address, Ballot(3, b"p")) == {"collected": True}
+    assert isinstance(await paxos(registry, address, Prepare(Ballot(6, b"q"))), Promise)
