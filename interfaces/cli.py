@@ -1109,6 +1109,7 @@ def node_repair(admin: str, timeout: float, as_json: bool) -> None:
         f"{_count(figures.get('fragments_rebuilt'))} fragments rebuilt, "
         f"{_count(figures.get('registers_moved'))} registers moved, "
         f"{_count(figures.get('copies_released'))} copies released, "
+        f"{_count(figures.get('tombstones_collected'))} tombstones collected, "
         f"{_plural(_count(figures.get('failures')), 'failure')}"
     )
 
