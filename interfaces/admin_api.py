@@ -122,6 +122,7 @@ class GatewayAdmin:
             bucket whose redundancy needs more distinct nodes is refused.
         s3: the S3 front end, for its request counters (optional).
         kv_statistics: the key-value client's ``statistics`` (optional).
+        sweeper_statistics: the stale-upload sweeper's ``statistics`` (optional).
     """
 
     def __init__(
@@ -132,12 +133,14 @@ class GatewayAdmin:
         nodes_available: Callable[[], int],
         s3: S3App | None = None,
         kv_statistics: Callable[[], object] | None = None,
+        sweeper_statistics: Callable[[], object] | None = None,
     ) -> None:
         self.objects = objects
         self.credentials = credentials
         self.nodes_available = nodes_available
         self.s3 = s3
         self.kv_statistics = kv_statistics
+        self.sweeper_statistics = sweeper_statistics
 
     # -- HTTP edge ----------------------------------------------------------------------
 
@@ -252,6 +255,8 @@ class GatewayAdmin:
             sources.append(("s3", self.s3.statistics))
         if self.kv_statistics is not None:
             sources.append(("kv_client", self.kv_statistics))
+        if self.sweeper_statistics is not None:
+            sources.append(("upload_sweeper", self.sweeper_statistics))
         return sources
 
     def metric_counters(self) -> list[LabelledCounter]:

@@ -25,6 +25,7 @@ Example::
     [s3]
     listen = "127.0.0.1:9000"            # optional: serve the S3 API from this node
     gateway_key = "/etc/ballast/gateway.key"   # default: data_dir/gateway.key
+    incomplete_upload_expiry = "24h"     # multipart uploads unfinished this long are aborted
 
 Every mistake (unknown key, wrong type, bad address or size) raises :class:`ConfigError` naming
 the file and the key.
@@ -111,6 +112,8 @@ def parse_address(text: str, *, default_port: int | None = None) -> Address:
 
 
 DEFAULT_LISTEN = Address("127.0.0.1", 4100)
+#: Multipart uploads left unfinished this long (seconds) are aborted, as MinIO does.
+DEFAULT_UPLOAD_EXPIRY = 24 * 3600.0
 
 
 @dataclass(frozen=True)
@@ -131,6 +134,7 @@ class NodeConfig:
     admin_listen: Address | None = None
     s3_listen: Address | None = None
     s3_gateway_key: Path | None = None
+    s3_incomplete_upload_expiry: float = DEFAULT_UPLOAD_EXPIRY
 
     @property
     def key_file(self) -> Path:
@@ -163,7 +167,7 @@ _ALLOWED = {
     "membership": {"eviction_delay"},
     "repair": {"interval", "bandwidth", "scrub_interval", "scrub_rate", "tombstone_grace"},
     "admin": {"listen"},
-    "s3": {"listen", "gateway_key"},
+    "s3": {"listen", "gateway_key", "incomplete_upload_expiry"},
 }
 
 
@@ -216,6 +220,12 @@ def parse_config(document: dict[str, Any], *, source: str = "<config>") -> NodeC
         ("repair", "tombstone_grace", _positive(parse_duration), "tombstone_grace"),
         ("admin", "listen", parse_address, "admin_listen"),
         ("s3", "listen", parse_address, "s3_listen"),
+        (
+            "s3",
+            "incomplete_upload_expiry",
+            _positive(parse_duration),
+            "s3_incomplete_upload_expiry",
+        ),
     ):
         if key in tables[table]:
             try:

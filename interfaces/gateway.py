@@ -7,6 +7,7 @@ objects and access keys live in registers owned by that key, never on the gatewa
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import trio
@@ -18,9 +19,10 @@ from storage.objects import ObjectStore
 from storage.placement import OverlayPlacement
 from storage.policy import Redundancy
 from storage.registers import ClientKeys
+from storage.upload_sweeper import UploadSweeper
 
 from .admin_api import GatewayAdmin
-from .config import NodeConfig
+from .config import DEFAULT_UPLOAD_EXPIRY, NodeConfig
 from .gateway_key import GatewayKey, load_gateway_key
 from .http import serve_app
 from .node import Node, NodeStartError
@@ -50,9 +52,12 @@ async def run_gateway(
     *,
     redundancy: Redundancy | None = None,
     region: str = "us-east-1",
+    upload_expiry: float = DEFAULT_UPLOAD_EXPIRY,
     task_status: trio.TaskStatus[Gateway] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve S3 from ``node`` until cancelled; report the :class:`Gateway` once listening.
+
+    Multipart uploads left unfinished for ``upload_expiry`` seconds are aborted.
 
     Raises:
         NodeStartError: the S3 address cannot be bound.
@@ -69,17 +74,20 @@ async def run_gateway(
         objects = ObjectStore(client, default_redundancy=policy)
         credentials = CredentialStore(client)
         app = S3App(objects, credentials, region=region)
+        sweeper = UploadSweeper(objects, expiry=upload_expiry)
         node.gateway = GatewayAdmin(
             objects,
             credentials,
             nodes_available=lambda: len(node.parts.overlay.members()),
             s3=app,
             kv_statistics=client.statistics,
+            sweeper_statistics=sweeper.statistics,
         )
         try:
             bound = await nursery.start(serve_app, app, listen)
         except OSError as error:
             raise NodeStartError(f"cannot listen on {listen} (S3): {error.strerror}") from None
+        await nursery.start(sweeper.run)
         task_status.started(Gateway(bound, objects, credentials, client))
 
 
@@ -106,5 +114,12 @@ class ServingNode:
         async with trio.open_nursery() as nursery:
             await nursery.start(self.node.run)
             if key is not None and config.s3_listen is not None:
-                self.gateway = await nursery.start(run_gateway, self.node, key, config.s3_listen)
+                self.gateway = await nursery.start(
+                    functools.partial(
+                        run_gateway, upload_expiry=config.s3_incomplete_upload_expiry
+                    ),
+                    self.node,
+                    key,
+                    config.s3_listen,
+                )
             task_status.started(self.node)

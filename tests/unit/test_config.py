@@ -34,6 +34,7 @@ interval = "10s"
 bandwidth = "32MiB"
 scrub_interval = "12h"
 scrub_rate = "4MiB"
+tombstone_grace = "2h"
 
 [admin]
 listen = "127.0.0.1:9100"
@@ -41,6 +42,7 @@ listen = "127.0.0.1:9100"
 [s3]
 listen = "127.0.0.1:9000"
 gateway_key = "/etc/ballast/gateway.key"
+incomplete_upload_expiry = "48h"
 """
 
 
@@ -56,6 +58,8 @@ def test_full_config(tmp_path: Path) -> None:
     assert config.eviction_delay == 45.0
     assert (config.repair_interval, config.repair_bandwidth) == (10.0, 32 * 1024**2)
     assert (config.scrub_interval, config.scrub_rate) == (12 * 3600.0, 4 * 1024**2)
+    assert config.tombstone_grace == 2 * 3600.0
+    assert config.s3_incomplete_upload_expiry == 48 * 3600.0
     assert config.admin_listen == Address("127.0.0.1", 9100)
     assert config.s3_listen == Address("127.0.0.1", 9000)
     assert config.silo_dir == Path("/var/lib/ballast/silo")
@@ -70,6 +74,8 @@ def test_minimal_config_uses_defaults(tmp_path: Path) -> None:
     assert config.s3_listen is None
     assert config.bootstrap == ()
     assert config.gateway_key_file == Path("d/gateway.key")
+    assert config.tombstone_grace == 3600.0
+    assert config.s3_incomplete_upload_expiry == 24 * 3600.0
 
 
 @pytest.mark.parametrize(
@@ -84,6 +90,8 @@ def test_minimal_config_uses_defaults(tmp_path: Path) -> None:
         ('[node]\ndata_dir = "d"\ncolour = "red"\n', "unknown key(s) in [node]: colour"),
         ('[nodes]\ndata_dir = "d"\n', "unknown table(s): nodes"),
         ('[node]\ndata_dir = "d"\n[membership]\neviction_delay = "soon"\n', "eviction_delay"),
+        ('[node]\ndata_dir = "d"\n[repair]\ntombstone_grace = "0s"\n', "tombstone_grace"),
+        ('[node]\ndata_dir = "d"\n[s3]\nincomplete_upload_expiry = "x"\n', "incomplete_upload"),
         ("[node\n", "not valid TOML"),
         ("node = 3\n", "[node] must be a table"),
         ('[node]\ndata_dir = "d"\n[s3]\ngateway_key = 5\n', "[s3] gateway_key"),
