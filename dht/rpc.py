@@ -40,6 +40,11 @@ Invariants:
   the arguments or result) are sent from the caller's buffer without being copied into the
   msgpack output; the receiver gets ``bytes``. Do not modify such a buffer until the call
   returns.
+* *Calls to self* run the handler in-process with the wire's semantics: arguments and
+  result go through a msgpack round trip (the same types come out, nothing either side
+  keeps can be changed by the other), except that large binaries (as above) are not
+  encoded: a ``bytes`` one is handed over as it is (it is immutable), a mutable one as one
+  ``bytes`` copy of it, instead of the two copies of encoding and decoding.
 * *Failure.* A connection that breaks or violates the protocol is closed (logged with the
   peer's address), its pending calls fail with :class:`~dht.errors.PeerUnreachable`, and the
   next call to that peer dials again. A handler that raises ``RemoteError`` is answered with
@@ -54,6 +59,7 @@ import heapq
 import itertools
 import logging
 import math
+import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -162,6 +168,46 @@ def _pack_message(message: list[Any]) -> Message:
 
 def _unpack(data: memoryview) -> Any:
     return msgpack.unpackb(data, raw=False, strict_map_key=False)
+
+
+#: msgpack extension code standing for a large binary in a call to self (see ``_local_copy``).
+_LOCAL_BINARY_EXT = 0x5B
+
+
+def _local_copy(value: Any) -> Any:
+    """Return what ``value`` becomes after a msgpack round trip, without coding big binaries.
+
+    Large binaries (where :func:`_pack_message` finds them) are taken out before encoding and
+    put back by the decoder: ``bytes`` as they are (immutable, so sharing is safe), other
+    buffers as a ``bytes`` copy. Each placeholder carries a random tag, so that an extension
+    value that happens to be in ``value`` is never mistaken for one.
+    """
+    if not _has_big_binary(value):
+        return msgpack.unpackb(_pack(value), raw=False, strict_map_key=False)
+    binaries: list[bytes] = []
+    tag = secrets.token_bytes(8)
+
+    def take(item: Any, depth: int) -> Any:
+        kind = type(item)
+        if kind in _BINARY_TYPES:
+            view = memoryview(item)
+            if view.nbytes < _BIG_BINARY:
+                return item
+            binaries.append(item if kind is bytes else view.tobytes())
+            return msgpack.ExtType(_LOCAL_BINARY_EXT, tag + (len(binaries) - 1).to_bytes(4, "big"))
+        if depth and _searchable(item):
+            if kind is dict:
+                return {key: take(child, depth - 1) for key, child in item.items()}
+            return [take(child, depth - 1) for child in item]
+        return item
+
+    def restore(code: int, data: bytes) -> Any:
+        if code == _LOCAL_BINARY_EXT and len(data) == 12 and data[:8] == tag:
+            return binaries[int.from_bytes(data[8:], "big")]
+        return msgpack.ExtType(code, data)
+
+    packed = _pack(take(value, 2))
+    return msgpack.unpackb(packed, raw=False, strict_map_key=False, ext_hook=restore)
 
 
 @dataclass(frozen=True)
@@ -899,7 +945,7 @@ class RpcNode:
         if handler is None:
             self._calls_remote_errors += 1
             raise RemoteError("no_such_method", method)
-        args = msgpack.unpackb(_pack(args), raw=False, strict_map_key=False)
+        args = _local_copy(args)
         with trio.move_on_after(timeout):
             try:
                 result = await handler(self.contact, args)
@@ -912,7 +958,7 @@ class RpcNode:
                 logger.exception("handler for %r failed (local call)", method)
                 raise RemoteError("internal", "internal error") from e
             self._calls_succeeded += 1
-            return msgpack.unpackb(_pack(result), raw=False, strict_map_key=False)
+            return _local_copy(result)
         self._calls_timed_out += 1
         raise RpcTimeout(f"{method} on self timed out after {timeout} s")
 

@@ -18,7 +18,7 @@ Chunks (immutable, content-addressed)
     repair. Fewer than a quorum within the timeout raises ``Unavailable(needed, reached)``.
 
     ``get_chunk`` never returns bytes it has not verified. *Replicas*: it asks the nearest
-    member, hedges to the next after :data:`HEDGE_DELAY` seconds or on any failure, and checks
+    member, hedges to the next when it is late (see "Hedging") or on any failure, and checks
     each answer against the address (``chunk_address``); a mismatch is logged with the node
     id, counted (``corrupt_replies``) and another holder is used. *Fragments*: it asks ``k``
     members at once (the nearest ones, which hold the data fragments, so decoding is cheap),
@@ -27,6 +27,13 @@ Chunks (immutable, content-addressed)
     unseals (authenticated encryption: a wrong key or altered ciphertext is ``Corrupt``).
     Fewer good answers than needed → ``Unavailable(needed, reached)``; every asked node saying
     "not here", and at least a write quorum of them → ``NotFound``.
+
+    Hedging: a read asks one more holder when no answer came for :func:`hedge_delay` seconds:
+    :data:`HEDGE_DELAY` plus twice the time the expected answer takes at the transfer rate
+    measured on earlier large answers (a moving average), at most :data:`HEDGE_DELAY_MAX`.
+    A fixed delay made under-load reads of 4 MiB chunks, which take longer than that to
+    arrive from a healthy holder, fetch the same bytes two or three times over, and so slow
+    every holder further; a stalled holder is still bypassed after at most the maximum.
 
 Registers (mutable, linearizable)
     A register ``name`` lives at ``register_address(owner key, name)``. Each change is one
@@ -135,9 +142,10 @@ from dht.ids import Contact, NodeId
 
 from .api import ChunkRef, Edit, Versioned
 from .chunks import (
+    SEAL_OVERHEAD,
     Manifest,
     chunk_address,
-    decode_fragments,
+    decode_verified_fragments,
     encode_fragments,
     seal,
     unseal,
@@ -199,6 +207,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "BACKOFF_CAP",
     "HEDGE_DELAY",
+    "HEDGE_DELAY_MAX",
     "MAX_ROUNDS",
     "MAX_WRITERS",
     "PROBE_SPARES",
@@ -206,11 +215,22 @@ __all__ = [
     "SPARES",
     "KVClient",
     "KVClientStatistics",
+    "hedge_delay",
     "register_replicas",
 ]
 
-#: Seconds a read waits for an answer before also asking the next holder.
+#: Seconds a read waits for a small answer before also asking the next holder (larger
+#: answers add their expected transfer time, see :func:`hedge_delay`).
 HEDGE_DELAY = 0.075
+#: Longest a read waits for an answer before also asking the next holder (a holder this late
+#: is treated as stalled, however large the answer).
+HEDGE_DELAY_MAX = 0.5
+#: Seconds per byte assumed for transfers until some are measured (50 MB/s).
+_HEDGE_SECONDS_PER_BYTE = 1 / 50e6
+#: Answers at least this large are timed to estimate the transfer rate.
+_HEDGE_SAMPLE_BYTES = 256 * 1024
+#: Weight of the newest sample in the moving average of seconds per byte.
+_HEDGE_SMOOTHING = 0.2
 #: Extra members beyond the redundancy that writes may fall back to and reads may ask.
 SPARES = 3
 #: Members beyond a register's replica count that a client's first round on it also asks
@@ -249,6 +269,15 @@ _CODES: dict[str, type[StorageError]] = {
 
 T = TypeVar("T")
 _Progress = Literal["done", "progress", "useless"]
+
+
+def hedge_delay(base: float, size: int, seconds_per_byte: float) -> float:
+    """Seconds to wait for an answer of ``size`` bytes before asking another holder too.
+
+    ``base`` (the delay for a small answer) plus twice the expected transfer time, capped at
+    :data:`HEDGE_DELAY_MAX` (but never below ``base``).
+    """
+    return max(base, min(base + 2.0 * size * seconds_per_byte, HEDGE_DELAY_MAX))
 
 
 def register_replicas(redundancy: Redundancy) -> int:
@@ -367,9 +396,27 @@ class _Counters:
 class _Copy:
     """One replica or fragment to place."""
 
-    payload: bytes
+    payload: bytes | bytearray | memoryview  # never written to: sent from this buffer
     fragment: int | None = None
     manifest: bytes | None = None
+
+
+def _prepare_copies(
+    plaintext: bytes | memoryview, policy: Redundancy
+) -> tuple[BlockAddress, bytes, list[_Copy]]:
+    """Seal ``plaintext`` and make the copies ``policy`` stores: (address, key, copies)."""
+    sealed = seal(plaintext)
+    if policy.is_erasure_coded:
+        assert policy.data is not None
+        assert policy.parity is not None
+        encoded = encode_fragments(sealed.ciphertext, policy.data, policy.parity)
+        manifest = encoded.manifest.to_bytes()
+        copies = [
+            _Copy(fragment, index, manifest) for index, fragment in enumerate(encoded.fragments)
+        ]
+        return encoded.address, sealed.key, copies
+    address = chunk_address(sealed.ciphertext)
+    return address, sealed.key, [_Copy(sealed.ciphertext) for _ in range(policy.nodes_needed)]
 
 
 @dataclass
@@ -579,6 +626,8 @@ class KVClient:
         self._default = default_redundancy
         self._timeout = timeout
         self._hedge_delay = hedge_delay
+        #: Moving average of the seconds per byte of large chunk answers (for hedging).
+        self._seconds_per_byte = _HEDGE_SECONDS_PER_BYTE
         if proposer_id is None:
             node_id = getattr(caller, "node_id", b"")
             proposer_id = (node_id if isinstance(node_id, bytes) else b"") + os.urandom(8)
@@ -670,28 +719,14 @@ class KVClient:
         policy = redundancy or self._default
         nursery = self._running()
         size = memoryview(plaintext).nbytes
-        big = size >= THREAD_BYTES
-        sealed = await self._in_thread(big, seal, plaintext)
-        ciphertext = sealed.ciphertext
-        copies: list[_Copy]
-        if policy.is_erasure_coded:
-            assert policy.data is not None
-            assert policy.parity is not None
-            encoded = await self._in_thread(
-                big, encode_fragments, ciphertext, policy.data, policy.parity
-            )
-            address = encoded.address
-            manifest = encoded.manifest.to_bytes()
-            copies = [
-                _Copy(fragment, index, manifest) for index, fragment in enumerate(encoded.fragments)
-            ]
-        else:
-            address = await self._in_thread(big, chunk_address, ciphertext)
-            copies = [_Copy(ciphertext) for _ in range(policy.nodes_needed)]
+        # One worker-thread job seals and codes (or hashes): each hand-off costs a wake-up.
+        address, key, copies = await self._in_thread(
+            size >= THREAD_BYTES, _prepare_copies, plaintext, policy
+        )
         await self._store(nursery, address, copies, policy)
         self._n.chunks_put += 1
         self._n.bytes_put += size
-        return ChunkRef(address=address, key=sealed.key, size=size, redundancy=policy)
+        return ChunkRef(address=address, key=key, size=size, redundancy=policy)
 
     async def _store(
         self, nursery: trio.Nursery, address: BlockAddress, copies: list[_Copy], policy: Redundancy
@@ -797,10 +832,12 @@ class KVClient:
         """
         self._running()
         policy = ref.redundancy
+        stored = ref.size + SEAL_OVERHEAD  # bytes of ciphertext, if ``ref`` is right
+        ciphertext: bytes | memoryview
         if policy.is_erasure_coded:
-            ciphertext = await self._get_fragments(ref.address, policy)
+            ciphertext = await self._get_fragments(ref.address, policy, stored)
         else:
-            ciphertext = await self._get_replica(ref.address, policy)
+            ciphertext = await self._get_replica(ref.address, policy, stored)
         plaintext = await self._in_thread(ref.size >= THREAD_BYTES, unseal, ciphertext, ref.key)
         if len(plaintext) != ref.size:
             raise Corrupt(
@@ -840,24 +877,32 @@ class KVClient:
         initial: int,
         fetch: Callable[[int, Contact], Awaitable[T]],
         accept: Callable[[T], _Progress],
+        size: int,
     ) -> tuple[bool, int, int]:
         """Ask ``initial`` candidates at once; hedge on delay or failure until ``accept`` is done.
 
         ``accept`` judges each verified answer: ``"done"`` (enough now), ``"progress"`` (one
-        more useful answer) or ``"useless"`` (a duplicate: ask another candidate).
+        more useful answer) or ``"useless"`` (a duplicate: ask another candidate). ``size``
+        is the expected bytes of one answer: it sets the hedge delay (:func:`hedge_delay`),
+        and large answers are timed to update the transfer rate the delay assumes.
         Returns (done, not-found answers, other failures).
         """
         results: trio.MemorySendChannel[tuple[T | None, Exception | None]]
         results, receive = trio.open_memory_channel(math.inf)
         position = outstanding = not_found = failures = 0
         done = False
+        delay = hedge_delay(self._hedge_delay, size, self._seconds_per_byte)
 
         async def one(index: int, contact: Contact) -> None:
+            began = trio.current_time()
             try:
                 value = await fetch(index, contact)
             except (StorageError, RpcError) as exc:
                 results.send_nowait((None, exc))
             else:
+                if size >= _HEDGE_SAMPLE_BYTES:
+                    sample = (trio.current_time() - began) / size
+                    self._seconds_per_byte += _HEDGE_SMOOTHING * (sample - self._seconds_per_byte)
                 results.send_nowait((value, None))
 
         async with trio.open_nursery() as nursery:
@@ -874,7 +919,7 @@ class KVClient:
             for _ in range(initial):
                 launch()
             while outstanding:
-                with trio.move_on_after(self._hedge_delay) as waited:
+                with trio.move_on_after(delay) as waited:
                     value, error = await receive.receive()
                 if waited.cancelled_caught:
                     if launch():
@@ -899,7 +944,7 @@ class KVClient:
             nursery.cancel_scope.cancel()
         return done, not_found, failures
 
-    async def _get_replica(self, address: BlockAddress, policy: Redundancy) -> bytes:
+    async def _get_replica(self, address: BlockAddress, policy: Redundancy, size: int) -> bytes:
         candidates = self._placement.closest(address, policy.nodes_needed + SPARES)
         found: list[bytes] = []
 
@@ -927,7 +972,7 @@ class KVClient:
             return "done"
 
         with trio.move_on_after(self._timeout):
-            done, not_found, _ = await self._hedged(candidates, 1, fetch, accept)
+            done, not_found, _ = await self._hedged(candidates, 1, fetch, accept, size)
             if done:
                 return found[0]
             if not_found and not_found >= min(policy.write_quorum, len(candidates)):
@@ -940,7 +985,9 @@ class KVClient:
         )
         raise Unavailable(1, 0)
 
-    async def _get_fragments(self, address: BlockAddress, policy: Redundancy) -> bytes:
+    async def _get_fragments(
+        self, address: BlockAddress, policy: Redundancy, size: int
+    ) -> memoryview:
         total = policy.nodes_needed
         candidates = self._placement.closest(address, total + SPARES)
         manifest: list[Manifest] = []
@@ -990,11 +1037,12 @@ class KVClient:
             return "done" if len(got) >= needed else "progress"
 
         with trio.move_on_after(self._timeout):
-            done, not_found, _ = await self._hedged(candidates, k, fetch, accept)
+            fragment = -(-size // k)
+            done, not_found, _ = await self._hedged(candidates, k, fetch, accept, fragment)
             if done:
                 return await self._in_thread(
                     len(got[next(iter(got))]) * k >= THREAD_BYTES,
-                    decode_fragments,
+                    decode_verified_fragments,  # ``fetch`` verified each one
                     manifest[0],
                     got,
                 )

@@ -38,6 +38,56 @@ def test_unseal_with_wrong_key_or_tampered_bytes_is_corrupt() -> None:
         chunks.unseal(bytes(tampered), sealed.key)
 
 
+#: A chunk sealed by the first implementation (PyNaCl ``SecretBox(KEY).encrypt(PLAIN, NONCE)``):
+#: chunks already on disks are in this format and must stay readable.
+GOLDEN_KEY = bytes(range(32))
+GOLDEN_NONCE = bytes(range(100, 124))
+GOLDEN_PLAINTEXT = b"ballast golden vector: sealed by PyNaCl SecretBox.encrypt (format 1)\n" * 2
+GOLDEN_SEALED = bytes.fromhex(
+    "6465666768696a6b6c6d6e6f707172737475767778797a7b0ed7b83214084efbf4b501637e47df7f"
+    "60d8f5a55bc5bac9d7924ff052ea836e5bc94cc8969c6b68c36d2ef16eababf1883f8d562e74f7c4"
+    "a673741065679f0ab9becb7671f4402f77c17b62b4c0f30537ab7d44c25e29e6d5ee6c8660a482ff"
+    "30f2e327d19a1876fde9b3070b8384aa9fadc91996f96abe4d1a3ce79c0ff05b0a4ae208b8536e6c"
+    "2eef7cda9465f614d86f7f7556ba3d386429"
+)
+
+
+def test_chunks_sealed_by_the_first_implementation_still_unseal() -> None:
+    assert chunks.unseal(GOLDEN_SEALED, GOLDEN_KEY) == GOLDEN_PLAINTEXT
+    assert chunks.unseal(memoryview(GOLDEN_SEALED), GOLDEN_KEY) == GOLDEN_PLAINTEXT
+
+
+def test_sealing_writes_the_first_format() -> None:
+    sealed = chunks._seal(memoryview(GOLDEN_PLAINTEXT), GOLDEN_KEY, GOLDEN_NONCE)
+    assert bytes(sealed) == GOLDEN_SEALED
+    assert len(sealed) == len(GOLDEN_PLAINTEXT) + chunks.SEAL_OVERHEAD
+
+
+@pytest.mark.parametrize("size", [0, 1, 4096])
+def test_seal_any_size_and_buffer_type(size: int) -> None:
+    plaintext = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    for given_as in (plaintext, bytearray(plaintext), memoryview(plaintext)):
+        sealed = chunks.seal(given_as)
+        assert len(sealed.ciphertext) == size + chunks.SEAL_OVERHEAD
+        assert chunks.unseal(sealed.ciphertext, sealed.key) == plaintext
+        assert chunks.unseal(memoryview(sealed.ciphertext), sealed.key) == plaintext
+
+
+@pytest.mark.parametrize("length", [0, 1, chunks.SEAL_OVERHEAD - 1, chunks.SEAL_OVERHEAD])
+def test_unseal_of_short_or_empty_box_is_corrupt(length: int) -> None:
+    with pytest.raises(Corrupt):
+        chunks.unseal(bytes(length), bytes(32))
+
+
+def test_fragments_are_read_only_views_without_copies() -> None:
+    ciphertext = chunks.seal(PATTERN * 50).ciphertext
+    encoded = chunks.encode_fragments(ciphertext, 4, 2)
+    assert all(f.readonly for f in encoded.fragments)
+    # a data fragment is the ciphertext's own memory, not a copy of it
+    assert encoded.fragments[0].obj is ciphertext
+    assert b"".join(encoded.fragments[:4])[: len(ciphertext)] == ciphertext
+
+
 @pytest.mark.parametrize("key", [b"", b"short", bytes(33)])
 def test_bad_key_length_is_invalid_argument(key: bytes) -> None:
     with pytest.raises(InvalidArgument):
@@ -61,8 +111,10 @@ def test_every_four_of_six_fragments_rebuild_the_chunk() -> None:
     encoded = chunks.encode_fragments(sealed.ciphertext, 4, 2)
     manifest = chunks.verify_manifest(encoded.address, encoded.manifest.to_bytes())
     for subset in itertools.combinations(range(6), 4):
-        got = chunks.decode_fragments(manifest, {i: encoded.fragments[i] for i in subset})
-        assert got == sealed.ciphertext
+        chosen = {i: encoded.fragments[i] for i in subset}
+        got = chunks.decode_fragments(manifest, chosen)
+        assert bytes(got) == sealed.ciphertext
+        assert chunks.decode_verified_fragments(manifest, chosen) == got
     assert chunks.unseal(got, sealed.key) == PATTERN
 
 

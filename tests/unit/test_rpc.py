@@ -328,6 +328,32 @@ async def test_call_to_self_runs_locally() -> None:
     assert a.connections() == []
 
 
+async def test_call_to_self_hands_large_binaries_over_with_wire_semantics() -> None:
+    _, _, (a,) = cluster(1)
+    seen: list[Any] = []
+
+    async def keep(caller: Contact, args: Any) -> Any:
+        seen.append(args)
+        return {"payload": args["blob"], "n": 1}
+
+    a.register("keep", keep)
+    big = bytes(range(256)) * 1024  # 256 KiB
+    mutable = bytearray(big)
+    ext = msgpack.ExtType(0x5B, b"not one of ours")
+    async with running(a):
+        got = await a.call(
+            a.contact, "keep", {"blob": big, "more": (mutable, ext, b"s")}, timeout=5
+        )
+    (args,) = seen
+    assert args == {"blob": big, "more": [big, ext, b"s"]}
+    assert args["blob"] is big  # immutable: shared, not copied
+    assert type(args["more"][0]) is bytes  # a mutable buffer arrives as a copy
+    mutable[0] ^= 0xFF
+    assert args["more"][0] == big
+    assert got == {"payload": big, "n": 1}
+    assert type(got["payload"]) is bytes
+
+
 async def test_call_before_run_is_unreachable() -> None:
     _, _, (a, b) = cluster(2)
     with pytest.raises(PeerUnreachable, match="not running"):
