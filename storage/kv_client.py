@@ -638,6 +638,10 @@ class KVClient:
         self._nursery: trio.Nursery | None = None
         self._cpu = trio.CapacityLimiter(2)
         self._registers: OrderedDict[BlockAddress, _Register] = OrderedDict()
+        #: The highest promise any acceptor refused us with: fresh proposers start above it
+        #: (acceptors keep a node-wide promise floor once tombstones were collected, and a
+        #: first round below it would only be preempted).
+        self._ballot_floor: Ballot | None = None
         self._outboxes: dict[tuple[NodeId, bool], _Outbox] = {}
         #: Unsealed envelopes of recently seen payloads (keyed by the sealed bytes).
         self._envelopes: OrderedDict[bytes, _Envelope] = OrderedDict()
@@ -1156,6 +1160,7 @@ class KVClient:
         entry = self._registers.get(address)
         if entry is None:
             entry = _Register(Proposer(self._proposer_id))
+            entry.proposer.observe(self._ballot_floor)
             self._registers[address] = entry
             if len(self._registers) > PROPOSER_CACHE:
                 for old, held in list(self._registers.items()):
@@ -1257,6 +1262,10 @@ class KVClient:
                 if not maybe_accepted and isinstance(change, _Mutation):
                     change.attempts_failed(before)
                 entry.proposer.observe(outcome.promised)  # start the next round above it
+                if outcome.promised is not None and (
+                    self._ballot_floor is None or outcome.promised > self._ballot_floor
+                ):
+                    self._ballot_floor = outcome.promised
                 backoff = self._rng.uniform(0, min(BACKOFF_CAP, _BACKOFF_BASE * 2**attempt))
                 logger.debug(
                     "kv: register %s: ballot %s preempted by %s; retrying in %.3f s",

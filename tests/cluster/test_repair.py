@@ -270,3 +270,8 @@ async def test_deleted_registers_are_collected_and_never_come_back(tmp_path: Pat
         assert (await reader.read(again)).value == b"a second life"
         with pytest.raises(NotFound):
             await client.read(deleted[1])
+        # Every node now keeps a promise floor; a client learns it once, not per register.
+        writer = await rc.cluster.client(3, timeout=10.0)
+        for i in range(10):
+            await writer.compare_and_set(b"fresh-%d" % i, None, b"new")
+        assert writer.statistics().preemptions <= 1
