@@ -49,6 +49,7 @@ from dht.ids import Address, Contact, NodeId
 from dht.membership import MembershipConfig, MemberState
 from dht.overlay import Overlay, OverlayConfig
 from dht.rpc import RpcNode
+from interfaces.memory import keep_buffers_resident
 from storage.api import ChunkRef
 from storage.kv_client import KVClient
 from storage.kv_service import BlockService
@@ -560,6 +561,7 @@ async def main(root: Path, seconds: float, rounds: int, chunks: int) -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) == 4 and sys.argv[1] == "--node":
+        keep_buffers_resident()  # as every ballast node process does
         trio.run(run_node, Path(sys.argv[2]).read_text(), int(sys.argv[3]))
         sys.exit(0)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)

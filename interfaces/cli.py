@@ -43,6 +43,7 @@ from .gateway import ServingNode
 from .gateway_key import GatewayKey, save_gateway_key
 from .local_cluster import LocalClusterError, prepare_local_cluster
 from .logs import configure_logging
+from .memory import keep_buffers_resident
 from .node import NodeStartError
 from .runner import Service, first_error, run_until_signalled
 from .up import Endpoints, LocalDeployment
@@ -243,6 +244,7 @@ LOG_LEVELS = ["debug", "info", "warning", "error"]
 def _serve(service: Service, on_ready: Callable[[Any], None] | None = None) -> None:
     """Run ``service`` until a signal; expected start-up failures become one error line."""
     failure: str | None = None
+    keep_buffers_resident()
     try:
         trio.run(run_until_signalled, service, on_ready)
     except* (NodeStartError, ConfigError) as group:

@@ -42,6 +42,7 @@ from .config import ConfigError, NodeConfig, parse_address
 from .gateway import Gateway, run_gateway
 from .gateway_key import load_gateway_key
 from .logs import configure_logging
+from .memory import keep_buffers_resident
 from .node import Node, NodeStartError
 from .runner import first_error
 from .s3.credentials import CredentialStore
@@ -251,6 +252,7 @@ def main() -> None:
     if spec is None:
         return  # the parent left before this node's turn
     configure_logging(level=spec.log_level, log_format=spec.log_format)
+    keep_buffers_resident()
     failure: str | None = None
     try:
         trio.run(_main, spec)
