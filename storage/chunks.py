@@ -136,7 +136,7 @@ def unseal(ciphertext: bytes | bytearray | memoryview, key: bytes) -> bytes:
     )
     if rc != 0:
         raise Corrupt("chunk does not authenticate under its key")
-    return bytes(out)
+    return bytes(out)  # the HTTP layer sends ``bytes`` as they are, copies anything else
 
 
 def verify_replica(address: BlockAddress, payload: bytes | bytearray | memoryview) -> None:

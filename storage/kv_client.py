@@ -18,7 +18,9 @@ Chunks (immutable, content-addressed)
     repair. Fewer than a quorum within the timeout raises ``Unavailable(needed, reached)``.
 
     ``get_chunk`` never returns bytes it has not verified. *Replicas*: it asks the nearest
-    member, hedges to the next when it is late (see "Hedging") or on any failure, and checks
+    member (this node first when it is one of the holders: a local read costs no transfer
+    and no transport encryption, and is verified all the same), hedges to the next when it
+    is late (see "Hedging") or on any failure, and checks
     each answer against the address (``chunk_address``); a mismatch is logged with the node
     id, counted (``corrupt_replies``) and another holder is used. *Fragments*: it asks ``k``
     members at once (the nearest ones, which hold the data fragments, so decoding is cheap),
@@ -591,6 +593,22 @@ class _Mutation:
         return Transition(sign_register_value(client._keys.signing, self._name, value))
 
 
+def _open_replica(payload: bytes, address: BlockAddress, key: bytes) -> bytes | Corrupt | None:
+    """Verify a replica against its address, then unseal it (one worker-thread job).
+
+    Returns:
+        The plaintext; ``None`` if the bytes do not hash to ``address`` (the holder served
+        bad bytes); the :class:`Corrupt` error if verified bytes do not open under ``key``
+        (the reference is wrong: returned, so the caller does not blame the holder).
+    """
+    if chunk_address(payload) != address:
+        return None
+    try:
+        return unseal(payload, key)
+    except Corrupt as exc:
+        return exc
+
+
 class KVClient:
     """The cluster as a :class:`storage.api.BlockStore` (see the module docstring).
 
@@ -837,12 +855,11 @@ class KVClient:
         self._running()
         policy = ref.redundancy
         stored = ref.size + SEAL_OVERHEAD  # bytes of ciphertext, if ``ref`` is right
-        ciphertext: bytes | memoryview
         if policy.is_erasure_coded:
             ciphertext = await self._get_fragments(ref.address, policy, stored)
+            plaintext = await self._in_thread(ref.size >= THREAD_BYTES, unseal, ciphertext, ref.key)
         else:
-            ciphertext = await self._get_replica(ref.address, policy, stored)
-        plaintext = await self._in_thread(ref.size >= THREAD_BYTES, unseal, ciphertext, ref.key)
+            plaintext = await self._get_replica(ref.address, policy, stored, ref.key)
         if len(plaintext) != ref.size:
             raise Corrupt(
                 f"chunk {ref.address.hex()[:16]} has {len(plaintext)} bytes, not {ref.size}"
@@ -948,11 +965,29 @@ class KVClient:
             nursery.cancel_scope.cancel()
         return done, not_found, failures
 
-    async def _get_replica(self, address: BlockAddress, policy: Redundancy, size: int) -> bytes:
-        candidates = self._placement.closest(address, policy.nodes_needed + SPARES)
-        found: list[bytes] = []
+    def _local_first(self, candidates: list[Contact], holders: int) -> list[Contact]:
+        """``candidates`` with this node first if it is among the ``holders`` nearest."""
+        own = getattr(self._caller, "node_id", None)
+        for i, contact in enumerate(candidates[:holders]):
+            if contact.node_id == own:
+                return [contact, *candidates[:i], *candidates[i + 1 :]] if i else candidates
+        return candidates
 
-        async def fetch(index: int, contact: Contact) -> bytes:
+    async def _get_replica(
+        self, address: BlockAddress, policy: Redundancy, size: int, key: bytes
+    ) -> bytes:
+        """Fetch a verified replica and unseal it with ``key``; return the plaintext.
+
+        Raises:
+            Corrupt: the verified ciphertext does not decrypt under ``key`` (the reference
+                is wrong, not the holder: no other holder is asked).
+        """
+        candidates = self._local_first(
+            self._placement.closest(address, policy.nodes_needed + SPARES), policy.nodes_needed
+        )
+        found: list[bytes | Corrupt] = []
+
+        async def fetch(index: int, contact: Contact) -> bytes | Corrupt:
             try:
                 reply = await self._caller.call(
                     contact, "kv.get", {"address": address}, timeout=self._timeout
@@ -963,21 +998,26 @@ class KVClient:
             try:
                 if not isinstance(payload, bytes):
                     raise Corrupt("malformed kv.get reply")
-                digest = await self._in_thread(len(payload) >= THREAD_BYTES, chunk_address, payload)
-                if digest != address:
+                # One worker job verifies and unseals (each hand-off costs a wake-up).
+                opened = await self._in_thread(
+                    len(payload) >= THREAD_BYTES, _open_replica, payload, address, key
+                )
+                if opened is None:
                     raise Corrupt("bytes do not hash to the address")
             except Corrupt as exc:
                 self._report_corrupt(contact, f"replica of {address.hex()[:16]}", exc)
                 raise
-            return payload
+            return opened
 
-        def accept(payload: bytes) -> _Progress:
-            found.append(payload)
+        def accept(opened: bytes | Corrupt) -> _Progress:
+            found.append(opened)
             return "done"
 
         with trio.move_on_after(self._timeout):
             done, not_found, _ = await self._hedged(candidates, 1, fetch, accept, size)
             if done:
+                if isinstance(found[0], Corrupt):
+                    raise found[0]
                 return found[0]
             if not_found and not_found >= min(policy.write_quorum, len(candidates)):
                 raise NotFound(f"chunk {address.hex()[:16]} not found")

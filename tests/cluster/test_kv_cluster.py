@@ -60,11 +60,22 @@ def _stream(size: int, seed: int) -> bytes:
     return (block * (size // len(block) + 1))[:size]
 
 
-def holder(cluster: Cluster, address: bytes, reader: int, rank: int = 0) -> ClusterNode:
-    """The node a reader on node ``reader`` asks first (``rank`` 0) for ``address``."""
+def holder(
+    cluster: Cluster, address: bytes, reader: int, rank: int = 0, *, replicas: int = 0
+) -> ClusterNode:
+    """The node a reader on node ``reader`` asks first (``rank`` 0) for ``address``.
+
+    For a replicated chunk (``replicas`` holders) the reader asks its own node first when
+    that node is one of the holders; erasure-coded fragments are asked in distance order.
+    """
     overlay = cluster.nodes[reader].overlay
     assert overlay is not None
-    contact = overlay.closest_nodes(address, rank + 1)[rank]
+    order = overlay.closest_nodes(address, max(rank + 1, replicas))
+    own = cluster.nodes[reader].identity.node_id
+    holders = [c.node_id for c in order[:replicas]]
+    if own in holders:
+        order = [order[holders.index(own)], *(c for c in order if c.node_id != own)]
+    contact = order[rank]
     return next(n for n in cluster.nodes if n.identity.node_id == contact.node_id)
 
 
@@ -165,11 +176,11 @@ async def test_corrupt_copies_on_disk_are_detected_and_another_copy_served(
     await wait_background(client)
 
     # A flipped byte in the block file of the holder the reader asks first.
-    first = holder(cluster, big_ref.address, reader=0)
+    first = holder(cluster, big_ref.address, reader=0, replicas=3)
     (path,) = _block_files(first, big_ref.address)
     _flip_file_byte(path, HEADER.size + 1000)
     # A flipped byte in the SQLite row of a small block on its first holder.
-    small_first = holder(cluster, small_ref.address, reader=0)
+    small_first = holder(cluster, small_ref.address, reader=0, replicas=3)
     with sqlite3.connect(small_first.directory / "silo.sqlite3", timeout=10) as db:
         (payload,) = db.execute(
             "SELECT payload FROM blocks WHERE address = ? AND fragment = -1",
@@ -255,7 +266,7 @@ async def test_a_node_serving_altered_bytes_is_detected_by_the_reader(
     await wait_background(client)
     # One lying node at a time: the first holder the reader asks for each chunk.
     for ref, expected in ((replicated, data), (coded, data), (small, b"tiny")):
-        liar = holder(cluster, ref.address, reader=0)
+        liar = holder(cluster, ref.address, reader=0, replicas=ref.redundancy.replicas or 0)
         registries[liar.index].enabled = True
         before = client.statistics().corrupt_replies
         caplog.clear()
@@ -275,7 +286,7 @@ async def test_reads_hedge_around_a_slow_holder(cluster_factory: ClusterFactory)
     refs = [await client.put_chunk(data, redundancy=p) for p in (REPLICATED, CODED)]
     await wait_background(client)
     for ref in refs:
-        slow = holder(cluster, ref.address, reader=0)
+        slow = holder(cluster, ref.address, reader=0, replicas=ref.redundancy.replicas or 0)
         registries[slow.index].get_delay = 3.0
         before = client.statistics().hedged_requests
         start = trio.current_time()

@@ -73,6 +73,18 @@ def test_seal_any_size_and_buffer_type(size: int) -> None:
         assert chunks.unseal(memoryview(sealed.ciphertext), sealed.key) == plaintext
 
 
+@pytest.mark.parametrize("size", [0, 1, 2, 4095, 4096, 4097, 1 << 20])
+def test_unseal_returns_bytes_and_leaves_the_ciphertext_alone(size: int) -> None:
+    plaintext = bytes((i * 7 + 1) % 256 for i in range(min(size, 4097))) * (size // 4097 + 1)
+    plaintext = plaintext[:size]
+    sealed = chunks.seal(plaintext)
+    ciphertext = bytes(sealed.ciphertext)
+    first = chunks.unseal(ciphertext, sealed.key)
+    assert type(first) is bytes
+    assert first == plaintext == chunks.unseal(ciphertext, sealed.key)
+    assert ciphertext == bytes(sealed.ciphertext)
+
+
 @pytest.mark.parametrize("length", [0, 1, chunks.SEAL_OVERHEAD - 1, chunks.SEAL_OVERHEAD])
 def test_unseal_of_short_or_empty_box_is_corrupt(length: int) -> None:
     with pytest.raises(Corrupt):

@@ -1,10 +1,15 @@
-"""The chunk read hedge delay of the networked key-value client (pure arithmetic)."""
+"""The chunk read hedge delay and read order of the networked key-value client (no I/O)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
-from storage.kv_client import HEDGE_DELAY, HEDGE_DELAY_MAX, hedge_delay
+from dht.ids import Address, Contact, NodeId
+from storage.kv_client import HEDGE_DELAY, HEDGE_DELAY_MAX, KVClient, hedge_delay
+from storage.policy import Redundancy
+from storage.registers import ClientKeys
 
 MiB = 1024 * 1024
 
@@ -29,3 +34,48 @@ def test_a_stalled_holder_is_still_hedged_after_the_maximum() -> None:
 
 def test_a_base_above_the_maximum_is_kept() -> None:
     assert hedge_delay(2.0, 4 * MiB, 1 / 50e6) == 2.0
+
+
+class _Caller:
+    """A caller that only has an identity (``_local_first`` never calls it)."""
+
+    def __init__(self, node_id: bytes) -> None:
+        self.node_id = node_id
+
+    async def call(self, contact: Contact, method: str, args: Any, *, timeout: float) -> Any:
+        raise AssertionError("not called")
+
+
+class _Placement:
+    def closest(self, key: bytes, n: int) -> list[Contact]:
+        raise AssertionError("not called")
+
+    def contact(self, node_id: NodeId) -> Contact | None:
+        return None
+
+
+def _contact(i: int) -> Contact:
+    return Contact(NodeId(bytes([i]) * 32), Address("127.0.0.1", 9000 + i))
+
+
+def _client(own: int) -> KVClient:
+    return KVClient(
+        _Caller(bytes([own]) * 32),
+        _Placement(),
+        keys=ClientKeys.generate(),
+        default_redundancy=Redundancy(replicas=3),
+    )
+
+
+def test_replica_reads_ask_this_node_first_when_it_holds_a_copy() -> None:
+    candidates = [_contact(i) for i in range(1, 7)]  # 3 holders, then 3 spares
+    assert _client(3)._local_first(candidates, 3) == [
+        candidates[2],
+        candidates[0],
+        candidates[1],
+        *candidates[3:],
+    ]
+    assert _client(1)._local_first(candidates, 3) == candidates
+    # Not a holder (a spare, or not a member): the nearest holder is asked first.
+    assert _client(5)._local_first(candidates, 3) == candidates
+    assert _client(9)._local_first(candidates, 3) == candidates
