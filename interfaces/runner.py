@@ -9,6 +9,8 @@ from typing import Any
 
 import trio
 
+from .memory import settle_heap
+
 logger = logging.getLogger(__name__)
 
 Service = Callable[..., Awaitable[Any]]
@@ -32,6 +34,7 @@ async def run_until_signalled(
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             started = await nursery.start(service)
+            settle_heap()
             if on_ready is not None:
                 on_ready(started)
             async for signum in signals:

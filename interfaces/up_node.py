@@ -42,7 +42,7 @@ from .config import ConfigError, NodeConfig, parse_address
 from .gateway import Gateway, run_gateway
 from .gateway_key import load_gateway_key
 from .logs import configure_logging
-from .memory import keep_buffers_resident
+from .memory import keep_buffers_resident, settle_heap
 from .node import Node, NodeStartError
 from .runner import first_error
 from .s3.credentials import CredentialStore
@@ -233,6 +233,7 @@ async def _main(spec: NodeSpec) -> None:
             nursery.start_soon(stop_on_signal)
             nursery.start_soon(stop_without_parent)
             await nursery.start(serve, spec)
+            settle_heap()
 
 
 def _read_spec() -> NodeSpec | None:

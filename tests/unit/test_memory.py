@@ -35,3 +35,17 @@ def faults_per_mib(mode: str) -> float:
 def test_fresh_buffers_reuse_resident_memory_once_tuned() -> None:
     assert faults_per_mib("default") > 100  # glibc maps and unmaps each 4 MiB buffer
     assert faults_per_mib("tuned") < 10
+
+
+def test_settling_the_heap_hides_start_up_objects_from_the_collector() -> None:
+    probe = textwrap.dedent(
+        """
+        import gc
+        from interfaces.memory import settle_heap
+        start_up = [[i] for i in range(10_000)]
+        settle_heap()
+        assert gc.get_freeze_count() >= 10_000
+        assert not any(gc.is_tracked(o) and o in gc.get_objects() for o in start_up[:3])
+        """
+    )
+    subprocess.run([sys.executable, "-c", probe], check=True)
