@@ -1226,10 +1226,20 @@ class KVClient:
     def _start_set(
         self, address: BlockAddress, entry: _Register, size: int, hint: tuple[NodeId, ...] | None
     ) -> tuple[tuple[NodeId, ...], tuple[NodeId, ...]]:
-        """Return (hint, probe candidates) for the next round (see the module docstring)."""
-        if entry.replicas is not None:
-            return entry.replicas, ()  # a configuration seen decided: no probe needed
+        """Return (hint, probe candidates) for the next round (see the module docstring).
+
+        A configuration seen decided needs no probe while it is where placement would put
+        the register. Once placement moved on, the register may have moved and, deleted
+        there, been collected: its old acceptors, empty, can no longer point to the new set,
+        so the round probes like a client that never saw the register.
+        """
         nearest = tuple(c.node_id for c in self._placement.closest(address, size + PROBE_SPARES))
+        cached = entry.replicas
+        if cached is not None:
+            if set(cached) == set(nearest[: len(cached)]):
+                return cached, ()
+            start = nearest[:size]
+            return start, tuple(dict.fromkeys((*start, *cached, *nearest)))
         start = hint if hint is not None else nearest[:size]
         return start, tuple(dict.fromkeys((*start, *nearest)))
 

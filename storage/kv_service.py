@@ -24,8 +24,8 @@ method         arguments                                                result
                ``Prepare``, ``Accept`` or ``Inspect``)
 ``kv.paxos_``  ``{batch: [[address, message], ...]}`` (at most          ``{batch: [message |
 ``batch``      :data:`MAX_PAXOS_BATCH`; handled concurrently)           [code, text], ...]}``
-``kv.collect`` ``{address, ballot}`` (forget a decided tombstone, see   ``{"collected": bool}``
-               "Collected tombstones")
+``kv.collect`` ``{address, ballot, promise_only}`` (forget a decided     ``{"collected": bool}``
+               tombstone, or only a promise: see "Collected tombstones")
 =============  =======================================================  ==========================
 
 Errors travel as :class:`dht.errors.RemoteError` with stable codes (:data:`ERROR_CODES`):
@@ -93,8 +93,12 @@ answers as an acceptor that promised the floor, so an ``Accept`` of an older val
 proposer that prepared before ``t`` can never land on the emptied acceptor. A record that
 is newer than ``t`` (the register lives again) or holds another value at ``t`` is kept
 (``collected: False``); an older record (a retired holder's stale value) is dropped too,
-since the tombstone supersedes it. Proposers learn the floor from the first rejection and
-start fresh registers above it.
+since the tombstone supersedes it. With ``promise_only`` the record goes only if it holds no
+accepted value (a node folding its own lone promises into the floor). The floor is raised in
+memory before the deletion commits (remembering more than the disk is safe), and a promise
+given at exactly the floor to an absent record is saved as that record's own, so no answer
+ever rests on a floor that a crash could take back. Proposers learn the floor from the first
+rejection and start fresh registers above it.
 """
 
 from __future__ import annotations
@@ -125,6 +129,7 @@ from .paxos import (
     Ballot,
     Inspect,
     Prepare,
+    Promise,
     RegisterValue,
     Reject,
     RejectReason,
@@ -569,13 +574,18 @@ class BlockService:
             ballot = Ballot.from_wire(args.get("ballot"))
         except Corrupt as exc:
             raise _Invalid(f"bad 'ballot': {exc}") from None
+        promise_only = args.get("promise_only") is True
         async with self._paxos_locks.hold(address):
             state = await self._load_state(address, keep=False)
             left = Acceptor.collect(state, ballot)
-            if left is None:
+            if left is None or (promise_only and state.accepted_ballot is not None):
                 return {"collected": False}  # the register lives again, or not this tombstone
             before = await self._promise_floor()
-            if state == left and left.promised == before:
+            if (
+                state == left
+                and left.promised == before
+                and await self._silo.load_paxos(address) is None
+            ):
                 return {"collected": True}  # nothing held, and the floor already covers it
             floor = _highest(before, left.promised)
             assert floor is not None
@@ -660,7 +670,14 @@ class BlockService:
             state = await self._load_state(address, keep=True)
             acceptor = Acceptor(verify=functools.partial(self._check_value, address, state))
             new_state, reply = acceptor.handle(state, request)
-            if new_state != state:
+            # A promise equal to the node-wide floor changes no state, but if the record is
+            # absent it exists only as the floor, which may not be durable yet (a collect
+            # raises it in memory first): save it as the record's own.
+            if new_state != state or (
+                isinstance(reply, Promise)
+                and state.accepted_ballot is None
+                and state.promised == self._floor
+            ):
                 encoded = new_state.to_bytes()
                 # Until the save returns the old state is the durable one; if it fails (or
                 # is cancelled) the record may or may not have changed: read it back.

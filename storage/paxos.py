@@ -166,7 +166,11 @@ the next version. A tombstone accepted at ballot ``t`` is collected
       (:mod:`storage.kv_service`).
 
 A register written again after collection starts a new life from version 1 (as after an
-etcd delete): versions order the changes of one life.
+etcd delete; a proposer that still holds the tombstone in its one-round-trip cache continues
+from the tombstone's version instead): versions order the changes of one life. A client
+whose cached configuration is no longer where placement puts the register probes
+(``storage.kv_client``): after collection, the emptied acceptors of an old configuration
+cannot point to the new one.
 
 Sources: Rystsov, "CASPaxos: Replicated State Machines without logs" (2018, arXiv:1802.07000;
 §2.2.1 for the one-round-trip optimisation, and its sections on deletion and on cluster

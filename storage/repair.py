@@ -25,23 +25,28 @@ eviction, a member starting to drain):
    register by consensus (joint quorums: :meth:`RegisterMover.move_register`); if they
    agree, it asks the members for their accepted ballots and brings a lagging or empty
    member up to date with a write-back round (:meth:`RegisterMover.sync_register`).
-3. **Tombstones.** The responsible node of a deleted register (its value is a tombstone
-   decided at ballot ``t``, not moving) that has seen that tombstone for ``tombstone_grace``
-   asks every member of the network for its accepted ballot of the register. If all answer,
-   none is above ``t`` (the register did not live again) and a majority of the replica set
-   holds ``t`` (it is decided), it sends ``kv.collect(t)``
-   (:func:`~storage.paxos.collection_order`):
-   first to the nodes holding an older value (a lagging or retired acceptor: once the others
-   forget the tombstone, such a value must not be left to be read), then to the replica set,
-   itself last, stopping at the first refusal or failure (what is left is the tombstone
-   itself, so the register still reads as deleted, and the next pass tries again). Each
-   acceptor drops the record and keeps a node-wide promise floor (:mod:`storage.kv_service`),
-   so no proposer that prepared before ``t`` can get an old value accepted afterwards. The
-   grace must exceed any operation's timeout. A node that was evicted while holding a
-   stale value and comes back after longer than the grace is not asked (as with Cassandra's
-   ``gc_grace_seconds``, such a node should rejoin empty). A record that holds only a
-   promise (a proposer probed this node, or never got to accept) is dropped the same way
-   after the grace, by its own node alone: folding a promise into the floor forgets nothing.
+3. **Tombstones.** The responsible node of a deleted register (its value is a tombstone,
+   not moving) that has seen that deletion (by version: a read's write-back moves it to a
+   new ballot, not to a new deletion) for ``tombstone_grace`` asks every member it knows,
+   evicted ones included, for its accepted ballot of the register. If all answer, none is
+   above the tombstone's ballot ``t`` (the register did not live again) and a majority of
+   the replica set holds ``t`` (it is decided), it sends ``kv.collect(t)``
+   (:func:`~storage.paxos.collection_order`): first to the nodes holding an older value (a
+   lagging or retired acceptor: once the others forget the tombstone, such a value must not
+   be left to be read), then to those holding nothing (their floor rises), then to the
+   tombstone's holders, itself last, stopping at the first refusal or failure. What is left
+   then is the tombstone on some holders: the register still reads as deleted, and if fewer
+   than a majority keep it, the next pass's sync writes it back to all (a new ballot) and it
+   is collected a grace later. Each acceptor drops the record and keeps a node-wide promise
+   floor (:mod:`storage.kv_service`), so no proposer that prepared before ``t`` can get an
+   old value accepted afterwards. The grace must exceed any operation's timeout. A member is
+   asked until membership forgets it (``forget_after`` after its eviction), so one that is
+   down blocks collection until then; a node forgotten by the network must rejoin with an
+   empty data directory (as after Cassandra's ``gc_grace_seconds``), since it may hold a
+   value whose deletion was collected without it. A record that holds only a promise (a
+   proposer probed this node, or never got to accept) is dropped after the grace by its own
+   node (``promise_only``: never if it accepted anything): folding a promise into the floor
+   forgets nothing.
 
 Eviction repair, join rebalancing and drain are the same pass under a different member
 list: an evicted member is no longer eligible, so its blocks have a missing target; a new
@@ -333,9 +338,10 @@ class RepairService:
         self._cpu = trio.CapacityLimiter(1)
         self._limiter = trio.CapacityLimiter(self.config.parallel)
         self._stale_view = False
-        #: Tombstones this node is responsible for, and records holding only a promise:
-        #: address → (ballot, first seen).
-        self._tombstones: dict[BlockAddress, tuple[Ballot, float]] = {}
+        #: Tombstones this node is responsible for (by version: a read's write-back moves
+        #: them to a new ballot, not to a new deletion) and records holding only a promise
+        #: (by ballot): address → (what was seen, when first seen).
+        self._tombstones: dict[BlockAddress, tuple[object, float]] = {}
 
     # -- RPC ------------------------------------------------------------------------------
 
@@ -868,7 +874,7 @@ class RepairService:
     async def _register_pass(self, view: _View, tally: _PassTally) -> int:
         examined = 0
         after: BlockAddress | None = None
-        tombstones: dict[BlockAddress, tuple[Ballot, float]] = {}
+        tombstones: dict[BlockAddress, tuple[object, float]] = {}
         while True:
             addresses = await self._silo.list_paxos(after=after, limit=self.config.page)
             examined += len(addresses)
@@ -899,7 +905,8 @@ class RepairService:
                 if value.is_tombstone and state is not None and not self.draining:
                     ballot = state.accepted_ballot
                     assert ballot is not None
-                    if self._aged(tombstones, address, ballot) >= self.config.tombstone_grace:
+                    seen = self._aged(tombstones, address, ("deleted", value.version))
+                    if seen >= self.config.tombstone_grace:
                         ripe.append((address, value, ballot))
             tally.work += len(moves)
             tally.under_target += len(moves)
@@ -909,9 +916,9 @@ class RepairService:
             await self._sync_lagging(view, in_place, tally)
             await self._collect_tombstones(view, ripe)
             for address, promised in promises:
-                seen = self._aged(tombstones, address, promised)
+                seen = self._aged(tombstones, address, ("promised", promised))
                 if seen >= self.config.tombstone_grace and await self._tell_collect(
-                    view, address, promised, [view.own.node_id]
+                    view, address, promised, [view.own.node_id], promise_only=True
                 ):
                     self._n.promises_dropped += 1
             if len(addresses) < self.config.page:
@@ -921,14 +928,14 @@ class RepairService:
 
     def _aged(
         self,
-        seen_now: dict[BlockAddress, tuple[Ballot, float]],
+        seen_now: dict[BlockAddress, tuple[object, float]],
         address: BlockAddress,
-        ballot: Ballot,
+        what: object,
     ) -> float:
-        """Note that ``address`` is at ``ballot`` in this pass; return for how long it has been."""
+        """Note that ``address`` shows ``what`` in this pass; return for how long it has."""
         seen = self._tombstones.get(address)
-        if seen is None or seen[0] != ballot:
-            seen = (ballot, trio.current_time())
+        if seen is None or seen[0] != what:
+            seen = (what, trio.current_time())
         seen_now[address] = seen
         return trio.current_time() - seen[1]
 
@@ -938,7 +945,10 @@ class RepairService:
         """Collect tombstones every member agrees are the last word (see the module doc)."""
         if not ripe:
             return
-        others = sorted(view.live - {view.own.node_id})
+        # Every member this node knows, evicted ones included: a member cut off for a while
+        # may hold an older value of the register and come back (it is asked until the
+        # membership forgets it).
+        others = sorted(set(view.contacts) - {view.own.node_id})
         wanted = {node: [address for address, _, _ in ripe] for node in others}
         ballots, _ = await self._ask_holdings(view, wanted, "registers")
         silent = [node for node in others if node not in ballots]
@@ -964,16 +974,20 @@ class RepairService:
                 self._n.tombstones_collected += 1
 
     async def _tell_collect(
-        self, view: _View, address: BlockAddress, ballot: Ballot, nodes: Sequence[NodeId]
+        self,
+        view: _View,
+        address: BlockAddress,
+        ballot: Ballot,
+        nodes: Sequence[NodeId],
+        *,
+        promise_only: bool = False,
     ) -> bool:
         """Send ``kv.collect`` to ``nodes`` in order; stop at the first that does not."""
+        request = {"address": address, "ballot": ballot.to_wire(), "promise_only": promise_only}
         for node in nodes:
             try:
                 reply = await self._caller.call(
-                    view.contacts[node],
-                    "kv.collect",
-                    {"address": address, "ballot": ballot.to_wire()},
-                    timeout=self.config.rpc_timeout,
+                    view.contacts[node], "kv.collect", request, timeout=self.config.rpc_timeout
                 )
             except RpcError as exc:
                 logger.info(

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from dht.ids import Address, Contact, NodeId
+from storage.ids import BlockAddress
 from storage.kv_client import HEDGE_DELAY, HEDGE_DELAY_MAX, KVClient, hedge_delay
 from storage.policy import Redundancy
 from storage.registers import ClientKeys
@@ -79,3 +80,34 @@ def test_replica_reads_ask_this_node_first_when_it_holds_a_copy() -> None:
     # Not a holder (a spare, or not a member): the nearest holder is asked first.
     assert _client(5)._local_first(candidates, 3) == candidates
     assert _client(9)._local_first(candidates, 3) == candidates
+
+
+class _Nearest(_Placement):
+    """A placement whose nearest members are fixed."""
+
+    def __init__(self, order: list[Contact]) -> None:
+        self.order = order
+
+    def closest(self, key: bytes, n: int) -> list[Contact]:
+        return self.order[:n]
+
+
+def test_a_cached_replica_set_that_placement_moved_away_from_is_probed() -> None:
+    nodes = [_contact(i) for i in range(1, 8)]
+    ids = tuple(c.node_id for c in nodes)
+    client = KVClient(
+        _Caller(ids[0]),
+        _Nearest(nodes),
+        keys=ClientKeys.generate(),
+        default_redundancy=Redundancy(replicas=3),
+    )
+    address = BlockAddress(b"a" * 32)
+    entry = client._register(address)
+    entry.replicas = (ids[2], ids[0], ids[1])  # where placement still puts it: no probe
+    assert client._start_set(address, entry, 3, None) == ((ids[2], ids[0], ids[1]), ())
+    # The register was seen on {1, 2, 7}; placement now says {1, 2, 3}. Deleted and collected
+    # on its new set, the old one could no longer point there: probe as a cold client.
+    entry.replicas = (ids[0], ids[1], ids[6])
+    start, probe = client._start_set(address, entry, 3, None)
+    assert start == ids[:3]
+    assert set(probe) >= {*ids[:5], ids[6]}

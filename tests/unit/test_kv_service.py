@@ -317,3 +317,43 @@ async def test_collect_on_an_empty_acceptor_raises_its_floor(
     assert isinstance(late, Reject)
     assert await collect(registry, address, Ballot(3, b"p")) == {"collected": True}
     assert isinstance(await paxos(registry, address, Prepare(Ballot(6, b"q"))), Promise)
+
+
+async def test_lone_promises_equal_to_the_floor_are_still_dropped(
+    node: tuple[BlockService, Registry, Silo],
+) -> None:
+    _, registry, silo = node
+    first, second = (register_address(KEYS.signing.public_key, n) for n in (b"x", b"y"))
+    for address in (first, second):
+        assert isinstance(await paxos(registry, address, Prepare(Ballot(1, b"g"))), Promise)
+    assert await collect(registry, first, Ballot(1, b"g")) == {"collected": True}
+    assert await collect(registry, second, Ballot(1, b"g")) == {"collected": True}
+    assert await silo.load_paxos(second) is None
+
+
+async def test_a_promise_at_the_floor_is_saved_as_the_records_own(
+    node: tuple[BlockService, Registry, Silo],
+) -> None:
+    _, registry, silo = node
+    gone, other = (register_address(KEYS.signing.public_key, n) for n in (b"gone", b"other"))
+    await paxos(registry, gone, Prepare(Ballot(7, b"p")))
+    await collect(registry, gone, Ballot(7, b"p"))
+    assert isinstance(await paxos(registry, other, Prepare(Ballot(7, b"p"))), Promise)
+    record = await silo.load_paxos(other)  # durable even if the floor were not
+    assert record is not None
+    assert record.value is not None
+    assert AcceptorState.from_bytes(record.value).promised == Ballot(7, b"p")
+
+
+async def test_a_promise_only_collect_never_drops_an_accepted_value(
+    node: tuple[BlockService, Registry, Silo],
+) -> None:
+    _, registry, silo = node
+    name = b"accepted"
+    address = register_address(KEYS.signing.public_key, name)
+    await paxos(registry, address, Accept(Ballot(3, b"p"), tombstone(name, 2)))
+    reply = await registry.handlers["kv.collect"](
+        CALLER, {"address": address, "ballot": Ballot(3, b"p").to_wire(), "promise_only": True}
+    )
+    assert reply == {"collected": False}
+    assert await silo.load_paxos(address) is not None
