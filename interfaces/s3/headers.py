@@ -13,7 +13,7 @@ class Headers:
     value in arrival order.
     """
 
-    __slots__ = ("_items",)
+    __slots__ = ("_first", "_items")
 
     def __init__(
         self,
@@ -23,14 +23,14 @@ class Headers:
         self._items: tuple[tuple[str, str], ...] = tuple(
             (_text(name).lower(), _text(value)) for name, value in pairs
         )
+        # A request's headers are looked up a couple of dozen times: index the first values.
+        self._first: dict[str, str] = {}
+        for key, value in self._items:
+            self._first.setdefault(key, value)
 
     def get(self, name: str, default: str | None = None) -> str | None:
         """The first value of ``name``, or ``default``."""
-        lname = name.lower()
-        for key, value in self._items:
-            if key == lname:
-                return value
-        return default
+        return self._first.get(name.lower(), default)
 
     def get_all(self, name: str) -> list[str]:
         """Every value of ``name``, in arrival order."""
@@ -38,7 +38,7 @@ class Headers:
         return [value for key, value in self._items if key == lname]
 
     def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and any(key == name.lower() for key, _ in self._items)
+        return isinstance(name, str) and name.lower() in self._first
 
     def __iter__(self) -> Iterator[tuple[str, str]]:
         return iter(self._items)

@@ -24,6 +24,7 @@ from botocore.credentials import Credentials  # type: ignore[import-untyped]
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from interfaces.s3 import sigv4
 from interfaces.s3.errors import S3Error
 from interfaces.s3.headers import Headers
 from interfaces.s3.sigv4 import (
@@ -587,3 +588,25 @@ def test_botocore_sigv2_header_and_query(
             later,
             virtual_host_bucket="bucket" if virtual else None,
         )
+
+
+@given(
+    st.one_of(
+        st.datetimes(min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 31)).map(
+            lambda d: d.strftime("%Y%m%dT%H%M%SZ").rjust(16, "0")
+        ),
+        st.text(alphabet="0123456789TZ: -", min_size=14, max_size=18),
+    )
+)
+def test_amz_dates_parse_as_strptime_parses_them(value: str) -> None:
+    try:
+        expected: datetime | None = datetime.strptime(value, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+    except ValueError:
+        expected = None
+    if len(value) != 16:
+        expected = None
+    try:
+        got: datetime | None = sigv4._parse_amz_date(value)
+    except ValueError:
+        got = None
+    assert got == expected
