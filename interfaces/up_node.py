@@ -28,14 +28,16 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 
 from dht.errors import CredentialError
 from dht.ids import Address
+from storage.errors import Unavailable
 from storage.policy import Redundancy
 
 from .config import ConfigError, NodeConfig, parse_address
@@ -53,6 +55,9 @@ logger = logging.getLogger(__name__)
 ACCESS_KEY_FILE = "s3-access-key"
 #: How long the gateway's node waits for the other nodes to become members.
 MEMBERSHIP_WAIT = 30.0
+#: Seconds between attempts of a start-up step that found no quorum yet.
+_START_RETRY_DELAY = 0.5
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -160,6 +165,24 @@ async def initial_credentials(credentials: CredentialStore, data_dir: Path) -> t
     return access_key, secret
 
 
+async def _retrying_unavailable(operation: Callable[[], Awaitable[T]], timeout: float) -> T:
+    """Run ``operation``, again while it finds no quorum (the local nodes are still
+    meeting each other), for up to ``timeout`` seconds.
+
+    Raises:
+        NodeStartError: still no quorum after ``timeout``.
+    """
+    deadline = trio.current_time() + timeout
+    while True:
+        try:
+            return await operation()
+        except Unavailable as error:
+            if trio.current_time() + _START_RETRY_DELAY >= deadline:
+                raise NodeStartError(f"the local nodes reach no quorum: {error}") from None
+            logger.info("no quorum yet (%s); trying again", error)
+            await trio.sleep(_START_RETRY_DELAY)
+
+
 def _report(document: dict[str, Any]) -> None:
     sys.stdout.write(json.dumps(document) + "\n")
     sys.stdout.flush()
@@ -194,7 +217,10 @@ async def serve(
                     region=g.region,
                 )
             )
-            access_key, secret = await initial_credentials(served.credentials, g.data_dir)
+            access_key, secret = await _retrying_unavailable(
+                functools.partial(initial_credentials, served.credentials, g.data_dir),
+                MEMBERSHIP_WAIT,
+            )
             admin = node.admin_address
             _report(
                 {

@@ -5,10 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import trio
+import trio.testing
 
 from dht.ids import Address
+from interfaces import up_node
 from interfaces.config import NodeConfig
+from interfaces.node import NodeStartError
 from interfaces.up_node import GatewaySpec, NodeSpec
+from storage.errors import Unavailable
 
 
 def test_node_spec_round_trips() -> None:
@@ -41,3 +46,26 @@ def test_node_spec_round_trips() -> None:
 def test_malformed_spec_is_refused(line: str) -> None:
     with pytest.raises(ValueError, match="not a node specification"):
         NodeSpec.from_json(line)
+
+
+async def test_a_start_up_step_is_retried_while_there_is_no_quorum(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    attempts: list[float] = []
+
+    async def flaky() -> str:
+        attempts.append(trio.current_time())
+        if len(attempts) < 3:
+            raise Unavailable(2, 1)
+        return "done"
+
+    assert await up_node._retrying_unavailable(flaky, 30.0) == "done"
+    assert len(attempts) == 3
+
+    async def never() -> str:
+        raise Unavailable(2, 0)
+
+    started = trio.current_time()
+    with pytest.raises(NodeStartError, match="no quorum"):
+        await up_node._retrying_unavailable(never, 5.0)
+    assert 4.0 <= trio.current_time() - started <= 5.0
