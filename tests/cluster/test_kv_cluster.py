@@ -325,7 +325,7 @@ async def test_a_full_node_refuses_writes_and_the_client_places_elsewhere(
     full = cluster.nodes[3].identity.node_id
     overlay = cluster.nodes[0].overlay
     assert overlay is not None
-    refs = []
+    refs: list[tuple[ChunkRef, bytes]] = []
     targeted = 0
     # Addresses are random (each chunk has a fresh key): write until at least one chunk
     # was aimed at the full node (3 of 4 nodes are targets, so that takes a few at most).
