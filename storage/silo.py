@@ -931,17 +931,13 @@ class Silo:
         Cancellation: the record may or may not be deleted (with the setting).
         """
         addr = _address(address)
-        extra: tuple[str, bytes, int] | None = None
-        if setting is not None:
-            name = _setting_name(setting[0])
-            data = _payload(setting[1])
-            extra = (name, data, _setting_checksum(name, data))
+        extra = None if setting is None else _setting_row(*setting)
 
         def delete(conn: sqlite3.Connection) -> int:
             old = _old_acceptor_size(conn, addr)
             conn.execute("DELETE FROM paxos WHERE address = ?", (addr,))
             if extra is not None:
-                conn.execute("INSERT OR REPLACE INTO settings VALUES (?, ?, ?)", extra)
+                conn.execute(_UPSERT_SETTING, extra)
             return old
 
         def done(job: Job[int]) -> None:
@@ -1018,12 +1014,10 @@ class Silo:
 
         Cancellation: the setting may or may not be stored.
         """
-        name = _setting_name(name)
-        data = _payload(value)
-        checksum = _setting_checksum(name, data)
+        row = _setting_row(name, value)
 
         def upsert(conn: sqlite3.Connection) -> None:
-            conn.execute("INSERT OR REPLACE INTO settings VALUES (?, ?, ?)", (name, data, checksum))
+            conn.execute(_UPSERT_SETTING, row)
 
         with self._call():
             await self._writer.submit(upsert).wait()
@@ -1231,6 +1225,16 @@ def _acceptor_checksum(
         if field is not None:
             crc = zlib.crc32(field, crc)
     return crc
+
+
+_UPSERT_SETTING = "INSERT OR REPLACE INTO settings VALUES (?, ?, ?)"
+
+
+def _setting_row(name: object, value: object) -> tuple[str, bytes, int]:
+    """A validated settings row: (name, value, checksum)."""
+    name = _setting_name(name)
+    data = _payload(value)
+    return name, data, _setting_checksum(name, data)
 
 
 def _setting_checksum(name: str, value: bytes) -> int:

@@ -225,10 +225,12 @@ def tombstone(name: bytes, version: int) -> RegisterValue:
     return sign_register_value(KEYS.signing, name, RegisterValue(version, REPLICAS, None))
 
 
-async def collect(registry: Registry, address: bytes, ballot: Ballot) -> Any:
+async def collect(
+    registry: Registry, address: bytes, ballot: Ballot, *, promise_only: bool = False
+) -> Any:
     """Ask the service to collect the tombstone of ``address`` accepted at ``ballot``."""
     return await registry.handlers["kv.collect"](
-        CALLER, {"address": address, "ballot": ballot.to_wire()}
+        CALLER, {"address": address, "ballot": ballot.to_wire(), "promise_only": promise_only}
     )
 
 
@@ -352,8 +354,6 @@ async def test_a_promise_only_collect_never_drops_an_accepted_value(
     name = b"accepted"
     address = register_address(KEYS.signing.public_key, name)
     await paxos(registry, address, Accept(Ballot(3, b"p"), tombstone(name, 2)))
-    reply = await registry.handlers["kv.collect"](
-        CALLER, {"address": address, "ballot": Ballot(3, b"p").to_wire(), "promise_only": True}
-    )
+    reply = await collect(registry, address, Ballot(3, b"p"), promise_only=True)
     assert reply == {"collected": False}
     assert await silo.load_paxos(address) is not None
