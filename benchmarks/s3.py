@@ -19,8 +19,11 @@ Figures, all from boto3 clients in this process:
   before the timing starts.
 
 Rounds alternate between the three systems (all up throughout) and the medians are
-reported, so that the shared machine's changing load hits all alike. The last line states the
-ratios to moto.
+reported, so that the shared machine's changing load hits all alike. Beside the rates, the
+CPU the servers spent per MiB of the 64 MiB PUT and GET (every process of each system, from
+/proc) is printed next to a *floor*: the CPU per MiB of the primitives a replicated PUT and
+GET must run by design (checks, sealing, addresses, the secure channel), measured in this
+process. The last line states the ratios to moto.
 
 Usage: ``python benchmarks/s3.py [--dir DIR] [--rounds R] [--seconds S] [--clients N]``.
 """
@@ -29,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import socket
@@ -68,6 +72,7 @@ class Endpoint:
     access_key: str
     secret_key: str
     region: str = "us-east-1"
+    pid: int | None = None  # the server's process; its CPU (and its children's) is measured
     clients: list[Any] = field(default_factory=list)
 
     def make_clients(self, count: int) -> None:
@@ -141,6 +146,7 @@ def ballast_up(directory: Path) -> Iterator[Endpoint]:
             document["access_key"],
             document["secret_key"],
             document["region"],
+            pid=process.pid,
         )
     finally:
         _stop(process)
@@ -171,10 +177,96 @@ def moto_server(directory: Path) -> Iterator[Endpoint]:
                 if process.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"moto_server did not start; see {directory}") from None
                 time.sleep(0.2)
-        yield Endpoint("moto", url, "bench-access-key", "bench-secret-key")
+        yield Endpoint("moto", url, "bench-access-key", "bench-secret-key", pid=process.pid)
     finally:
         _stop(process)
         log.close()
+
+
+# -- CPU accounting ------------------------------------------------------------------------------
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """User + system CPU seconds of process ``root`` and all its descendants (from /proc)."""
+    parents: dict[int, int] = {}
+    cpu: dict[int, float] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        fields = text.rsplit(")", 1)[1].split()
+        pid = int(stat.parent.name)
+        parents[pid] = int(fields[1])
+        cpu[pid] = (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+    total = 0.0
+    for pid, seconds in cpu.items():
+        ancestor = pid
+        while ancestor != root and ancestor in parents and ancestor > 1:
+            ancestor = parents[ancestor]
+        if ancestor == root:
+            total += seconds
+    return total
+
+
+def _cpu_ms(work: Callable[[], object], repeat: int = 5) -> float:
+    """CPU milliseconds per MiB that ``work`` (on 4 MiB) takes in this thread, best of a few."""
+    best = math.inf
+    for _ in range(repeat):
+        began = time.thread_time()
+        work()
+        best = min(best, time.thread_time() - began)
+    return best * 1000 / 4
+
+
+def primitive_floor() -> tuple[dict[str, float], dict[str, float]]:
+    """CPU ms per MiB of the primitives a replicated PUT and GET must run, measured here.
+
+    PUT (``replicas=3``, the gateway's node among the holders): the request's checks (MD5
+    for the ETag, the payload's SHA-256 and CRC-32 that boto3 sends), sealing, the address
+    (BLAKE2b) and its check by the two other holders, and the secure channel to them
+    (secretstream push + pull, twice). GET from the gateway's own node: the silo's file
+    checksum and unsealing. No interpreter, socket, disk or scheduling cost is included:
+    this is a floor, not an estimate.
+    """
+    import hashlib
+    import zlib
+
+    import nacl.bindings as sodium
+
+    from storage.chunks import chunk_address, seal, unseal
+
+    data = os.urandom(4 * MiB)
+    sealed = seal(data)
+    key = sodium.crypto_secretstream_xchacha20poly1305_keygen()
+
+    def channel() -> None:
+        push = sodium.crypto_secretstream_xchacha20poly1305_state()
+        header = sodium.crypto_secretstream_xchacha20poly1305_init_push(push, key)
+        pull = sodium.crypto_secretstream_xchacha20poly1305_state()
+        sodium.crypto_secretstream_xchacha20poly1305_init_pull(pull, header, key)
+        for offset in range(0, len(data), MiB):
+            frame = sodium.crypto_secretstream_xchacha20poly1305_push(
+                push, data[offset : offset + MiB]
+            )
+            sodium.crypto_secretstream_xchacha20poly1305_pull(pull, frame)
+
+    put = {
+        "md5": _cpu_ms(lambda: hashlib.md5(data, usedforsecurity=False).digest()),
+        "sha256": _cpu_ms(lambda: hashlib.sha256(data).digest()),
+        "crc32": _cpu_ms(lambda: zlib.crc32(data)),
+        "seal": _cpu_ms(lambda: seal(data)),
+        "blake2b x3": 3 * _cpu_ms(lambda: chunk_address(sealed.ciphertext)),
+        "channel x2": 2 * _cpu_ms(channel),
+        "file crc32 x3": 3 * _cpu_ms(lambda: zlib.crc32(sealed.ciphertext)),
+    }
+    get = {
+        "file crc32": _cpu_ms(lambda: zlib.crc32(sealed.ciphertext)),
+        "unseal": _cpu_ms(lambda: unseal(sealed.ciphertext, sealed.key)),
+    }
+    return put, get
 
 
 # -- workloads ---------------------------------------------------------------------------------
@@ -226,17 +318,31 @@ class S3Workload:
         for i in range(GET_POOL):
             s3.put_object(Bucket=BUCKET, Key=f"pool/{i}", Body=small)
         self._round = 0
+        #: Server CPU milliseconds per MiB of each 64 MiB PUT and GET (all its processes).
+        self.cpu: dict[str, list[float]] = {"put64M": [], "get64M": []}
+
+    def _server_cpu(self) -> float:
+        return 0.0 if self.endpoint.pid is None else tree_cpu_seconds(self.endpoint.pid)
+
+    def _record_cpu(self, figure: str, before: float) -> None:
+        if self.endpoint.pid is not None:
+            spent = tree_cpu_seconds(self.endpoint.pid) - before
+            self.cpu[figure].append(spent * 1000 / (len(self.big) / MiB))
 
     def put64m(self) -> float:
         """MB/s of one 64 MiB ``put_object``."""
         s3 = self.endpoint.clients[0]
+        cpu = self._server_cpu()
         began = time.perf_counter()
         s3.put_object(Bucket=BUCKET, Key="big", Body=self.big)
-        return len(self.big) / (time.perf_counter() - began) / 1e6
+        rate = len(self.big) / (time.perf_counter() - began) / 1e6
+        self._record_cpu("put64M", cpu)
+        return rate
 
     def get64m(self) -> float:
         """MB/s of one 64 MiB ``get_object`` (body read whole); checks the bytes."""
         s3 = self.endpoint.clients[0]
+        cpu = self._server_cpu()
         began = time.perf_counter()
         body = s3.get_object(Bucket=BUCKET, Key="big")["Body"]
         try:
@@ -244,6 +350,7 @@ class S3Workload:
         finally:
             body.close()
         rate = len(self.big) / (time.perf_counter() - began) / 1e6
+        self._record_cpu("get64M", cpu)
         if data != self.big:
             raise RuntimeError(f"{self.endpoint.name}: the 64 MiB object came back different")
         return rate
@@ -352,6 +459,22 @@ def _line(name: str, figures: dict[str, float]) -> str:
     )
 
 
+def _print_cpu(server_cpu: dict[str, dict[str, list[float]]]) -> None:
+    """Server CPU per MiB (medians) beside the floor of the primitives Ballast must run."""
+    for figure in ("put64M", "get64M"):
+        print(
+            f"server CPU, {figure}: "
+            + "; ".join(
+                f"{name} {statistics.median(cpu[figure]):.1f} ms/MiB"
+                for name, cpu in server_cpu.items()
+                if cpu[figure]
+            )
+        )
+    for figure, parts in zip(("put64M", "get64M"), primitive_floor(), strict=True):
+        listed = ", ".join(f"{part} {ms:.2f}" for part, ms in parts.items())
+        print(f"floor, {figure}: {sum(parts.values()):.1f} ms/MiB of primitives ({listed})")
+
+
 def run(directory: Path, rounds: int, seconds: float, clients: int) -> str:
     """Run the benchmark in ``directory``; print progress and return the last line."""
     big = os.urandom(BIG)
@@ -362,6 +485,7 @@ def run(directory: Path, rounds: int, seconds: float, clients: int) -> str:
         flush=True,
     )
     results: dict[str, dict[str, list[float]]] = {}
+    server_cpu: dict[str, dict[str, list[float]]] = {}
     with ExitStack() as stack:
         endpoints = [
             stack.enter_context(ballast_up(directory)),
@@ -382,6 +506,9 @@ def run(directory: Path, rounds: int, seconds: float, clients: int) -> str:
                 for figure, value in figures.items():
                     results[name][figure].append(value)
                 print(f"round {round_}: {_line(name, figures)}", flush=True)
+        for name, workload in workloads:
+            if isinstance(workload, S3Workload):
+                server_cpu[name] = workload.cpu
     medians = {
         name: {figure: statistics.median(values) for figure, values in by_figure.items()}
         for name, by_figure in results.items()
@@ -394,6 +521,7 @@ def run(directory: Path, rounds: int, seconds: float, clients: int) -> str:
         "ballast vs local disk (fsync): "
         + "; ".join(f"{f} {ballast[f] / disk[f]:.2f}x" for f in FIGURES)
     )
+    _print_cpu(server_cpu)
     units = {"put64M": " MB/s", "get64M": " MB/s", "put4k": "/s", "get4k": "/s"}
     return "s3: " + "; ".join(
         f"{f} {ballast[f]:.0f}{units[f]} = {ballast[f] / moto[f]:.2f}x moto" for f in FIGURES

@@ -10,6 +10,7 @@ from typing import Any
 import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
+from hypercorn.trio import tcp_server as hypercorn_tcp_server
 
 from dht.ids import Address
 
@@ -22,6 +23,19 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+#: Bytes hypercorn's trio worker asks the socket for at once (its module constant, 64 KiB by
+#: default). Every read travels through h11, hypercorn's stream and the ASGI queue: with
+#: 1 MiB reads a 64 MiB upload takes ~11% less CPU in the gateway (measured on two cores,
+#: 0.75 → 0.66 s). ``recv`` allocates the size asked for and shrinks it to what arrived.
+RECEIVE_BYTES = 1 << 20
+
+
+def _read_more_at_once() -> None:
+    if not isinstance(getattr(hypercorn_tcp_server, "MAX_RECV", None), int):
+        raise RuntimeError("hypercorn.trio.tcp_server.MAX_RECV is gone: update interfaces/http.py")
+    hypercorn_tcp_server.MAX_RECV = RECEIVE_BYTES
 
 
 def hypercorn_config(address: Address) -> Config:
@@ -55,6 +69,7 @@ async def serve_app(
             host, _, port = host_port.rpartition(":")
             task_status.started(Address(host.strip("[]"), int(port)))
 
+    _read_more_at_once()
     try:
         await serve(app, hypercorn_config(address), task_status=_Status())  # type: ignore[arg-type]
     except* OSError as group:

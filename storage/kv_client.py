@@ -417,8 +417,11 @@ def _prepare_copies(
             _Copy(fragment, index, manifest) for index, fragment in enumerate(encoded.fragments)
         ]
         return encoded.address, sealed.key, copies
-    address = chunk_address(sealed.ciphertext)
-    return address, sealed.key, [_Copy(sealed.ciphertext) for _ in range(policy.nodes_needed)]
+    # Immutable from here: a call to this node hands ``bytes`` over without copying them on
+    # the event loop (see ``dht.rpc._local_copy``); this copy runs in the worker thread.
+    ciphertext = bytes(sealed.ciphertext)
+    address = chunk_address(ciphertext)
+    return address, sealed.key, [_Copy(ciphertext) for _ in range(policy.nodes_needed)]
 
 
 @dataclass
@@ -594,18 +597,25 @@ class _Mutation:
 
 
 def _open_replica(payload: bytes, address: BlockAddress, key: bytes) -> bytes | Corrupt | None:
-    """Verify a replica against its address, then unseal it (one worker-thread job).
+    """Unseal a replica, telling a bad holder from a bad reference (one worker-thread job).
+
+    A replica that opens under ``key`` is authentic: the Poly1305 tag binds the nonce and
+    every ciphertext byte to the chunk's own random key, which only the referencing metadata
+    holds, so no holder can forge one. Hashing it against ``address`` as well would only
+    repeat that proof (and cost as much CPU as the unsealing), so the address is checked
+    only when the replica does not open, to tell who is at fault.
 
     Returns:
         The plaintext; ``None`` if the bytes do not hash to ``address`` (the holder served
-        bad bytes); the :class:`Corrupt` error if verified bytes do not open under ``key``
-        (the reference is wrong: returned, so the caller does not blame the holder).
+        bad bytes); the :class:`Corrupt` error if bytes that do hash to ``address`` do not
+        open under ``key`` (the reference is wrong: returned, so the caller does not blame
+        the holder).
     """
-    if chunk_address(payload) != address:
-        return None
     try:
         return unseal(payload, key)
     except Corrupt as exc:
+        if chunk_address(payload) != address:
+            return None
         return exc
 
 

@@ -108,6 +108,7 @@ from .errors import (
     PreconditionFailed,
     StorageError,
 )
+from .hash_lane import HashLane
 from .object_records import (
     PART_INLINE_CHUNKS,
     BucketConfig,
@@ -786,6 +787,7 @@ class ObjectStore:
             ``(size, md5)``.
         """
         md5 = hashlib.md5(usedforsecurity=False)
+        lane = HashLane([md5])  # the ETag's MD5, computed off the event loop
         size = 0
         stored: list[StoredChunk | None] = []
         window = trio.Semaphore(PUT_PIPELINE)
@@ -814,22 +816,24 @@ class ObjectStore:
 
         async def read(nursery: trio.Nursery) -> None:
             nonlocal size
-            # Each chunk fills a buffer of its own, handed over without a copy and never
-            # written again.
-            buf = bytearray()
+            # A chunk's pieces are joined once it is full: one copy, into a buffer of its
+            # own, handed over without a copy and never written again.
+            pieces: list[bytes | memoryview] = []
+            filled = 0
             exhausted = False
             try:
                 async for piece in body:
-                    md5.update(piece)
+                    await lane.update(piece)
                     size += len(piece)
                     view = memoryview(piece)
                     while view:
-                        room = self.chunk_size - len(buf)
-                        buf += view[:room]
+                        room = self.chunk_size - filled
+                        pieces.append(view[:room] if len(view) > room else view)
+                        filled += min(room, len(view))
                         view = view[room:]
-                        if len(buf) == self.chunk_size:
-                            await flush(memoryview(buf), nursery)
-                            buf = bytearray()
+                        if filled == self.chunk_size:
+                            await flush(memoryview(b"".join(pieces)), nursery)
+                            pieces, filled = [], 0
                 exhausted = True
             finally:
                 # Close a body we stop reading early (an async generator would otherwise be
@@ -838,8 +842,8 @@ class ObjectStore:
                 if not exhausted and aclose is not None:
                     with trio.move_on_after(_CLEANUP_SECONDS, shield=True):
                         await aclose()
-            if buf:
-                await flush(memoryview(buf), nursery)
+            if pieces:
+                await flush(memoryview(b"".join(pieces)), nursery)
 
         try:
             async with trio.open_nursery() as nursery:
@@ -853,6 +857,7 @@ class ObjectStore:
             out.extend(chunk for chunk in stored if chunk is not None)
         if error is not None:
             raise error
+        await lane.finish()
         return size, md5.digest()
 
     async def _record_chunks(

@@ -10,9 +10,9 @@
   suffixed ``-N``.
 
 CRC32 and the SHAs come from the stdlib (C speed). CRC32C and CRC64NVME have no stdlib
-implementation: we use ``google_crc32c`` or ``crc32c`` for CRC32C when importable, and
-otherwise a table-driven pure-Python loop, which runs at only a few MB/s — fine for small
-objects and tests, a bottleneck for large uploads that ask for these algorithms.
+implementation: they come from :mod:`native` (SSE4.2 / PCLMULQDQ kernels, or portable
+slicing-by-8 tables). The table-driven pure-Python loops kept here run at only a few MB/s;
+they are the reference implementations the native kernels are cross-checked against.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
+
+import native
 
 from .errors import S3Error
 from .headers import Headers
@@ -108,7 +110,7 @@ def check_content_md5(expected: bytes, actual: bytes) -> None:
 class Hasher(Protocol):
     """An incremental checksum (the subset of hashlib's interface we use)."""
 
-    def update(self, data: bytes, /) -> None:
+    def update(self, data: bytes | bytearray | memoryview, /) -> None:
         """Feed more bytes."""
 
     def digest(self) -> bytes:
@@ -140,30 +142,21 @@ def _crc_pure(table: tuple[int, ...], mask: int) -> Callable[[bytes, int], int]:
     return update
 
 
-def _crc32c_impl() -> Callable[[bytes, int], int]:
-    try:
-        import google_crc32c  # type: ignore[import-not-found, unused-ignore]
-
-        return lambda data, crc: int(google_crc32c.extend(crc, data))
-    except ImportError:
-        pass
-    try:
-        import crc32c  # type: ignore[import-not-found, unused-ignore]
-
-        return lambda data, crc: int(crc32c.crc32c(data, crc))
-    except ImportError:
-        pass
-    return _crc_pure(_CRC32C_TABLE, 0xFFFFFFFF)
-
-
-crc32c_update = _crc32c_impl()
-"""``crc32c_update(data, crc)``: CRC32C of ``data`` continuing from ``crc`` (0 to start)."""
-
 crc32c_update_pure = _crc_pure(_CRC32C_TABLE, 0xFFFFFFFF)
-"""The pure-Python CRC32C, kept for cross-checking whichever implementation is in use."""
+"""The pure-Python CRC32C: the reference the native kernel is cross-checked against."""
 
-crc64nvme_update = _crc_pure(_CRC64NVME_TABLE, 0xFFFFFFFFFFFFFFFF)
-"""``crc64nvme_update(data, crc)``: CRC-64/NVME of ``data`` continuing from ``crc``."""
+crc64nvme_update_pure = _crc_pure(_CRC64NVME_TABLE, 0xFFFFFFFFFFFFFFFF)
+"""The pure-Python CRC-64/NVME: the reference the native kernel is cross-checked against."""
+
+
+def crc32c_update(data: bytes | bytearray | memoryview, crc: int) -> int:
+    """CRC32C of ``data`` continuing from ``crc`` (0 to start), by the native kernel."""
+    return native.crc32c(data, crc)
+
+
+def crc64nvme_update(data: bytes | bytearray | memoryview, crc: int) -> int:
+    """CRC-64/NVME of ``data`` continuing from ``crc`` (0 to start), by the native kernel."""
+    return native.crc64nvme(data, crc)
 
 
 class _Crc:
@@ -172,8 +165,8 @@ class _Crc:
         self._size = size
         self._crc = 0
 
-    def update(self, data: bytes, /) -> None:
-        self._crc = self._fn(bytes(data), self._crc)
+    def update(self, data: bytes | bytearray | memoryview, /) -> None:
+        self._crc = self._fn(data if isinstance(data, bytes) else bytes(data), self._crc)
 
     def digest(self) -> bytes:
         return self._crc.to_bytes(self._size, "big")

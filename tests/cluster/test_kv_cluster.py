@@ -7,6 +7,7 @@ a restart of every node; and a check that no plaintext ever reaches a node's dis
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 import logging
@@ -29,7 +30,7 @@ from dht.overlay import Overlay
 from dht.rpc import RpcNode
 from storage.api import ChunkRef
 from storage.chunks import chunk_address
-from storage.errors import Conflict, NotFound, Unavailable
+from storage.errors import Conflict, Corrupt, NotFound, Unavailable
 from storage.ids import BlockAddress
 from storage.kv_client import KVClient
 from storage.paxos import (
@@ -276,6 +277,26 @@ async def test_a_node_serving_altered_bytes_is_detected_by_the_reader(
         assert client.statistics().corrupt_replies == before + 1
         assert registries[liar.index].tampered >= 1
         assert liar.identity.node_id.hex() in caplog.text
+
+
+async def test_a_wrong_key_is_the_references_fault_not_the_holders(
+    cluster_factory: ClusterFactory,
+) -> None:
+    """Replicas are authenticated by unsealing; one that does not open is then hashed: bytes
+    that match the address mean the reference is wrong (Corrupt, no holder blamed)."""
+    cluster = await cluster_factory(4)
+    client = await cluster.client(0)
+    data = _stream(300_000, 3)
+    ref = await client.put_chunk(data, redundancy=REPLICATED)
+    await wait_background(client)
+    wrong = dataclasses.replace(ref, key=bytes(32))
+    before = client.statistics()
+    with pytest.raises(Corrupt):
+        await client.get_chunk(wrong)
+    after = client.statistics()
+    assert after.corrupt_replies == before.corrupt_replies
+    assert after.hedged_requests == before.hedged_requests
+    assert await client.get_chunk(ref) == data
 
 
 async def test_reads_hedge_around_a_slow_holder(cluster_factory: ClusterFactory) -> None:
