@@ -51,4 +51,4 @@ $(STAMP): pyproject.toml setup.py
 	@touch $@
 
 clean:
-	rm -rf build native/*.so native/_reed_solomon.c native/.built $(VENV)
+	rm -rf build native/*.so native/_reed_solomon.c native/_checksums.c native/.built $(VENV)

@@ -1,4 +1,4 @@
-"""Build the native extension (Reed-Solomon kernels) alongside the pure-Python packages."""
+"""Build the native extensions (Reed-Solomon and CRC kernels) alongside the pure-Python packages."""
 
 from Cython.Build import cythonize
 from setuptools import Extension, setup
@@ -7,6 +7,12 @@ extensions = [
     Extension(
         "native._reed_solomon",
         sources=["native/_reed_solomon.pyx", "native/rs_kernels.c"],
+        include_dirs=["native"],
+        extra_compile_args=["-O3", "-std=c11", "-fno-strict-aliasing"],
+    ),
+    Extension(
+        "native._checksums",
+        sources=["native/_checksums.pyx", "native/crc_kernels.c"],
         include_dirs=["native"],
         extra_compile_args=["-O3", "-std=c11", "-fno-strict-aliasing"],
     ),

@@ -1,4 +1,4 @@
-"""Native hot loops for Ballast: Reed-Solomon erasure coding over GF(2^8).
+"""Native hot loops for Ballast: Reed-Solomon erasure coding over GF(2^8) and checksums.
 
 A systematic ``k + m`` code: the data is split into ``k`` equal data fragments (zero-padded
 at the end to ``k * ceil(len / k)`` bytes) and ``m`` parity fragments are computed, so that
@@ -23,6 +23,13 @@ Example::
 
 The functions below cache one :class:`ReedSolomon` codec per ``(k, m)``; use the class
 directly to keep one yourself.
+
+Checksums: :func:`crc32c` (Castagnoli) and :func:`crc64nvme` (CRC-64/NVME) take any
+C-contiguous buffer and continue from a previous result like ``zlib.crc32(data, crc)``.
+CRC-32C runs on the SSE4.2 ``crc32`` instruction when the CPU has it and CRC-64/NVME on
+PCLMULQDQ folding, else both on portable slicing-by-8 tables (also forced by
+``BALLAST_NATIVE_PORTABLE=1``); :func:`crc32c_kernel` and :func:`crc64nvme_kernel` tell
+which one runs.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ import functools
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Literal, overload
 
+from native._checksums import crc32c, crc32c_kernel, crc64nvme, crc64nvme_kernel
 from native._reed_solomon import (
     MAX_DATA_FRAGMENTS,
     MAX_PARITY_FRAGMENTS,
@@ -55,6 +63,10 @@ __all__ = [
     "ReedSolomon",
     "available_kernels",
     "codec",
+    "crc32c",
+    "crc32c_kernel",
+    "crc64nvme",
+    "crc64nvme_kernel",
     "decode",
     "decode_into",
     "encode",

@@ -1,0 +1,195 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, initializedcheck=False
+"""CRC-32C and CRC-64/NVME: the compiled checksums re-exported by :mod:`native`.
+
+The kernels live in crc_kernels.c (theory of operation at its top). This layer validates
+the arguments, holds the Python buffer while the GIL is released, and picks each CRC's
+kernel at import: the CPU's best (SSE4.2 ``crc32`` for CRC-32C, PCLMULQDQ folding for
+CRC-64/NVME) or the portable slicing-by-8 one, which ``BALLAST_NATIVE_PORTABLE=1`` forces
+(as for Reed-Solomon). ``crc32c_with`` and ``crc64nvme_with`` run a named kernel, so tests
+and benchmarks can compare them.
+"""
+
+import os
+
+from cpython.buffer cimport (
+    PyBUF_SIMPLE,
+    PyBuffer_Release,
+    PyObject_CheckBuffer,
+    PyObject_GetBuffer,
+)
+from libc.stdint cimport uint8_t, uint32_t, uint64_t
+
+from native._reed_solomon import PORTABLE_ENV
+
+
+cdef extern from "crc_kernels.h" nogil:
+    enum:
+        CRC32C_KERNEL_PORTABLE
+        CRC32C_KERNEL_SSE42
+        CRC64NVME_KERNEL_PORTABLE
+        CRC64NVME_KERNEL_PCLMUL
+
+    void crc_init()
+    int crc32c_sse42_available()
+    int crc64nvme_pclmul_available()
+    uint32_t crc32c_run(int kernel, uint32_t crc, const uint8_t *data, size_t len)
+    uint64_t crc64nvme_run(int kernel, uint64_t crc, const uint8_t *data, size_t len)
+
+
+cdef enum:
+    NOGIL_MIN_BYTES = 4096  # below this, releasing the GIL costs more than it frees
+
+CRC32_MAX = 0xFFFFFFFF
+CRC64_MAX = 0xFFFFFFFFFFFFFFFF
+
+crc_init()
+
+cdef dict _CRC32C_IDS = {"sse4.2": CRC32C_KERNEL_SSE42, "portable": CRC32C_KERNEL_PORTABLE}
+cdef dict _CRC64NVME_IDS = {"pclmul": CRC64NVME_KERNEL_PCLMUL, "portable": CRC64NVME_KERNEL_PORTABLE}
+
+
+def crc32c_kernels():
+    """Return the CRC-32C kernels this CPU and build can run, fastest first."""
+    return ("sse4.2", "portable") if crc32c_sse42_available() else ("portable",)
+
+
+def crc64nvme_kernels():
+    """Return the CRC-64/NVME kernels this CPU and build can run, fastest first."""
+    return ("pclmul", "portable") if crc64nvme_pclmul_available() else ("portable",)
+
+
+cdef str _automatic_kernel(tuple available):
+    """The fastest of ``available``, or ``"portable"`` when the environment asks for it."""
+    if os.environ.get(PORTABLE_ENV, "") not in ("", "0"):
+        return "portable"
+    return available[0]
+
+
+cdef str _crc32c_name = _automatic_kernel(crc32c_kernels())
+cdef str _crc64nvme_name = _automatic_kernel(crc64nvme_kernels())
+cdef int _crc32c_kernel = _CRC32C_IDS[_crc32c_name]
+cdef int _crc64nvme_kernel = _CRC64NVME_IDS[_crc64nvme_name]
+
+
+cdef object _check_crc(object crc, object limit):
+    """Return ``crc`` after checking its type and range."""
+    if isinstance(crc, bool) or not isinstance(crc, int):
+        raise TypeError(f"crc must be an int, not {type(crc).__name__}")
+    if not 0 <= crc <= limit:
+        raise ValueError(f"crc must be in 0..{limit:#x}, got {crc}")
+    return crc
+
+
+cdef int _check_kernel(str algorithm, object kernel, tuple available) except -1:
+    if kernel not in available:
+        raise ValueError(f"{algorithm} kernel {kernel!r} is not one of {available}")
+    return 0
+
+
+cdef int _get_buffer(object data, Py_buffer *view) except -1:
+    """Fill ``view`` with the bytes of ``data``, which must be a C-contiguous buffer."""
+    if not PyObject_CheckBuffer(data):
+        raise TypeError(
+            f"data must be a bytes-like object (buffer protocol), not {type(data).__name__}"
+        )
+    try:
+        PyObject_GetBuffer(data, view, PyBUF_SIMPLE)
+    except BufferError as exc:
+        raise TypeError(f"data must be a C-contiguous buffer: {exc}") from None
+    return 0
+
+
+cdef uint32_t _crc32c(int kernel, object data, uint32_t crc) except? 0:
+    cdef Py_buffer view
+    _get_buffer(data, &view)
+    cdef const uint8_t *ptr = <const uint8_t *>view.buf
+    cdef size_t size = <size_t>view.len
+    try:
+        if size >= NOGIL_MIN_BYTES:
+            with nogil:
+                crc = crc32c_run(kernel, crc, ptr, size)
+        else:
+            crc = crc32c_run(kernel, crc, ptr, size)
+    finally:
+        PyBuffer_Release(&view)
+    return crc
+
+
+cdef uint64_t _crc64nvme(int kernel, object data, uint64_t crc) except? 0:
+    cdef Py_buffer view
+    _get_buffer(data, &view)
+    cdef const uint8_t *ptr = <const uint8_t *>view.buf
+    cdef size_t size = <size_t>view.len
+    try:
+        if size >= NOGIL_MIN_BYTES:
+            with nogil:
+                crc = crc64nvme_run(kernel, crc, ptr, size)
+        else:
+            crc = crc64nvme_run(kernel, crc, ptr, size)
+    finally:
+        PyBuffer_Release(&view)
+    return crc
+
+
+def crc32c(data, crc=0):
+    """Return the CRC-32C of ``data`` continuing from ``crc`` (0 to start).
+
+    ``crc`` is the finished CRC of the bytes before ``data``, as with ``zlib.crc32``:
+    ``crc32c(b, crc32c(a)) == crc32c(a + b)``. ``data`` is any C-contiguous buffer. The GIL
+    is released while 4 KiB or more are checksummed.
+
+    Raises:
+        TypeError: ``data`` is not a C-contiguous buffer or ``crc`` is not an int.
+        ValueError: ``crc`` is outside ``0..2**32-1``.
+    """
+    return _crc32c(_crc32c_kernel, data, _check_crc(crc, CRC32_MAX))
+
+
+def crc64nvme(data, crc=0):
+    """Return the CRC-64/NVME of ``data`` continuing from ``crc`` (0 to start).
+
+    Same conventions as :func:`crc32c`, with ``crc`` in ``0..2**64-1``.
+
+    Raises:
+        TypeError: ``data`` is not a C-contiguous buffer or ``crc`` is not an int.
+        ValueError: ``crc`` is outside ``0..2**64-1``.
+    """
+    return _crc64nvme(_crc64nvme_kernel, data, _check_crc(crc, CRC64_MAX))
+
+
+def crc32c_kernel():
+    """Return the kernel :func:`crc32c` uses: ``"sse4.2"`` or ``"portable"``.
+
+    Chosen at import from the CPU's flags; ``BALLAST_NATIVE_PORTABLE=1`` in the environment
+    forces the portable kernel.
+    """
+    return _crc32c_name
+
+
+def crc64nvme_kernel():
+    """Return the kernel :func:`crc64nvme` uses: ``"pclmul"`` or ``"portable"``.
+
+    Chosen like :func:`crc32c_kernel`.
+    """
+    return _crc64nvme_name
+
+
+def crc32c_with(kernel, data, crc=0):
+    """Return :func:`crc32c` of ``data`` computed by the named ``kernel`` (for cross-checks).
+
+    Raises:
+        ValueError: ``kernel`` is not in :func:`crc32c_kernels`; otherwise as :func:`crc32c`.
+    """
+    _check_kernel("CRC-32C", kernel, crc32c_kernels())
+    return _crc32c(_CRC32C_IDS[kernel], data, _check_crc(crc, CRC32_MAX))
+
+
+def crc64nvme_with(kernel, data, crc=0):
+    """Return :func:`crc64nvme` of ``data`` computed by the named ``kernel`` (for cross-checks).
+
+    Raises:
+        ValueError: ``kernel`` is not in :func:`crc64nvme_kernels`; otherwise as
+            :func:`crc64nvme`.
+    """
+    _check_kernel("CRC-64/NVME", kernel, crc64nvme_kernels())
+    return _crc64nvme(_CRC64NVME_IDS[kernel], data, _check_crc(crc, CRC64_MAX))

@@ -1,0 +1,326 @@
+"""Unit tests of the native CRC-32C and CRC-64/NVME: check values, every kernel against the
+pure-Python reference, chaining, large inputs, the GIL and bad arguments."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import random
+import subprocess
+import sys
+import threading
+import time
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import native
+from interfaces.s3.etag import (
+    crc32c_update,
+    crc32c_update_pure,
+    crc64nvme_update,
+    crc64nvme_update_pure,
+    new_checksum,
+)
+from native import _checksums
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer
+
+    Crc = Callable[[ReadableBuffer, int], int]
+
+ROOT = Path(__file__).resolve().parents[2]
+CRC32_MAX = 2**32 - 1
+CRC64_MAX = 2**64 - 1
+CHECK = b"123456789"
+
+
+def _kernel_fn(algorithm: str, kernel: str) -> Crc:
+    """The native ``algorithm`` computed by one named kernel."""
+    if algorithm == "crc32c":
+        return lambda data, crc: _checksums.crc32c_with(kernel, data, crc)
+    return lambda data, crc: _checksums.crc64nvme_with(kernel, data, crc)
+
+
+# (algorithm, kernel) for every kernel this CPU runs, plus "auto" for the public function.
+NATIVE = {
+    ("crc32c", "auto"): native.crc32c,
+    ("crc64nvme", "auto"): native.crc64nvme,
+    **{("crc32c", k): _kernel_fn("crc32c", k) for k in _checksums.crc32c_kernels()},
+    **{("crc64nvme", k): _kernel_fn("crc64nvme", k) for k in _checksums.crc64nvme_kernels()},
+}
+PURE: dict[str, Callable[[bytes, int], int]] = {
+    "crc32c": crc32c_update_pure,
+    "crc64nvme": crc64nvme_update_pure,
+}
+MAX = {"crc32c": CRC32_MAX, "crc64nvme": CRC64_MAX}
+IDS = [f"{alg}-{kernel}" for alg, kernel in NATIVE]
+
+
+def payload(size: int, seed: int = 0) -> bytes:
+    """Deterministic pseudo-random bytes."""
+    return random.Random(seed).randbytes(size)
+
+
+# ---- check values ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("algorithm", "kernel"), NATIVE, ids=IDS)
+def test_check_values(algorithm: str, kernel: str) -> None:
+    fn = NATIVE[algorithm, kernel]
+    expected = {"crc32c": 0xE3069283, "crc64nvme": 0xAE8B14860A799888}[algorithm]
+    assert fn(CHECK, 0) == expected
+    assert fn(b"", 0) == 0
+    assert fn(b"", 0x1234) == 0x1234
+    assert PURE[algorithm](CHECK, 0) == expected
+
+
+@pytest.mark.parametrize("kernel", _checksums.crc32c_kernels())
+def test_crc32c_rfc3720_vectors(kernel: str) -> None:
+    fn = NATIVE["crc32c", kernel]
+    assert fn(bytes(32), 0) == 0x8A9136AA
+    assert fn(b"\xff" * 32, 0) == 0x62A8AB43
+    assert fn(bytes(range(32)), 0) == 0x46DD794E
+    assert fn(bytes(range(31, -1, -1)), 0) == 0x113FDB5C
+
+
+def test_default_crc_is_zero() -> None:
+    assert native.crc32c(CHECK) == native.crc32c(CHECK, 0)
+    assert native.crc64nvme(CHECK) == native.crc64nvme(CHECK, 0)
+
+
+# ---- against the pure-Python reference ---------------------------------------------------
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    algorithm=st.sampled_from(["crc32c", "crc64nvme"]),
+    data=st.binary(max_size=100),
+    seed=st.integers(min_value=0, max_value=CRC64_MAX),
+)
+def test_short_inputs_match_reference(algorithm: str, data: bytes, seed: int) -> None:
+    crc = seed & MAX[algorithm]
+    expected = PURE[algorithm](data, crc)
+    for (alg, _kernel), fn in NATIVE.items():
+        if alg == algorithm:
+            assert fn(data, crc) == expected
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    algorithm=st.sampled_from(["crc32c", "crc64nvme"]),
+    data=st.binary(min_size=0, max_size=7000),
+    start=st.integers(min_value=0, max_value=15),
+    cut=st.integers(min_value=0, max_value=15),
+    seed=st.integers(min_value=0, max_value=CRC64_MAX),
+)
+def test_unaligned_views_match_reference(
+    algorithm: str, data: bytes, start: int, cut: int, seed: int
+) -> None:
+    view = memoryview(bytearray(data))[start : max(start, len(data) - cut)]
+    crc = seed & MAX[algorithm]
+    expected = PURE[algorithm](bytes(view), crc)
+    for (alg, _kernel), fn in NATIVE.items():
+        if alg == algorithm:
+            assert fn(view, crc) == expected
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    algorithm=st.sampled_from(["crc32c", "crc64nvme"]),
+    a=st.binary(max_size=5000),
+    b=st.binary(max_size=5000),
+)
+def test_chaining_equals_concatenation(algorithm: str, a: bytes, b: bytes) -> None:
+    for (alg, _kernel), fn in NATIVE.items():
+        if alg == algorithm:
+            assert fn(b, fn(a, 0)) == fn(a + b, 0)
+
+
+@pytest.mark.parametrize("algorithm", ["crc32c", "crc64nvme"])
+def test_kernels_agree_at_every_length_around_the_block_sizes(algorithm: str) -> None:
+    """Every length 0..7000 (three-stripe, folding and tail paths) at a few offsets."""
+    data = payload(7100, seed=1)
+    fns = [fn for (alg, _kernel), fn in NATIVE.items() if alg == algorithm]
+    for size in range(7001):
+        for offset in (0, 3) if size % 7 else (0, 1, 5, 8):
+            view = memoryview(data)[offset : offset + size]
+            results = {fn(view, 0x5A5A5A5A) for fn in fns}
+            assert len(results) == 1, (size, offset)
+
+
+@pytest.mark.parametrize("algorithm", ["crc32c", "crc64nvme"])
+def test_large_input_matches_reference_on_samples(algorithm: str) -> None:
+    """8 MiB: every kernel and chunked chaining agree; 4 x 64 KiB windows match the reference."""
+    data = payload(8 << 20, seed=2)
+    fns = [fn for (alg, _kernel), fn in NATIVE.items() if alg == algorithm]
+    full = {fn(data, 0) for fn in fns}
+    assert len(full) == 1
+    crc = 0
+    for start in range(0, len(data), 999_983):
+        crc = fns[0](memoryview(data)[start : start + 999_983], crc)
+    assert {crc} == full
+    rng = random.Random(3)
+    for _ in range(4):
+        start = rng.randrange(len(data) - (64 << 10))
+        window = data[start : start + (64 << 10) + rng.randrange(8)]
+        expected = PURE[algorithm](window, 0)
+        assert {fn(window, 0) for fn in fns} == {expected}
+
+
+def test_s3_helpers_use_the_native_kernels() -> None:
+    data = payload(10_000, seed=4)
+    assert crc32c_update(data, 7) == native.crc32c(data, 7) == crc32c_update_pure(data, 7)
+    assert crc64nvme_update(data, 7) == native.crc64nvme(data, 7) == crc64nvme_update_pure(data, 7)
+    hasher = new_checksum("CRC64NVME")
+    hasher.update(memoryview(data)[:1234])
+    hasher.update(bytearray(data[1234:]))
+    assert hasher.digest() == native.crc64nvme(data).to_bytes(8, "big")
+
+
+# ---- buffers ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("algorithm", "kernel"), NATIVE, ids=IDS)
+def test_any_contiguous_buffer_is_taken_as_bytes(algorithm: str, kernel: str) -> None:
+    fn = NATIVE[algorithm, kernel]
+    data = payload(4099, seed=5)
+    expected = fn(data, 0)
+    assert fn(bytearray(data), 0) == expected
+    assert fn(memoryview(data), 0) == expected
+    assert fn(memoryview(bytearray(data)).toreadonly(), 0) == expected
+    padded = data + b"\0"  # 4100 bytes: a whole number of 4-byte items
+    assert fn(memoryview(padded).cast("I"), 0) == fn(padded, 0)
+    assert fn(memoryview(b""), 0) == 0
+    assert fn(bytearray(), 0) == 0
+
+
+def test_crc32c_differs_from_zlib_crc32() -> None:
+    """A guard against wiring the wrong polynomial: CRC-32C differs from zlib's CRC-32."""
+    assert native.crc32c(CHECK) != zlib.crc32(CHECK)
+
+
+# ---- kernel choice -----------------------------------------------------------------------
+
+
+def test_kernel_names() -> None:
+    assert _checksums.crc32c_kernels()[-1] == "portable"
+    assert _checksums.crc64nvme_kernels()[-1] == "portable"
+    portable = os.environ.get(native.PORTABLE_ENV, "") not in ("", "0")
+    assert native.crc32c_kernel() == ("portable" if portable else _checksums.crc32c_kernels()[0])
+    assert native.crc64nvme_kernel() == (
+        "portable" if portable else _checksums.crc64nvme_kernels()[0]
+    )
+    assert set(_checksums.crc32c_kernels()) <= {"sse4.2", "portable"}
+    assert set(_checksums.crc64nvme_kernels()) <= {"pclmul", "portable"}
+
+
+@pytest.mark.parametrize("fn", [_checksums.crc32c_with, _checksums.crc64nvme_with])
+def test_unknown_kernel_is_rejected(fn: Callable[[str, bytes], int]) -> None:
+    with pytest.raises(ValueError, match="kernel 'avx9' is not one of"):
+        fn("avx9", b"")
+
+
+_CHILD = """
+import json, random, native
+from interfaces.s3.etag import crc32c_update_pure, crc64nvme_update_pure
+data = random.Random(6).randbytes(20_000)
+ok = native.crc32c(data, 9) == crc32c_update_pure(data, 9)
+ok = ok and native.crc64nvme(data, 9) == crc64nvme_update_pure(data, 9)
+print(json.dumps({"crc32c": native.crc32c_kernel(), "crc64nvme": native.crc64nvme_kernel(),
+                  "ok": ok}))
+"""
+
+
+@pytest.mark.parametrize("env_value", ["1", "0", None])
+def test_environment_variable_selects_portable_kernels(env_value: str | None) -> None:
+    env = {key: value for key, value in os.environ.items() if key != native.PORTABLE_ENV}
+    if env_value is not None:
+        env[native.PORTABLE_ENV] = env_value
+    proc = subprocess.run(
+        [sys.executable, "-c", _CHILD],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    report = json.loads(proc.stdout)
+    if env_value == "1":
+        assert report == {"crc32c": "portable", "crc64nvme": "portable", "ok": True}
+    else:
+        assert report == {
+            "crc32c": _checksums.crc32c_kernels()[0],
+            "crc64nvme": _checksums.crc64nvme_kernels()[0],
+            "ok": True,
+        }
+
+
+# ---- the GIL -----------------------------------------------------------------------------
+
+
+def _spin(done: threading.Event, stamps: list[float]) -> None:
+    while not done.is_set():
+        stamps.append(time.perf_counter())
+        time.sleep(0)
+
+
+def test_gil_is_released_during_a_long_checksum() -> None:
+    """Another thread keeps running Python while a long (portable) checksum runs."""
+    data = payload(64 << 20, seed=7)
+    for _attempt in range(3):
+        stamps: list[float] = []
+        done = threading.Event()
+        thread = threading.Thread(target=_spin, args=(done, stamps))
+        thread.start()
+        time.sleep(0.01)
+        start = time.perf_counter()
+        _checksums.crc64nvme_with("portable", data)
+        end = time.perf_counter()
+        done.set()
+        thread.join()
+        during = [t for t in stamps if start <= t <= end]
+        gaps = [b - a for a, b in itertools.pairwise([start, *during, end])]
+        if max(gaps) < 0.5 * (end - start):
+            return
+    pytest.fail(f"no other thread ran for {max(gaps):.3f} s of a {end - start:.3f} s checksum")
+
+
+# ---- bad arguments -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("algorithm", "kernel"), NATIVE, ids=IDS)
+@pytest.mark.parametrize("data", ["text", 12, None, [1, 2, 3]])
+def test_non_buffers_are_rejected(algorithm: str, kernel: str, data: object) -> None:
+    with pytest.raises(TypeError, match="bytes-like object"):
+        NATIVE[algorithm, kernel](data, 0)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("algorithm", "kernel"), NATIVE, ids=IDS)
+def test_non_contiguous_buffers_are_rejected(algorithm: str, kernel: str) -> None:
+    strided = memoryview(bytearray(100))[::2]
+    with pytest.raises(TypeError, match="C-contiguous"):
+        NATIVE[algorithm, kernel](strided, 0)
+
+
+@pytest.mark.parametrize(("algorithm", "kernel"), NATIVE, ids=IDS)
+def test_crc_out_of_range_is_rejected(algorithm: str, kernel: str) -> None:
+    fn = NATIVE[algorithm, kernel]
+    assert fn(CHECK, MAX[algorithm]) == PURE[algorithm](CHECK, MAX[algorithm])
+    for bad in (-1, MAX[algorithm] + 1, 2**200):
+        with pytest.raises(ValueError, match=r"crc must be in 0\.\."):
+            fn(CHECK, bad)
+
+
+@pytest.mark.parametrize(("algorithm", "kernel"), NATIVE, ids=IDS)
+@pytest.mark.parametrize("crc", [1.0, "1", None, True, b"\x01"])
+def test_crc_of_the_wrong_type_is_rejected(algorithm: str, kernel: str, crc: object) -> None:
+    with pytest.raises(TypeError, match="crc must be an int"):
+        NATIVE[algorithm, kernel](CHECK, crc)  # type: ignore[arg-type]
