@@ -37,7 +37,8 @@ from __future__ import annotations
 
 import hashlib
 import importlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -108,13 +109,31 @@ def _seal(plaintext: memoryview, key: bytes, nonce: bytes | None) -> bytearray:
     size = plaintext.nbytes
     out = bytearray(SEAL_OVERHEAD + size)
     out[:NONCE_BYTES] = nonce
-    source = _ffi.from_buffer("unsigned char[]", plaintext) if size else _ffi.NULL
-    rc = _lib.crypto_secretbox_easy(
-        _ffi.from_buffer("unsigned char[]", out) + NONCE_BYTES, source, size, nonce, key
-    )
+    with _exported(plaintext) as source, _exported(out) as target:
+        rc = _lib.crypto_secretbox_easy(target + NONCE_BYTES, source, size, nonce, key)
     if rc != 0:  # pragma: no cover - libsodium fails only on impossible lengths
         raise InvalidArgument("chunk could not be sealed")
     return out
+
+
+@contextmanager
+def _exported(buffer: bytes | bytearray | memoryview) -> Iterator[Any]:
+    """A C pointer to ``buffer``'s bytes (NULL when empty), released on leaving the block.
+
+    The release must not wait for the garbage collector: a frame holding both a memoryview
+    and a pointer exported from it can end up in an exception's traceback, in a reference
+    cycle, and CPython 3.11 then clears the memoryview while the export is still open and
+    crashes when the export ends (``memory_dealloc`` on a cleared view). A wrong chunk key
+    (``unseal`` raising) is enough to build such a cycle.
+    """
+    if not memoryview(buffer).nbytes:
+        yield _ffi.NULL
+        return
+    pointer = _ffi.from_buffer("unsigned char[]", buffer)
+    try:
+        yield pointer
+    finally:
+        _ffi.release(pointer)
 
 
 def unseal(ciphertext: bytes | bytearray | memoryview, key: bytes) -> bytes:
@@ -126,14 +145,11 @@ def unseal(ciphertext: bytes | bytearray | memoryview, key: bytes) -> bytes:
     if size < 0:
         raise Corrupt("chunk does not authenticate under its key (too short)")
     out = bytearray(size)
-    source = _ffi.from_buffer("unsigned char[]", view)
-    rc = _lib.crypto_secretbox_open_easy(
-        _ffi.from_buffer("unsigned char[]", out) if size else _ffi.NULL,
-        source + NONCE_BYTES,
-        size + MAC_BYTES,
-        source,
-        key,
-    )
+    with _exported(view) as source, _exported(out) as target:
+        rc = _lib.crypto_secretbox_open_easy(
+            target, source + NONCE_BYTES, size + MAC_BYTES, source, key
+        )
+    view.release()
     if rc != 0:
         raise Corrupt("chunk does not authenticate under its key")
     return bytes(out)  # the HTTP layer sends ``bytes`` as they are, copies anything else

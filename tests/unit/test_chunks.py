@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -217,3 +220,56 @@ def test_any_k_fragments_decode(payload: bytes, data: int, parity: int, seed: ob
 def test_garbage_manifest_only_raises_corrupt(raw: bytes) -> None:
     with contextlib.suppress(Corrupt):
         chunks.Manifest.from_bytes(raw)
+
+
+_UNSEAL_CYCLE_SCRIPT = """
+import gc, os
+import trio
+from storage import chunks
+from storage.errors import Corrupt
+
+sealed = chunks.seal(os.urandom(300_000))
+payload = bytes(sealed.ciphertext)
+
+def open_replica(key):  # returns the error, as the client's read path does
+    try:
+        return chunks.unseal(payload, key)
+    except Corrupt as exc:
+        return exc
+
+async def read(found):
+    opened = open_replica(bytes(32))
+    found.append(opened)
+    if isinstance(found[0], Corrupt):
+        raise found[0]  # found -> exception -> traceback -> this frame -> found
+
+async def main():
+    for i in range(200):
+        try:
+            await read([])
+        except Corrupt:
+            pass
+        if i % 10 == 0:
+            gc.collect()
+
+trio.run(main)
+print("collected")
+"""
+
+
+def test_a_failed_unseal_in_a_reference_cycle_is_collected_safely() -> None:
+    """A wrong key makes ``unseal`` raise; the error, kept in a reference cycle with the
+    frames of its traceback, must be collectable. With a buffer export still open in
+    ``unseal``'s frame, CPython 3.11's collector clears the memoryview under the export
+    ("Exception ignored in tp_clear") and the process later dies of a segmentation fault:
+    run in a child process, so that such a crash fails this test alone."""
+    done = subprocess.run(
+        [sys.executable, "-c", _UNSEAL_CYCLE_SCRIPT],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "collected" in done.stdout
+    assert "tp_clear" not in done.stderr, done.stderr[-2000:]
