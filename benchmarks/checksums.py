@@ -1,21 +1,23 @@
-"""Checksum throughput: Ballast's native CRC-32C and CRC-64/NVME vs zlib.crc32.
+"""Checksum throughput: Ballast's native CRC-32, CRC-32C and CRC-64/NVME vs zlib.crc32.
 
 On 64 MiB of random data every round times, one after the other: ``zlib.crc32`` (the peer:
-the stdlib CRC the S3 front end already computes at C speed), then ``native.crc32c`` and
-``native.crc64nvme`` with the automatic kernels, then each portable kernel when the CPU has a
-faster one. Measurements of one round are interleaved so drift in machine load hits them
-alike; each line reports the median of all rounds. The pure-Python reference loops are timed
-once on a 256 KiB sample, for scale. Throughput is bytes / time; MB is 10^6 bytes.
+the stdlib CRC at C speed, which ``native.crc32`` replaces with the same values), then
+``native.crc32``, ``native.crc32c`` and ``native.crc64nvme`` with the automatic kernels, then
+each portable kernel when the CPU has a faster one. Measurements of one round are interleaved
+so drift in machine load hits them alike; each line reports the median of all rounds. The
+pure-Python reference loops are timed once on a 256 KiB sample, for scale. Throughput is
+bytes / time; MB is 10^6 bytes.
 
 Runs on one thread, pinned to one CPU unless ``--no-pin``. The last line is the summary:
-``checksums: crc32c X MB/s = r x zlib.crc32; crc64nvme Y MB/s = r x zlib.crc32``.
+``checksums: crc32 X MB/s = r x zlib.crc32; crc32c Y MB/s = r x zlib.crc32; crc64nvme Z MB/s
+= r x zlib.crc32``.
 
 Usage: ``python benchmarks/checksums.py [--rounds 7] [--mib 64] [--cpu N | --no-pin]``
 """
 
 from __future__ import annotations
 
-import argparse
+import functools
 import gc
 import os
 import statistics
@@ -24,12 +26,33 @@ import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import native
 from interfaces.s3.etag import crc32c_update_pure, crc64nvme_update_pure
 from native import _checksums
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._cli import parse_and_pin
+
 SAMPLE_BYTES = 256 * 1024  # what the pure-Python reference is timed on
+
+
+@dataclass(frozen=True)
+class Crc:
+    """One native CRC: the automatic function, its kernel's name, and the by-kernel one."""
+
+    run: Callable[[bytes], int]
+    kernel: Callable[[], str]
+    run_with: Callable[[str, bytes], int]
+
+
+CRCS = {
+    "crc32": Crc(native.crc32, native.crc32_kernel, _checksums.crc32_with),
+    "crc32c": Crc(native.crc32c, native.crc32c_kernel, _checksums.crc32c_with),
+    "crc64nvme": Crc(native.crc64nvme, native.crc64nvme_kernel, _checksums.crc64nvme_with),
+}
 
 
 @dataclass
@@ -45,19 +68,20 @@ class Measure:
         return statistics.median(self.times)
 
 
+def auto_name(algorithm: str) -> str:
+    """The measurement name of ``algorithm`` with its automatic kernel, e.g. ``crc32 (pclmul)``."""
+    return f"{algorithm} ({CRCS[algorithm].kernel()})"
+
+
 def measures(data: bytes) -> list[Measure]:
     """The checksums to time: the peer first, then ours (automatic, then portable kernels)."""
-    found = [
-        Measure("zlib.crc32", lambda: zlib.crc32(data)),
-        Measure(f"crc32c ({native.crc32c_kernel()})", lambda: native.crc32c(data)),
-        Measure(f"crc64nvme ({native.crc64nvme_kernel()})", lambda: native.crc64nvme(data)),
-    ]
-    if native.crc32c_kernel() != "portable":
-        found.append(Measure("crc32c (portable)", lambda: _checksums.crc32c_with("portable", data)))
-    if native.crc64nvme_kernel() != "portable":
-        found.append(
-            Measure("crc64nvme (portable)", lambda: _checksums.crc64nvme_with("portable", data))
-        )
+    found = [Measure("zlib.crc32", functools.partial(zlib.crc32, data))]
+    for algorithm, crc in CRCS.items():
+        found.append(Measure(auto_name(algorithm), functools.partial(crc.run, data)))
+    for algorithm, crc in CRCS.items():
+        if crc.kernel() != "portable":
+            portable = functools.partial(crc.run_with, "portable", data)
+            found.append(Measure(f"{algorithm} (portable)", portable))
     return found
 
 
@@ -100,28 +124,25 @@ def report(found: list[Measure], size: int) -> dict[str, float]:
     return rates
 
 
+def summary(rates: dict[str, float]) -> str:
+    """The last line: each native CRC's MB/s and its ratio to zlib.crc32."""
+    peer = rates["zlib.crc32"]
+    parts = []
+    for algorithm in CRCS:
+        rate = rates[auto_name(algorithm)]
+        parts.append(f"{algorithm} {rate:.0f} MB/s = {rate / peer:.2f}x zlib.crc32")
+    return "checksums: " + "; ".join(parts)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and print the summary line last."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--rounds", type=int, default=7, help="timed rounds (median reported)")
-    parser.add_argument("--mib", type=int, default=64, help="data size in MiB")
-    parser.add_argument("--cpu", type=int, default=None, help="CPU to pin to (default: last)")
-    parser.add_argument("--no-pin", action="store_true", help="do not pin to one CPU")
-    args = parser.parse_args(argv)
-    if args.rounds < 1 or args.mib < 1:
-        parser.error("--rounds and --mib must be >= 1")
-    if not args.no_pin and hasattr(os, "sched_setaffinity"):
-        cpu = args.cpu if args.cpu is not None else max(os.sched_getaffinity(0))
-        os.sched_setaffinity(0, {cpu})
-        pinned = f"pinned to CPU {cpu}"
-    else:
-        pinned = "not pinned"
+    args, pinned = parse_and_pin(__doc__, argv)
     size = args.mib * 1024 * 1024
     data = os.urandom(size)
+    kernels = ", ".join(f"{algorithm} {crc.kernel()}" for algorithm, crc in CRCS.items())
     print(
         f"checksum benchmark: {args.mib} MiB random data, {args.rounds} rounds, one thread "
-        f"({pinned}), kernels crc32c {native.crc32c_kernel()}, "
-        f"crc64nvme {native.crc64nvme_kernel()}"
+        f"({pinned}), kernels {kernels}"
     )
     found = measures(data)
     time_rounds(found, args.rounds)
@@ -131,13 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         f"crc32c {pure_reference_rate(data, crc32c_update_pure):.1f} MB/s, "
         f"crc64nvme {pure_reference_rate(data, crc64nvme_update_pure):.1f} MB/s"
     )
-    peer = rates["zlib.crc32"]
-    crc32c = rates[found[1].name]
-    crc64 = rates[found[2].name]
-    print(
-        f"checksums: crc32c {crc32c:.0f} MB/s = {crc32c / peer:.2f}x zlib.crc32; "
-        f"crc64nvme {crc64:.0f} MB/s = {crc64 / peer:.2f}x zlib.crc32"
-    )
+    print(summary(rates))
     return 0
 
 

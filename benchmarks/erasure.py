@@ -19,7 +19,6 @@ Usage: ``python benchmarks/erasure.py [--rounds 7] [--mib 64] [--cpu N | --no-pi
 
 from __future__ import annotations
 
-import argparse
 import ctypes
 import gc
 import os
@@ -28,9 +27,14 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import native
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._cli import parse_and_pin
 
 GEOMETRIES = ((4, 2), (8, 3), (10, 4))  # 10+4 last: the summary line is about it
 
@@ -167,20 +171,7 @@ def run_geometry(data: bytes, k: int, m: int, rounds: int) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and print the summary line last."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--rounds", type=int, default=7, help="timed rounds (median reported)")
-    parser.add_argument("--mib", type=int, default=64, help="data size in MiB")
-    parser.add_argument("--cpu", type=int, default=None, help="CPU to pin to (default: last)")
-    parser.add_argument("--no-pin", action="store_true", help="do not pin to one CPU")
-    args = parser.parse_args(argv)
-    if args.rounds < 1 or args.mib < 1:
-        parser.error("--rounds and --mib must be >= 1")
-    if not args.no_pin and hasattr(os, "sched_setaffinity"):
-        cpu = args.cpu if args.cpu is not None else max(os.sched_getaffinity(0))
-        os.sched_setaffinity(0, {cpu})
-        pinned = f"pinned to CPU {cpu}"
-    else:
-        pinned = "not pinned"
+    args, pinned = parse_and_pin(__doc__, argv)
     size = args.mib * 1024 * 1024
     data = os.urandom(size)
     print(

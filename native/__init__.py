@@ -24,12 +24,13 @@ Example::
 The functions below cache one :class:`ReedSolomon` codec per ``(k, m)``; use the class
 directly to keep one yourself.
 
-Checksums: :func:`crc32c` (Castagnoli) and :func:`crc64nvme` (CRC-64/NVME) take any
-C-contiguous buffer and continue from a previous result like ``zlib.crc32(data, crc)``.
-CRC-32C runs on the SSE4.2 ``crc32`` instruction when the CPU has it and CRC-64/NVME on
-PCLMULQDQ folding, else both on portable slicing-by-8 tables (also forced by
-``BALLAST_NATIVE_PORTABLE=1``); :func:`crc32c_kernel` and :func:`crc64nvme_kernel` tell
-which one runs.
+Checksums: :func:`crc32` (zlib's CRC-32, the same values as ``zlib.crc32``), :func:`crc32c`
+(Castagnoli) and :func:`crc64nvme` (CRC-64/NVME) take any C-contiguous buffer and continue
+from a previous result like ``zlib.crc32(data, crc)``. CRC-32 and CRC-64/NVME run on
+PCLMULQDQ folding and CRC-32C on the SSE4.2 ``crc32`` instruction when the CPU has them,
+else all on portable slicing-by-8 tables (also forced by ``BALLAST_NATIVE_PORTABLE=1``);
+:func:`crc32_kernel`, :func:`crc32c_kernel` and :func:`crc64nvme_kernel` tell which one
+runs.
 """
 
 from __future__ import annotations
@@ -38,7 +39,14 @@ import functools
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Literal, overload
 
-from native._checksums import crc32c, crc32c_kernel, crc64nvme, crc64nvme_kernel
+from native._checksums import (
+    crc32,
+    crc32_kernel,
+    crc32c,
+    crc32c_kernel,
+    crc64nvme,
+    crc64nvme_kernel,
+)
 from native._reed_solomon import (
     MAX_DATA_FRAGMENTS,
     MAX_PARITY_FRAGMENTS,
@@ -63,6 +71,8 @@ __all__ = [
     "ReedSolomon",
     "available_kernels",
     "codec",
+    "crc32",
+    "crc32_kernel",
     "crc32c",
     "crc32c_kernel",
     "crc64nvme",

@@ -9,10 +9,11 @@
   Multipart "composite" checksums are the checksum of the concatenated part digests,
   suffixed ``-N``.
 
-CRC32 and the SHAs come from the stdlib (C speed). CRC32C and CRC64NVME have no stdlib
-implementation: they come from :mod:`native` (SSE4.2 / PCLMULQDQ kernels, or portable
-slicing-by-8 tables). The table-driven pure-Python loops kept here run at only a few MB/s;
-they are the reference implementations the native kernels are cross-checked against.
+The SHAs come from the stdlib (C speed). The CRCs come from :mod:`native` (PCLMULQDQ /
+SSE4.2 kernels, or portable slicing-by-8 tables). CRC32 gives the values of ``zlib.crc32``;
+CRC32C and CRC64NVME have no stdlib implementation. The table-driven pure-Python loops kept
+here run at only a few MB/s; they are the reference implementations the native kernels are
+cross-checked against.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -160,13 +160,13 @@ def crc64nvme_update(data: bytes | bytearray | memoryview, crc: int) -> int:
 
 
 class _Crc:
-    def __init__(self, fn: Callable[[bytes, int], int], size: int) -> None:
+    def __init__(self, fn: Callable[[bytes | bytearray | memoryview, int], int], size: int) -> None:
         self._fn = fn
         self._size = size
         self._crc = 0
 
     def update(self, data: bytes | bytearray | memoryview, /) -> None:
-        self._crc = self._fn(data if isinstance(data, bytes) else bytes(data), self._crc)
+        self._crc = self._fn(data, self._crc)
 
     def digest(self) -> bytes:
         return self._crc.to_bytes(self._size, "big")
@@ -180,7 +180,7 @@ def new_checksum(algorithm: str) -> Hasher:
     """
     alg = algorithm.upper()
     if alg == "CRC32":
-        return _Crc(lambda data, crc: zlib.crc32(data, crc), 4)
+        return _Crc(native.crc32, 4)
     if alg == "CRC32C":
         return _Crc(crc32c_update, 4)
     if alg == "CRC64NVME":

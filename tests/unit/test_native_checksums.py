@@ -1,5 +1,6 @@
-"""Unit tests of the native CRC-32C and CRC-64/NVME: check values, every kernel against the
-pure-Python reference, chaining, large inputs, the GIL and bad arguments."""
+"""Unit tests of the native CRC-32, CRC-32C and CRC-64/NVME: check values, every kernel against
+the reference (``zlib.crc32`` for CRC-32, the pure-Python loops for the others), chaining,
+large inputs, the GIL and bad arguments."""
 
 from __future__ import annotations
 
@@ -41,25 +42,47 @@ CRC64_MAX = 2**64 - 1
 CHECK = b"123456789"
 
 
+ALGORITHMS = ("crc32", "crc32c", "crc64nvme")
+AUTO: dict[str, Crc] = {
+    "crc32": native.crc32,
+    "crc32c": native.crc32c,
+    "crc64nvme": native.crc64nvme,
+}
+AUTO_KERNEL: dict[str, Callable[[], str]] = {
+    "crc32": native.crc32_kernel,
+    "crc32c": native.crc32c_kernel,
+    "crc64nvme": native.crc64nvme_kernel,
+}
+KERNELS: dict[str, tuple[str, ...]] = {
+    "crc32": _checksums.crc32_kernels(),
+    "crc32c": _checksums.crc32c_kernels(),
+    "crc64nvme": _checksums.crc64nvme_kernels(),
+}
+WITH: dict[str, Callable[[str, ReadableBuffer, int], int]] = {
+    "crc32": _checksums.crc32_with,
+    "crc32c": _checksums.crc32c_with,
+    "crc64nvme": _checksums.crc64nvme_with,
+}
+
+
 def _kernel_fn(algorithm: str, kernel: str) -> Crc:
     """The native ``algorithm`` computed by one named kernel."""
-    if algorithm == "crc32c":
-        return lambda data, crc: _checksums.crc32c_with(kernel, data, crc)
-    return lambda data, crc: _checksums.crc64nvme_with(kernel, data, crc)
+    with_kernel = WITH[algorithm]
+    return lambda data, crc: with_kernel(kernel, data, crc)
 
 
 # (algorithm, kernel) for every kernel this CPU runs, plus "auto" for the public function.
-NATIVE = {
-    ("crc32c", "auto"): native.crc32c,
-    ("crc64nvme", "auto"): native.crc64nvme,
-    **{("crc32c", k): _kernel_fn("crc32c", k) for k in _checksums.crc32c_kernels()},
-    **{("crc64nvme", k): _kernel_fn("crc64nvme", k) for k in _checksums.crc64nvme_kernels()},
+NATIVE: dict[tuple[str, str], Crc] = {
+    **{(alg, "auto"): AUTO[alg] for alg in ALGORITHMS},
+    **{(alg, k): _kernel_fn(alg, k) for alg in ALGORITHMS for k in KERNELS[alg]},
 }
 PURE: dict[str, Callable[[bytes, int], int]] = {
+    "crc32": zlib.crc32,
     "crc32c": crc32c_update_pure,
     "crc64nvme": crc64nvme_update_pure,
 }
-MAX = {"crc32c": CRC32_MAX, "crc64nvme": CRC64_MAX}
+MAX = {"crc32": CRC32_MAX, "crc32c": CRC32_MAX, "crc64nvme": CRC64_MAX}
+CHECK_VALUES = {"crc32": 0xCBF43926, "crc32c": 0xE3069283, "crc64nvme": 0xAE8B14860A799888}
 IDS = [f"{alg}-{kernel}" for alg, kernel in NATIVE]
 
 
@@ -74,7 +97,7 @@ def payload(size: int, seed: int = 0) -> bytes:
 @pytest.mark.parametrize(("algorithm", "kernel"), NATIVE, ids=IDS)
 def test_check_values(algorithm: str, kernel: str) -> None:
     fn = NATIVE[algorithm, kernel]
-    expected = {"crc32c": 0xE3069283, "crc64nvme": 0xAE8B14860A799888}[algorithm]
+    expected = CHECK_VALUES[algorithm]
     assert fn(CHECK, 0) == expected
     assert fn(b"", 0) == 0
     assert fn(b"", 0x1234) == 0x1234
@@ -90,7 +113,17 @@ def test_crc32c_rfc3720_vectors(kernel: str) -> None:
     assert fn(bytes(range(31, -1, -1)), 0) == 0x113FDB5C
 
 
+@pytest.mark.parametrize("kernel", _checksums.crc32_kernels())
+def test_crc32_known_vectors(kernel: str) -> None:
+    fn = NATIVE["crc32", kernel]
+    assert fn(b"a", 0) == 0xE8B7BE43
+    assert fn(b"The quick brown fox jumps over the lazy dog", 0) == 0x414FA339
+    assert fn(bytes(32), 0) == 0x190A55AD
+    assert fn(b"\xff" * 32, 0) == 0xFF6CAB0B
+
+
 def test_default_crc_is_zero() -> None:
+    assert native.crc32(CHECK) == native.crc32(CHECK, 0)
     assert native.crc32c(CHECK) == native.crc32c(CHECK, 0)
     assert native.crc64nvme(CHECK) == native.crc64nvme(CHECK, 0)
 
@@ -100,7 +133,7 @@ def test_default_crc_is_zero() -> None:
 
 @settings(max_examples=150, deadline=None)
 @given(
-    algorithm=st.sampled_from(["crc32c", "crc64nvme"]),
+    algorithm=st.sampled_from(ALGORITHMS),
     data=st.binary(max_size=100),
     seed=st.integers(min_value=0, max_value=CRC64_MAX),
 )
@@ -114,7 +147,7 @@ def test_short_inputs_match_reference(algorithm: str, data: bytes, seed: int) ->
 
 @settings(max_examples=60, deadline=None)
 @given(
-    algorithm=st.sampled_from(["crc32c", "crc64nvme"]),
+    algorithm=st.sampled_from(ALGORITHMS),
     data=st.binary(min_size=0, max_size=7000),
     start=st.integers(min_value=0, max_value=15),
     cut=st.integers(min_value=0, max_value=15),
@@ -133,7 +166,7 @@ def test_unaligned_views_match_reference(
 
 @settings(max_examples=100, deadline=None)
 @given(
-    algorithm=st.sampled_from(["crc32c", "crc64nvme"]),
+    algorithm=st.sampled_from(ALGORITHMS),
     a=st.binary(max_size=5000),
     b=st.binary(max_size=5000),
 )
@@ -143,7 +176,7 @@ def test_chaining_equals_concatenation(algorithm: str, a: bytes, b: bytes) -> No
             assert fn(b, fn(a, 0)) == fn(a + b, 0)
 
 
-@pytest.mark.parametrize("algorithm", ["crc32c", "crc64nvme"])
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
 def test_kernels_agree_at_every_length_around_the_block_sizes(algorithm: str) -> None:
     """Every length 0..7000 (three-stripe, folding and tail paths) at a few offsets."""
     data = payload(7100, seed=1)
@@ -155,7 +188,7 @@ def test_kernels_agree_at_every_length_around_the_block_sizes(algorithm: str) ->
             assert len(results) == 1, (size, offset)
 
 
-@pytest.mark.parametrize("algorithm", ["crc32c", "crc64nvme"])
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
 def test_large_input_matches_reference_on_samples(algorithm: str) -> None:
     """8 MiB: every kernel and chunked chaining agree; 4 x 64 KiB windows match the reference."""
     data = payload(8 << 20, seed=2)
@@ -174,6 +207,35 @@ def test_large_input_matches_reference_on_samples(algorithm: str) -> None:
         assert {fn(window, 0) for fn in fns} == {expected}
 
 
+@settings(max_examples=80, deadline=None)
+@given(
+    size=st.integers(min_value=0, max_value=300_000),
+    start=st.integers(min_value=0, max_value=63),
+    cut=st.integers(min_value=0, max_value=300_000),
+    seed=st.integers(min_value=0, max_value=2**32),
+    crc=st.integers(min_value=0, max_value=CRC32_MAX),
+)
+def test_crc32_matches_zlib_on_long_unaligned_chained_inputs(
+    size: int, start: int, cut: int, seed: int, crc: int
+) -> None:
+    """Every CRC-32 kernel equals zlib.crc32 whole and split at any point, at any alignment."""
+    view = memoryview(payload(start + size, seed))[start:]
+    cut = min(cut, size)
+    expected = zlib.crc32(view, crc)
+    for kernel in (*_checksums.crc32_kernels(), "auto"):
+        fn = NATIVE["crc32", kernel]
+        assert fn(view, crc) == expected
+        assert fn(view[cut:], fn(view[:cut], crc)) == expected
+
+
+@settings(max_examples=100, deadline=None)
+@given(a=st.binary(max_size=3000), b=st.binary(max_size=3000), crc=st.integers(0, CRC32_MAX))
+def test_crc32_and_zlib_continue_each_other(a: bytes, b: bytes, crc: int) -> None:
+    """A CRC started by one continues in the other: stored zlib values stay valid."""
+    assert native.crc32(b, zlib.crc32(a, crc)) == zlib.crc32(a + b, crc)
+    assert zlib.crc32(b, native.crc32(a, crc)) == zlib.crc32(a + b, crc)
+
+
 def test_s3_helpers_use_the_native_kernels() -> None:
     data = payload(10_000, seed=4)
     assert crc32c_update(data, 7) == native.crc32c(data, 7) == crc32c_update_pure(data, 7)
@@ -182,6 +244,11 @@ def test_s3_helpers_use_the_native_kernels() -> None:
     hasher.update(memoryview(data)[:1234])
     hasher.update(bytearray(data[1234:]))
     assert hasher.digest() == native.crc64nvme(data).to_bytes(8, "big")
+    crc32 = new_checksum("CRC32")
+    crc32.update(memoryview(data)[:4321])
+    crc32.update(bytearray(data[4321:9000]))
+    crc32.update(data[9000:])
+    assert crc32.digest() == zlib.crc32(data).to_bytes(4, "big")
 
 
 # ---- buffers ------------------------------------------------------------------------------
@@ -209,32 +276,35 @@ def test_crc32c_differs_from_zlib_crc32() -> None:
 # ---- kernel choice -----------------------------------------------------------------------
 
 
-def test_kernel_names() -> None:
-    assert _checksums.crc32c_kernels()[-1] == "portable"
-    assert _checksums.crc64nvme_kernels()[-1] == "portable"
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_kernel_names(algorithm: str) -> None:
+    kernels = KERNELS[algorithm]
+    assert kernels[-1] == "portable"
     portable = os.environ.get(native.PORTABLE_ENV, "") not in ("", "0")
-    assert native.crc32c_kernel() == ("portable" if portable else _checksums.crc32c_kernels()[0])
-    assert native.crc64nvme_kernel() == (
-        "portable" if portable else _checksums.crc64nvme_kernels()[0]
-    )
-    assert set(_checksums.crc32c_kernels()) <= {"sse4.2", "portable"}
-    assert set(_checksums.crc64nvme_kernels()) <= {"pclmul", "portable"}
+    assert AUTO_KERNEL[algorithm]() == ("portable" if portable else kernels[0])
+    fast = {"crc32": "pclmul", "crc32c": "sse4.2", "crc64nvme": "pclmul"}[algorithm]
+    assert set(kernels) <= {fast, "portable"}
 
 
-@pytest.mark.parametrize("fn", [_checksums.crc32c_with, _checksums.crc64nvme_with])
+def test_crc32_and_crc64nvme_share_the_pclmul_detection() -> None:
+    assert ("pclmul" in _checksums.crc32_kernels()) == ("pclmul" in _checksums.crc64nvme_kernels())
+
+
+@pytest.mark.parametrize("fn", list(WITH.values()))
 def test_unknown_kernel_is_rejected(fn: Callable[[str, bytes], int]) -> None:
     with pytest.raises(ValueError, match="kernel 'avx9' is not one of"):
         fn("avx9", b"")
 
 
 _CHILD = """
-import json, random, native
+import json, random, zlib, native
 from interfaces.s3.etag import crc32c_update_pure, crc64nvme_update_pure
 data = random.Random(6).randbytes(20_000)
-ok = native.crc32c(data, 9) == crc32c_update_pure(data, 9)
+ok = native.crc32(data, 9) == zlib.crc32(data, 9)
+ok = ok and native.crc32c(data, 9) == crc32c_update_pure(data, 9)
 ok = ok and native.crc64nvme(data, 9) == crc64nvme_update_pure(data, 9)
-print(json.dumps({"crc32c": native.crc32c_kernel(), "crc64nvme": native.crc64nvme_kernel(),
-                  "ok": ok}))
+print(json.dumps({"crc32": native.crc32_kernel(), "crc32c": native.crc32c_kernel(),
+                  "crc64nvme": native.crc64nvme_kernel(), "ok": ok}))
 """
 
 
@@ -254,13 +324,9 @@ def test_environment_variable_selects_portable_kernels(env_value: str | None) ->
     )
     report = json.loads(proc.stdout)
     if env_value == "1":
-        assert report == {"crc32c": "portable", "crc64nvme": "portable", "ok": True}
+        assert report == {alg: "portable" for alg in ALGORITHMS} | {"ok": True}
     else:
-        assert report == {
-            "crc32c": _checksums.crc32c_kernels()[0],
-            "crc64nvme": _checksums.crc64nvme_kernels()[0],
-            "ok": True,
-        }
+        assert report == {alg: KERNELS[alg][0] for alg in ALGORITHMS} | {"ok": True}
 
 
 # ---- the GIL -----------------------------------------------------------------------------
@@ -272,7 +338,8 @@ def _spin(done: threading.Event, stamps: list[float]) -> None:
         time.sleep(0)
 
 
-def test_gil_is_released_during_a_long_checksum() -> None:
+@pytest.mark.parametrize("algorithm", ["crc32", "crc64nvme"])
+def test_gil_is_released_during_a_long_checksum(algorithm: str) -> None:
     """Another thread keeps running Python while a long (portable) checksum runs."""
     data = payload(64 << 20, seed=7)
     for _attempt in range(3):
@@ -282,7 +349,7 @@ def test_gil_is_released_during_a_long_checksum() -> None:
         thread.start()
         time.sleep(0.01)
         start = time.perf_counter()
-        _checksums.crc64nvme_with("portable", data)
+        WITH[algorithm]("portable", data, 0)
         end = time.perf_counter()
         done.set()
         thread.join()

@@ -6,7 +6,9 @@ import hashlib
 import logging
 import os
 import sqlite3
+import struct
 import tempfile
+import zlib
 from collections.abc import AsyncIterator
 from contextlib import closing
 from pathlib import Path
@@ -393,6 +395,25 @@ async def test_flipped_byte_in_block_file_is_detected(
             await silo.put_block(addr(1), data(1, 100_000))
             assert await silo.get_block(addr(1)) == data(1, 100_000)
     assert "corrupt block" in caplog.text
+
+
+async def test_stored_checksums_are_zlib_crc32_of_the_record(tmp_path: Path) -> None:
+    """Row and file header hold zlib.crc32 of key, length and payload, as silos always did."""
+    blocks = {(1, -1): data(1, 1000), (2, -1): data(2, 100_000), (3, 4): data(3, 70_000)}
+    async with await Silo.open(tmp_path, capacity_bytes=CAPACITY) as silo:
+        for (n, fragment), payload in blocks.items():
+            await silo.put_block(addr(n), payload, None if fragment == -1 else fragment)
+    with closing(sqlite3.connect(tmp_path / DB_NAME)) as conn:
+        rows = {
+            (a, f): c for a, f, c in conn.execute("SELECT address, fragment, checksum FROM blocks")
+        }
+    files = BlockFiles(tmp_path)
+    for (n, fragment), payload in blocks.items():
+        record = struct.pack(">32siQ", addr(n), fragment, len(payload)) + payload
+        assert rows[addr(n), fragment] == zlib.crc32(record)
+        if len(payload) >= FILE_THRESHOLD:
+            header = files.path(addr(n), fragment).read_bytes()[: HEADER.size]
+            assert HEADER.unpack(header)[-1] == zlib.crc32(record)
 
 
 async def test_truncated_or_misplaced_block_file_is_detected(tmp_path: Path) -> None:
