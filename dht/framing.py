@@ -247,14 +247,18 @@ class FrameEncoder:
             return self._push(b"", 0, 0, _TAG_PUSH, pos)
         last_part = len(parts) - 1
         for index, part in enumerate(parts):
-            source = _ffi.from_buffer("unsigned char[]", part)
-            size = len(source)
-            offset = 0
-            while offset < size:
-                chunk = min(MAX_FRAME_PAYLOAD, size - offset)
-                last = offset + chunk == size and index == last_part
-                pos = self._push(source, offset, chunk, _TAG_PUSH if last else _TAG_MESSAGE, pos)
-                offset += chunk
+            # Released on leaving the block, never by the garbage collector: an export of a
+            # memoryview still open in a frame of a traceback cycle crashes CPython 3.11's
+            # collector (see ``storage.chunks._exported``).
+            with _ffi.from_buffer("unsigned char[]", part) as source:
+                size = len(source)
+                offset = 0
+                while offset < size:
+                    chunk = min(MAX_FRAME_PAYLOAD, size - offset)
+                    last = offset + chunk == size and index == last_part
+                    tag = _TAG_PUSH if last else _TAG_MESSAGE
+                    pos = self._push(source, offset, chunk, tag, pos)
+                    offset += chunk
             self._payload_bytes += size
         return pos
 

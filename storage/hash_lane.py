@@ -12,8 +12,10 @@ waiting, one worker thread (trio's thread cache, no nursery needed) takes the wh
 feeds every piece, in order, to every hasher; it goes on with whatever was queued meanwhile
 and stops when the queue is empty. At most one worker runs per lane, so the hashers see the
 pieces in the order they were fed. The loop waits only when :data:`LIMIT_BYTES` are queued
-(back-pressure: the pieces stay alive until hashed) and in :meth:`HashLane.finish`, which
-hashes a small remainder inline (a 4 KiB object is not worth a thread hand-off).
+(back-pressure: the pieces stay alive until hashed, so a lane keeps at most that much, plus
+one piece, alive beyond what its caller holds) and in :meth:`HashLane.finish`, which hashes a
+small remainder inline (a 4 KiB object is not worth a thread hand-off). However many uploads
+run, at most :data:`HASH_THREADS` workers hash at once; the others wait for a turn.
 
 Fed pieces must not change afterwards (``bytes``, or buffers the caller never writes again).
 """
@@ -21,6 +23,7 @@ Fed pieces must not change afterwards (``bytes``, or buffers the caller never wr
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 from collections.abc import Sequence
 from typing import Protocol
@@ -30,7 +33,10 @@ import trio
 #: Queued bytes that start the worker thread.
 BATCH_BYTES = 1 << 20
 #: Queued bytes at which :meth:`HashLane.update` waits for the worker to catch up.
-LIMIT_BYTES = 16 << 20
+LIMIT_BYTES = 8 << 20
+#: Workers hashing at once in this process, all lanes together (more wait their turn).
+HASH_THREADS = max(2, os.cpu_count() or 2)
+_HASHING = threading.BoundedSemaphore(HASH_THREADS)
 
 Buffer = bytes | bytearray | memoryview
 
@@ -116,24 +122,27 @@ class HashLane:
 
     def _drain(self) -> None:
         """Worker thread: hash queued pieces, in order, until none are left."""
-        while True:
-            with self._lock:
-                pieces, self._queue = self._queue, []
-                if not pieces or self._error is not None:
-                    self._queued = 0
-                    self._worker_done = None
-                    return
-            size = 0
+        with _HASHING:
             try:
-                for piece in pieces:
-                    for hasher in self._hashers:
-                        hasher.update(piece)
-                    size += memoryview(piece).nbytes
+                while True:
+                    with self._lock:
+                        pieces, self._queue = self._queue, []
+                        if not pieces or self._error is not None:
+                            self._queued = 0
+                            self._worker_done = None
+                            return
+                    size = 0
+                    for piece in pieces:
+                        for hasher in self._hashers:
+                            hasher.update(piece)
+                        size += memoryview(piece).nbytes
+                    with self._lock:
+                        self._queued -= size
             except BaseException as exc:  # reported to the loop by feed() and finish()
                 with self._lock:
                     self._error = exc
-            with self._lock:
-                self._queued -= size
+                    self._queue, self._queued = [], 0
+                    self._worker_done = None
 
     def _wake(self, done: trio.Event) -> None:
         """Worker thread, after :meth:`_drain`: wake the loop's waiters."""

@@ -20,9 +20,12 @@ Chunks (immutable, content-addressed)
     ``get_chunk`` never returns bytes it has not verified. *Replicas*: it asks the nearest
     member (this node first when it is one of the holders: a local read costs no transfer
     and no transport encryption, and is verified all the same), hedges to the next when it
-    is late (see "Hedging") or on any failure, and checks
-    each answer against the address (``chunk_address``); a mismatch is logged with the node
-    id, counted (``corrupt_replies``) and another holder is used. *Fragments*: it asks ``k``
+    is late (see "Hedging") or on any failure, and authenticates each answer by unsealing
+    it (the Poly1305 tag under the chunk's own random key, which no holder knows, proves
+    every byte); only an answer that does not open is hashed (``chunk_address``) to tell a
+    holder that served bad bytes — logged with the node id, counted (``corrupt_replies``),
+    another holder is used — from a wrong key in the reference (``Corrupt``, no holder
+    blamed). *Fragments*: it asks ``k``
     members at once (the nearest ones, which hold the data fragments, so decoding is cheap),
     hedges further members on slowness or failure, checks every manifest against the address
     and every fragment against the manifest, then decodes in a worker thread. Finally it
@@ -418,7 +421,9 @@ def _prepare_copies(
         ]
         return encoded.address, sealed.key, copies
     # Immutable from here: a call to this node hands ``bytes`` over without copying them on
-    # the event loop (see ``dht.rpc._local_copy``); this copy runs in the worker thread.
+    # the event loop (see ``dht.rpc._local_copy``). This copy runs in the worker thread, also
+    # when this node turns out not to be a holder (placement is known only on the loop): a
+    # copy off the loop costs less than one on it.
     ciphertext = bytes(sealed.ciphertext)
     address = chunk_address(ciphertext)
     return address, sealed.key, [_Copy(ciphertext) for _ in range(policy.nodes_needed)]

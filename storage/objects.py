@@ -777,11 +777,12 @@ class ObjectStore:
         """Chunk and store ``body``, appending its chunks to ``out`` in order.
 
         Up to :data:`PUT_PIPELINE` chunks are being stored at once while the next one
-        fills, so at most ``PUT_PIPELINE + 1`` chunks are held. After an error (of the body
-        or of a store) no more of the body is read, but the stores under way finish, so
-        that every chunk stored is in ``out`` for the caller to release (only cancellation
-        abandons them); the first error is raised, unwrapped. A body left unfinished is
-        closed if it has ``aclose``.
+        fills, so at most ``PUT_PIPELINE + 1`` chunks are held, plus what the MD5's
+        :class:`HashLane` has not hashed yet (at most its ``LIMIT_BYTES``). After an error
+        (of the body or of a store) no more of the body is read, but the stores under way
+        finish, so that every chunk stored is in ``out`` for the caller to release (only
+        cancellation abandons them); the first error is raised, unwrapped. A body left
+        unfinished is closed if it has ``aclose``.
 
         Returns:
             ``(size, md5)``.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import time
 import zlib
 
 import pytest
@@ -11,7 +12,7 @@ import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from storage.hash_lane import HashLane
+from storage.hash_lane import HASH_THREADS, HashLane
 
 
 class _Crc32:
@@ -141,3 +142,33 @@ def test_a_failing_hasher_inline_surfaces_in_finish() -> None:
             await lane.finish()
 
     trio.run(main)
+
+
+def test_workers_of_all_lanes_together_are_bounded() -> None:
+    """However many lanes are busy, at most HASH_THREADS workers hash at once."""
+    lock = threading.Lock()
+    active = peak = 0
+
+    class Slow:
+        def update(self, data: bytes | bytearray | memoryview, /) -> None:
+            nonlocal active, peak
+            with lock:
+                active += 1
+                peak = max(peak, active)
+            time.sleep(0.002)
+            with lock:
+                active -= 1
+
+    async def feed(lane: HashLane) -> None:
+        for _ in range(20):
+            await lane.update(b"w" * 100)
+        await lane.finish()
+
+    async def main() -> None:
+        lanes = [HashLane([Slow()], batch_bytes=100, limit_bytes=300) for _ in range(12)]
+        async with trio.open_nursery() as nursery:
+            for lane in lanes:
+                nursery.start_soon(feed, lane)
+
+    trio.run(main)
+    assert 2 <= peak <= HASH_THREADS

@@ -15,6 +15,7 @@ import trio.testing
 from dht.contracts import Handler
 from dht.errors import RemoteError
 from dht.ids import Address, Contact, NodeId
+from storage.errors import NotFound
 from storage.ids import BlockAddress
 from storage.kv_service import MAX_PAXOS_BATCH, BlockService
 from storage.paxos import (
@@ -357,3 +358,32 @@ async def test_a_promise_only_collect_never_drops_an_accepted_value(
     reply = await collect(registry, address, Ballot(3, b"p"), promise_only=True)
     assert reply == {"collected": False}
     assert await silo.load_paxos(address) is not None
+
+
+class OwnRegistry(Registry):
+    """A registry that, like ``RpcNode``, knows the id of the node it serves."""
+
+    def __init__(self, node_id: NodeId) -> None:
+        super().__init__()
+        self.node_id = node_id
+
+
+async def test_only_this_nodes_own_puts_skip_the_address_check(tmp_path: Path) -> None:
+    """A replica put by the node's own client (in-process) is not hashed again; from any
+    other caller, bytes that do not hash to their address are refused and not stored."""
+    own = Contact(NodeId(b"o" * 20), Address("127.0.0.1", 2), b"o" * 32)
+    payload = os.urandom(70_000)
+    wrong = BlockAddress(bytes(32))
+    async with await Silo.open(tmp_path / "silo", capacity_bytes=1 << 30) as silo:
+        registry = OwnRegistry(own.node_id)
+        BlockService(silo, registry)
+        put = registry.handlers["kv.put"]
+        with pytest.raises(RemoteError) as refused:
+            await put(CALLER, {"address": wrong, "payload": payload, "replicas": 3})
+        assert refused.value.code == "invalid"
+        with pytest.raises(NotFound):
+            await silo.get_block(wrong)
+        assert await put(own, {"address": wrong, "payload": payload, "replicas": 3}) == {
+            "stored": True
+        }
+        assert await silo.get_block(wrong) == payload
