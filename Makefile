@@ -27,6 +27,7 @@ pytest: $(STAMP)
 bench: $(STAMP)
 	$(VENV)/bin/pip install --quiet -e '.[test,bench]' --no-build-isolation
 	$(PY) benchmarks/erasure.py
+	$(PY) benchmarks/checksums.py
 	$(PY) benchmarks/transport.py
 	$(PY) benchmarks/silo.py
 	$(PY) benchmarks/kv.py
