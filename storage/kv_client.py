@@ -195,6 +195,7 @@ from .paxos import (
     Transition,
     decode_message,
     encode_message,
+    higher_ballot,
 )
 from .placement import Placement
 from .policy import MAX_REPLICAS, Redundancy, majority
@@ -1327,10 +1328,7 @@ class KVClient:
                 if not maybe_accepted and isinstance(change, _Mutation):
                     change.attempts_failed(before)
                 entry.proposer.observe(outcome.promised)  # start the next round above it
-                if outcome.promised is not None and (
-                    self._ballot_floor is None or outcome.promised > self._ballot_floor
-                ):
-                    self._ballot_floor = outcome.promised
+                self._ballot_floor = higher_ballot(self._ballot_floor, outcome.promised)
                 backoff = self._rng.uniform(0, min(BACKOFF_CAP, _BACKOFF_BASE * 2**attempt))
                 logger.debug(
                     "kv: register %s: ballot %s preempted by %s; retrying in %.3f s",

@@ -137,6 +137,7 @@ from .paxos import (
     RejectReason,
     decode_message,
     encode_message,
+    higher_ballot,
 )
 from .registers import verify_register_value
 from .silo import MAX_FRAGMENT, MAX_REPLICAS, AcceptorRecord, BlockKey, Silo
@@ -570,7 +571,7 @@ class BlockService:
                 except (ValueError, Corrupt, msgpack.UnpackException) as exc:
                     raise Corrupt(f"promise floor unreadable: {exc}") from None
             if not self._floor_loaded:  # a collect may have raised it while we read
-                self._floor = _highest(self._floor, stored)
+                self._floor = higher_ballot(self._floor, stored)
                 self._floor_loaded = True
         return self._floor
 
@@ -594,7 +595,7 @@ class BlockService:
                 and await self._silo.load_paxos(address) is None
             ):
                 return {"collected": True}  # nothing held, and the floor already covers it
-            floor = _highest(before, left.promised)
+            floor = higher_ballot(before, left.promised)
             assert floor is not None
             # Raised in memory before the record goes: an acceptor that remembers more than
             # its disk is never less safe.
@@ -711,12 +712,3 @@ class BlockService:
                 caller.node_id.hex(),
             )
         return encode_message(reply)
-
-
-def _highest(a: Ballot | None, b: Ballot | None) -> Ballot | None:
-    """The higher of two optional ballots."""
-    if a is None:
-        return b
-    if b is None:
-        return a
-    return max(a, b)

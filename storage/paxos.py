@@ -232,6 +232,7 @@ __all__ = [
     "collection_order",
     "decode_message",
     "encode_message",
+    "higher_ballot",
     "trust_all_values",
 ]
 
@@ -280,6 +281,15 @@ class Ballot:
 
     def __str__(self) -> str:
         return f"{self.counter}.{self.proposer.hex()[:8]}"
+
+
+def higher_ballot(a: Ballot | None, b: Ballot | None) -> Ballot | None:
+    """The higher of two optional ballots (``None`` is below every ballot)."""
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return max(a, b)
 
 
 #: Replica sets already found well-formed (a few sets recur in every value and round).
@@ -1101,8 +1111,7 @@ class Proposer:
 
     def observe(self, ballot: Ballot | None) -> None:
         """Note a ballot seen elsewhere; the next fresh round starts above it."""
-        if ballot is not None and (self._highest_seen is None or ballot > self._highest_seen):
-            self._highest_seen = ballot
+        self._highest_seen = higher_ballot(self._highest_seen, ballot)
 
     def _finish(self, rnd: Round, cache: _Cache | None) -> None:
         if self._current is rnd:
