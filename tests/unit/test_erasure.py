@@ -5,12 +5,9 @@ from __future__ import annotations
 import array
 import hashlib
 import itertools
-import json
 import os
 import pickle
 import random
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -20,6 +17,7 @@ import pytest
 
 import native
 from tests import rs_reference as ref
+from tests.native_env import run_with_portable_env
 
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer
@@ -228,20 +226,7 @@ print(json.dumps({"kernel": native.kernel_name(), "ok": ok,
 
 @pytest.mark.parametrize("env_value", ["1", None])
 def test_environment_variable_selects_portable_kernel(env_value: str | None) -> None:
-    env = {key: value for key, value in os.environ.items() if key != native.PORTABLE_ENV}
-    if env_value is not None:
-        env[native.PORTABLE_ENV] = env_value
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    proc = subprocess.run(
-        [sys.executable, "-c", _CHILD],
-        env=env,
-        cwd=root,
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    )
-    report = json.loads(proc.stdout)
+    report = run_with_portable_env(_CHILD, env_value)
     assert report["ok"]
     if env_value == "1":
         assert report == {"kernel": "portable", "ok": True, "grew": ["portable"]}

@@ -5,16 +5,12 @@ large inputs, the GIL and bad arguments."""
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import random
-import subprocess
-import sys
 import threading
 import time
 import zlib
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -30,13 +26,13 @@ from interfaces.s3.etag import (
     new_checksum,
 )
 from native import _checksums
+from tests.native_env import run_with_portable_env
 
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer
 
     Crc = Callable[[ReadableBuffer, int], int]
 
-ROOT = Path(__file__).resolve().parents[2]
 CRC32_MAX = 2**32 - 1
 CRC64_MAX = 2**64 - 1
 CHECK = b"123456789"
@@ -310,19 +306,7 @@ print(json.dumps({"crc32": native.crc32_kernel(), "crc32c": native.crc32c_kernel
 
 @pytest.mark.parametrize("env_value", ["1", "0", None])
 def test_environment_variable_selects_portable_kernels(env_value: str | None) -> None:
-    env = {key: value for key, value in os.environ.items() if key != native.PORTABLE_ENV}
-    if env_value is not None:
-        env[native.PORTABLE_ENV] = env_value
-    proc = subprocess.run(
-        [sys.executable, "-c", _CHILD],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    )
-    report = json.loads(proc.stdout)
+    report = run_with_portable_env(_CHILD, env_value)
     if env_value == "1":
         assert report == {alg: "portable" for alg in ALGORITHMS} | {"ok": True}
     else:
