@@ -227,31 +227,25 @@ def primitive_floor() -> tuple[dict[str, float], dict[str, float]]:
     PUT (``replicas=3``, the gateway's node among the holders): the request's checks (MD5
     for the ETag, the payload's SHA-256 and CRC-32 that boto3 sends), sealing, the address
     (BLAKE2b) and its check by the two other holders, and the secure channel to them
-    (secretstream push + pull, twice). GET from the gateway's own node: the silo's file
+    (the frame codec's encode + decode, twice). GET from the gateway's own node: the silo's file
     checksum and unsealing. No interpreter, socket, disk or scheduling cost is included:
     this is a floor, not an estimate.
     """
     import hashlib
 
-    import nacl.bindings as sodium
-
     import native
+    from dht.framing import FrameDecoder, FrameEncoder
     from storage.chunks import chunk_address, seal, unseal
 
     data = os.urandom(4 * MiB)
     sealed = seal(data)
-    key = sodium.crypto_secretstream_xchacha20poly1305_keygen()
+    key = os.urandom(32)
 
     def channel() -> None:
-        push = sodium.crypto_secretstream_xchacha20poly1305_state()
-        header = sodium.crypto_secretstream_xchacha20poly1305_init_push(push, key)
-        pull = sodium.crypto_secretstream_xchacha20poly1305_state()
-        sodium.crypto_secretstream_xchacha20poly1305_init_pull(pull, header, key)
-        for offset in range(0, len(data), MiB):
-            frame = sodium.crypto_secretstream_xchacha20poly1305_push(
-                push, data[offset : offset + MiB]
-            )
-            sodium.crypto_secretstream_xchacha20poly1305_pull(pull, frame)
+        encoder = FrameEncoder(key)
+        decoder = FrameDecoder(key, encoder.header)
+        decoder.receive_data(encoder.encode(data))
+        decoder.next_message()
 
     put = {
         "md5": _cpu_ms(lambda: hashlib.md5(data, usedforsecurity=False).digest()),

@@ -4,11 +4,11 @@ Theory of operation
 -------------------
 The side that dialled is the *initiator*, the other the *responder*. Three messages::
 
-    initiator -> responder   HELLO_I = [b"ballast-hello", 1, network fingerprint, eph_pk_i, nonce_i]
+    initiator -> responder   HELLO_I = [b"ballast-hello", 2, network fingerprint, eph_pk_i, nonce_i]
     responder -> initiator   HELLO_R (same shape, eph_pk_r, nonce_r), then AUTH_R
     initiator -> responder   AUTH_I
     AUTH = [b"ballast-auth", node public key, passport, listen host, listen port,
-            secretstream header, signature]
+            stream header, signature]
 
 Each handshake message is a u32 big-endian length (at most :data:`MAX_HANDSHAKE_MESSAGE`)
 followed by a msgpack array. ``eph_pk`` is a fresh X25519 (``crypto_kx``) key and ``nonce``
@@ -17,7 +17,7 @@ followed by a msgpack array. ``eph_pk`` is a fresh X25519 (``crypto_kx``) key an
 The AUTH signature is made with the sender's Ed25519 node key over::
 
     [b"ballast-handshake-v1", side ("initiator" | "responder"), transcript,
-     node public key, passport, listen host, listen port, secretstream header]
+     node public key, passport, listen host, listen port, stream header]
 
 where ``transcript = BLAKE2b-256(HELLO_I || HELLO_R)`` (the exact bytes on the wire). Because
 the transcript contains *both* sides' fresh nonces and ephemeral keys, a signature is valid
@@ -39,20 +39,21 @@ Malformed input (bad length, bad msgpack, wrong shapes, wrong magic or version) 
 A side that refuses the peer tells it why before closing, with one of the fixed reasons in
 :data:`REFUSAL_REASONS` (never the details, which stay in the refusing side's log)::
 
-    REFUSE = [b"ballast-refuse", 1, reason]
+    REFUSE = [b"ballast-refuse", 2, reason]
 
 sent as a handshake message whenever the peer is still waiting for one: the responder
 refusing HELLO_I, the initiator refusing HELLO_R or AUTH_R. When the responder refuses
 AUTH_I the initiator has already completed (it may be sending frames), so the responder
-instead ends its secretstream with a ``TAG_FINAL`` frame whose chunk is the reason (see
+instead ends its frame stream with a ``TAG_FINAL`` frame whose chunk is the reason (see
 :mod:`dht.framing`), which the initiator reads, authenticated, as the first frame of the
 responder's stream. A REFUSE is not authenticated, and need not be: anyone on the path can
 cut the connection anyway, and a refusal only turns that into an error that says why. Its
 reason must be one of the known ones, so nothing a peer chooses reaches the logs.
 
 Session keys come from ``crypto_kx`` on the ephemeral keys (forward secrecy: node keys only
-sign). Each side then starts a secretstream for its sending direction with its ``tx`` key
-and sends the stream header inside its (signed) AUTH. The initiator may send encrypted
+sign). Each side then starts the frame stream of its sending direction (see
+:mod:`dht.framing`) with its ``tx`` key and a random stream header, which it sends inside
+its (signed) AUTH. The initiator may send encrypted
 frames right after AUTH_I; the responder only decodes them once AUTH_I has verified, and
 bytes that arrive after AUTH_I are handed to the frame decoder, never to the application
 before that.
@@ -80,7 +81,8 @@ from .framing import (
 from .identity import NetworkDescriptor, NodeIdentity, Passport, verify_signature
 from .ids import Address, Contact, NodeId, node_id_from_public_key
 
-PROTOCOL_VERSION = 1
+#: 2: frames are ChaCha20-Poly1305 with counter nonces (version 1 framed with secretstream).
+PROTOCOL_VERSION = 2
 #: Longest handshake message accepted (a passport is ~200 bytes).
 MAX_HANDSHAKE_MESSAGE = 4096
 NONCE_BYTES = 32
@@ -393,7 +395,7 @@ class Handshake:
         assert reason in REFUSAL_REASONS
         if self._state == "auth" and not self.initiator:
             # the initiator completed when it sent AUTH_I: it now reads frames, so the
-            # refusal ends our secretstream (authenticated: the initiator verified AUTH_R)
+            # refusal ends our frame stream (authenticated: the initiator verified AUTH_R)
             assert self._encoder is not None
             self._outbuf += self._encoder.close(reason.encode())
         else:

@@ -9,7 +9,7 @@ logged with the peer's address, and nothing the peer sent reaches the caller. Wh
 side refuses the peer, it first sends the refusal the handshake produced (the failed check,
 not the details) and lingers until the peer closes or a second passes.
 
-A :class:`SecureStream` has one sending and one receiving task at a time (the secretstream
+A :class:`SecureStream` has one sending and one receiving task at a time (the frame cipher
 state of each direction is sequential). Rules of its hot path:
 
 * *No copies.* A batch of messages is encrypted into the encoder's buffer and sent from

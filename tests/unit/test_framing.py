@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import struct
 
 import pytest
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from dht import framing
 from dht.errors import LocalProtocolError, RemoteProtocolError
@@ -134,6 +136,36 @@ def test_receive_into_buffer_path() -> None:
     assert got == [b"small", message, b"tail"]
 
 
+def test_frames_are_chacha20_poly1305_with_counter_nonces_under_the_header_bound_key() -> None:
+    """The wire format, rebuilt independently: key, nonce layout and associated data."""
+    encoder = FrameEncoder(KEY)
+    wire = encoder.encode_bytes(b"first", b"second")
+    key = hashlib.blake2b(
+        encoder.header, key=KEY, digest_size=32, person=b"ballast-frames"
+    ).digest()
+    cipher = ChaCha20Poly1305(key)
+    expected = b""
+    for counter, (chunk, tag) in enumerate(((b"first", 1), (b"second", 1))):
+        head = struct.pack(">IB", len(chunk) + FRAME_OVERHEAD, tag)
+        nonce = counter.to_bytes(8, "little") + bytes(4)
+        expected += head + cipher.encrypt(nonce, chunk, head)
+    assert wire == expected
+    other = FrameEncoder(KEY)
+    assert other.header != encoder.header
+    assert other.encode_bytes(b"first") != wire[: len(wire) - len(b"second") - 22]
+
+
+def test_tampered_tag_byte_is_refused() -> None:
+    """The tag travels in the clear but is authenticated: a message cannot be cut short."""
+    encoder, decoder = pair()
+    wire = bytearray(encoder.encode_bytes(b"x" * (MAX_FRAME_PAYLOAD + 10)))
+    assert wire[4] == framing._TAG_MESSAGE
+    wire[4] = framing._TAG_PUSH
+    decoder.receive_data(bytes(wire))
+    with pytest.raises(RemoteProtocolError, match="authentication"):
+        decoder.next_message()
+
+
 def test_tampered_frame_is_refused_and_decoder_stays_failed() -> None:
     encoder, decoder = pair()
     wire = bytearray(encoder.encode_bytes(b"payload"))
@@ -227,8 +259,7 @@ def raw_frames(encoder: FrameEncoder, *chunks: tuple[bytes, int]) -> bytes:
     """Encrypt (chunk, tag) pairs as frames, tags chosen freely (to forge odd streams)."""
     wire = b""
     for chunk, tag in chunks:
-        source = framing._ffi.from_buffer("unsigned char[]", chunk) if chunk else b""
-        end = encoder._push(source, 0, len(chunk), tag, 0)
+        end = encoder._push(memoryview(chunk), 0, len(chunk), tag, 0)
         wire += bytes(encoder._out.view[:end])
     return wire
 

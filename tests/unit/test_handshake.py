@@ -29,7 +29,7 @@ ADDR_R = Address("10.0.0.2", 7002)
 GOLDEN_FINGERPRINT = "0c979d0d8ddfd0ae1988f5be9857c8b8043f55d8bd7466e93d48001bd9d4c6e9"
 GOLDEN_HELLO = (
     "00000077"  # length
-    "95c40d62616c6c6173742d68656c6c6f01"  # [b"ballast-hello", 1,
+    "95c40d62616c6c6173742d68656c6c6f02"  # [b"ballast-hello", 2,
     "c420" + GOLDEN_FINGERPRINT + "c420"  # fingerprint,
     "85788f6e8c1818fd4314b841a87ffb91af60d95aa98338496cd17ba1cbf1532b"  # eph_pk,
     "c420" + "04" * 32  # nonce]
@@ -37,7 +37,7 @@ GOLDEN_HELLO = (
 GOLDEN_REFUSE_NETWORK = (
     "0000001a"  # length
     "93c40e62616c6c6173742d726566757365"  # [b"ballast-refuse",
-    "01a76e6574776f726b"  # 1, "network"]
+    "02a76e6574776f726b"  # 2, "network"]
 )
 
 
@@ -322,10 +322,10 @@ def test_garbage_gets_no_refusal_and_refusals_carry_known_reasons_only() -> None
         responder.next_event()
     assert responder.data_to_send() == b""
     for body in (
-        [b"ballast-refuse", 1, "because I said so"],
-        [b"ballast-refuse", 1, b"network"],
-        [b"ballast-refuse", 2, "network"],
-        [b"ballast-refuse", 1],
+        [b"ballast-refuse", 2, "because I said so"],
+        [b"ballast-refuse", 2, b"network"],
+        [b"ballast-refuse", 1, "network"],
+        [b"ballast-refuse", 2],
     ):
         hs = Handshake(a.identity, a.passport, a.network, initiator=True, listen_address=ADDR_I)
         packed = msgpack.packb(body)
