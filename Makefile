@@ -52,4 +52,4 @@ $(STAMP): pyproject.toml setup.py
 	@touch $@
 
 clean:
-	rm -rf build native/*.so native/_reed_solomon.c native/_checksums.c native/.built $(VENV)
+	rm -rf build native/*.so native/_reed_solomon.c native/_checksums.c native/_xsalsa20.c native/.built $(VENV)

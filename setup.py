@@ -1,4 +1,5 @@
-"""Build the native extensions (Reed-Solomon and CRC kernels) alongside the pure-Python packages."""
+"""Build the native extensions (Reed-Solomon, CRC and XSalsa20 kernels) alongside the pure-Python
+packages."""
 
 from Cython.Build import cythonize
 from setuptools import Extension, setup
@@ -13,6 +14,12 @@ extensions = [
     Extension(
         "native._checksums",
         sources=["native/_checksums.pyx", "native/crc_kernels.c"],
+        include_dirs=["native"],
+        extra_compile_args=["-O3", "-std=c11", "-fno-strict-aliasing"],
+    ),
+    Extension(
+        "native._xsalsa20",
+        sources=["native/_xsalsa20.pyx", "native/salsa_kernels.c"],
         include_dirs=["native"],
         extra_compile_args=["-O3", "-std=c11", "-fno-strict-aliasing"],
     ),

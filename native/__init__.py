@@ -31,6 +31,13 @@ PCLMULQDQ folding and CRC-32C on the SSE4.2 ``crc32`` instruction when the CPU h
 else all on portable slicing-by-8 tables (also forced by ``BALLAST_NATIVE_PORTABLE=1``);
 :func:`crc32_kernel`, :func:`crc32c_kernel` and :func:`crc64nvme_kernel` tell which one
 runs.
+
+Encryption: :func:`xsalsa20_xor` XORs a buffer with the XSalsa20 keystream (libsodium's
+``crypto_stream_xsalsa20``, the cipher of ``crypto_secretbox``) of a 24-byte nonce and a
+32-byte key from any byte offset ``skip``, into a writable buffer or in place: ``skip=0``
+over 32 zero bytes gives secretbox's one-time Poly1305 key, ``skip=32`` its ciphertext. It
+runs sixteen blocks at once on AVX-512F when the CPU has it, else on a portable scalar
+kernel (also forced by ``BALLAST_NATIVE_PORTABLE=1``); :func:`xsalsa20_kernel` tells which.
 """
 
 from __future__ import annotations
@@ -58,6 +65,7 @@ from native._reed_solomon import (
     kernel_statistics,
     select_kernel,
 )
+from native._xsalsa20 import xsalsa20_kernel, xsalsa20_xor
 
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer, WriteableBuffer
@@ -87,6 +95,8 @@ __all__ = [
     "reconstruct",
     "select_kernel",
     "split",
+    "xsalsa20_kernel",
+    "xsalsa20_xor",
 ]
 
 

@@ -6,12 +6,14 @@ import contextlib
 import itertools
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import native
 from storage import chunks
 from storage.errors import Corrupt, InvalidArgument
 from storage.ids import BlockAddress
@@ -64,6 +66,54 @@ def test_sealing_writes_the_first_format() -> None:
     sealed = chunks._seal(memoryview(GOLDEN_PLAINTEXT), GOLDEN_KEY, GOLDEN_NONCE)
     assert bytes(sealed) == GOLDEN_SEALED
     assert len(sealed) == len(GOLDEN_PLAINTEXT) + chunks.SEAL_OVERHEAD
+
+
+def _box(box: Callable[..., None], plaintext: bytes, nonce: bytes, key: bytes) -> bytes:
+    out = bytearray(chunks.SEAL_OVERHEAD + len(plaintext))
+    out[: chunks.NONCE_BYTES] = nonce
+    box(out, memoryview(plaintext), nonce, key)
+    return bytes(out)
+
+
+def test_both_secretbox_implementations_keep_the_first_format() -> None:
+    """The native one (XSalsa20 kernel + OpenSSL's Poly1305) is used where vectorised."""
+    assert (chunks._box is chunks._box_native) == (native.xsalsa20_kernel() != "portable")
+    for box, open_ in (
+        (chunks._box_native, chunks._open_native),
+        (chunks._box_sodium, chunks._open_sodium),
+    ):
+        assert _box(box, GOLDEN_PLAINTEXT, GOLDEN_NONCE, GOLDEN_KEY) == GOLDEN_SEALED
+        assert open_(memoryview(GOLDEN_SEALED), GOLDEN_KEY) == bytearray(GOLDEN_PLAINTEXT)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    plaintext=st.binary(max_size=3000),
+    key=st.binary(min_size=32, max_size=32),
+    nonce=st.binary(min_size=24, max_size=24),
+    flip=st.integers(min_value=0),
+)
+def test_native_and_libsodium_secretboxes_agree_byte_for_byte(
+    plaintext: bytes, key: bytes, nonce: bytes, flip: int
+) -> None:
+    sealed = _box(chunks._box_native, plaintext, nonce, key)
+    assert sealed == _box(chunks._box_sodium, plaintext, nonce, key)
+    assert chunks._open_native(memoryview(sealed), key) == bytearray(plaintext)
+    assert chunks._open_sodium(memoryview(sealed), key) == bytearray(plaintext)
+    tampered = bytearray(sealed)
+    tampered[flip % len(sealed)] ^= 1 << (flip % 8)
+    assert chunks._open_native(memoryview(tampered), key) is None
+    assert chunks._open_sodium(memoryview(tampered), key) is None
+    other_key = bytes([key[0] ^ 1]) + key[1:]
+    assert chunks._open_native(memoryview(sealed), other_key) is None
+
+
+def test_native_secretbox_on_a_whole_chunk() -> None:
+    plaintext = bytes(range(256)) * (4 * 4096 + 3)
+    nonce, key = bytes(range(24)), bytes(range(1, 33))
+    sealed = _box(chunks._box_native, plaintext, nonce, key)
+    assert sealed == _box(chunks._box_sodium, plaintext, nonce, key)
+    assert chunks._open_native(memoryview(sealed), key) == bytearray(plaintext)
 
 
 @pytest.mark.parametrize("size", [0, 1, 4096])

@@ -8,8 +8,6 @@ import itertools
 import os
 import pickle
 import random
-import threading
-import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -17,7 +15,7 @@ import pytest
 
 import native
 from tests import rs_reference as ref
-from tests.native_env import run_with_portable_env
+from tests.native_env import assert_gil_released, run_with_portable_env
 
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer
@@ -350,33 +348,12 @@ def test_codec_object() -> None:
         codec.k = 3  # type: ignore[misc]
 
 
-def _spin(done: threading.Event, stamps: list[float]) -> None:
-    while not done.is_set():
-        stamps.append(time.perf_counter())
-        time.sleep(0)
-
-
 def test_gil_is_released_during_encode() -> None:
     """Another thread keeps running Python while a long encode runs."""
     data = payload(16 << 20)
     previous = native.select_kernel("portable")  # the slow kernel makes a long call
     try:
-        for _attempt in range(3):
-            stamps: list[float] = []
-            done = threading.Event()
-            thread = threading.Thread(target=_spin, args=(done, stamps))
-            thread.start()
-            time.sleep(0.01)
-            start = time.perf_counter()
-            native.encode(data, 10, 4)
-            end = time.perf_counter()
-            done.set()
-            thread.join()
-            during = [t for t in stamps if start <= t <= end]
-            gaps = [b - a for a, b in itertools.pairwise([start, *during, end])]
-            if max(gaps) < 0.5 * (end - start):
-                return
-        pytest.fail(f"no other thread ran for {max(gaps):.3f} s of a {end - start:.3f} s encode")
+        assert_gil_released(lambda: native.encode(data, 10, 4), "encode")
     finally:
         native.select_kernel(previous)
 

@@ -4,11 +4,8 @@ large inputs, the GIL and bad arguments."""
 
 from __future__ import annotations
 
-import itertools
 import os
 import random
-import threading
-import time
 import zlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -26,7 +23,7 @@ from interfaces.s3.etag import (
     new_checksum,
 )
 from native import _checksums
-from tests.native_env import run_with_portable_env
+from tests.native_env import assert_gil_released, run_with_portable_env
 
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer
@@ -316,32 +313,11 @@ def test_environment_variable_selects_portable_kernels(env_value: str | None) ->
 # ---- the GIL -----------------------------------------------------------------------------
 
 
-def _spin(done: threading.Event, stamps: list[float]) -> None:
-    while not done.is_set():
-        stamps.append(time.perf_counter())
-        time.sleep(0)
-
-
 @pytest.mark.parametrize("algorithm", ["crc32", "crc64nvme"])
 def test_gil_is_released_during_a_long_checksum(algorithm: str) -> None:
     """Another thread keeps running Python while a long (portable) checksum runs."""
     data = payload(64 << 20, seed=7)
-    for _attempt in range(3):
-        stamps: list[float] = []
-        done = threading.Event()
-        thread = threading.Thread(target=_spin, args=(done, stamps))
-        thread.start()
-        time.sleep(0.01)
-        start = time.perf_counter()
-        WITH[algorithm]("portable", data, 0)
-        end = time.perf_counter()
-        done.set()
-        thread.join()
-        during = [t for t in stamps if start <= t <= end]
-        gaps = [b - a for a, b in itertools.pairwise([start, *during, end])]
-        if max(gaps) < 0.5 * (end - start):
-            return
-    pytest.fail(f"no other thread ran for {max(gaps):.3f} s of a {end - start:.3f} s checksum")
+    assert_gil_released(lambda: WITH[algorithm]("portable", data, 0), "checksum")
 
 
 # ---- bad arguments -----------------------------------------------------------------------
