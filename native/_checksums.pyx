@@ -9,15 +9,10 @@ forces (as for Reed-Solomon). ``crc32_with``, ``crc32c_with`` and ``crc64nvme_wi
 named kernel, so tests and benchmarks can compare them.
 """
 
-import os
-
-from cpython.buffer cimport (
-    PyBUF_SIMPLE,
-    PyBuffer_Release,
-    PyObject_CheckBuffer,
-    PyObject_GetBuffer,
-)
+from cpython.buffer cimport PyBuffer_Release
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
+
+from native._buffers cimport automatic_kernel, get_buffer
 
 from native._reed_solomon import PORTABLE_ENV
 
@@ -72,16 +67,9 @@ def crc64nvme_kernels():
     return ("pclmul", "portable") if crc64nvme_pclmul_available() else ("portable",)
 
 
-cdef str _automatic_kernel(tuple available):
-    """The fastest of ``available``, or ``"portable"`` when the environment asks for it."""
-    if os.environ.get(PORTABLE_ENV, "") not in ("", "0"):
-        return "portable"
-    return available[0]
-
-
-cdef str _crc32_name = _automatic_kernel(crc32_kernels())
-cdef str _crc32c_name = _automatic_kernel(crc32c_kernels())
-cdef str _crc64nvme_name = _automatic_kernel(crc64nvme_kernels())
+cdef str _crc32_name = automatic_kernel(crc32_kernels(), PORTABLE_ENV)
+cdef str _crc32c_name = automatic_kernel(crc32c_kernels(), PORTABLE_ENV)
+cdef str _crc64nvme_name = automatic_kernel(crc64nvme_kernels(), PORTABLE_ENV)
 cdef int _crc32_kernel = _CRC32_IDS[_crc32_name]
 cdef int _crc32c_kernel = _CRC32C_IDS[_crc32c_name]
 cdef int _crc64nvme_kernel = _CRC64NVME_IDS[_crc64nvme_name]
@@ -102,23 +90,10 @@ cdef int _check_kernel(str algorithm, object kernel, tuple available) except -1:
     return 0
 
 
-cdef int _get_buffer(object data, Py_buffer *view) except -1:
-    """Fill ``view`` with the bytes of ``data``, which must be a C-contiguous buffer."""
-    if not PyObject_CheckBuffer(data):
-        raise TypeError(
-            f"data must be a bytes-like object (buffer protocol), not {type(data).__name__}"
-        )
-    try:
-        PyObject_GetBuffer(data, view, PyBUF_SIMPLE)
-    except BufferError as exc:
-        raise TypeError(f"data must be a C-contiguous buffer: {exc}") from None
-    return 0
-
-
 cdef uint32_t _crc32_any(crc32_runner run, int kernel, object data, uint32_t crc) except? 0:
     """A 32-bit CRC of ``data`` from ``crc`` by ``run`` (``crc32_run`` or ``crc32c_run``)."""
     cdef Py_buffer view
-    _get_buffer(data, &view)
+    get_buffer(data, &view, False, "data")
     cdef const uint8_t *ptr = <const uint8_t *>view.buf
     cdef size_t size = <size_t>view.len
     try:
@@ -134,7 +109,7 @@ cdef uint32_t _crc32_any(crc32_runner run, int kernel, object data, uint32_t crc
 
 cdef uint64_t _crc64nvme(int kernel, object data, uint64_t crc) except? 0:
     cdef Py_buffer view
-    _get_buffer(data, &view)
+    get_buffer(data, &view, False, "data")
     cdef const uint8_t *ptr = <const uint8_t *>view.buf
     cdef size_t size = <size_t>view.len
     try:

@@ -12,18 +12,13 @@ from collections.abc import Mapping
 
 cimport cython
 
-from cpython.buffer cimport (
-    PyBUF_SIMPLE,
-    PyBUF_WRITABLE,
-    PyBuffer_FillInfo,
-    PyBuffer_Release,
-    PyObject_CheckBuffer,
-    PyObject_GetBuffer,
-)
+from cpython.buffer cimport PyBuffer_FillInfo, PyBuffer_Release, PyObject_CheckBuffer
 from cpython.mem cimport PyMem_Calloc, PyMem_Free
 from cpython.pyport cimport PY_SSIZE_T_MAX
 from libc.stdint cimport uint8_t, uint64_t
 from libc.string cimport memset
+
+from native._buffers cimport get_buffer
 
 
 cdef extern from "rs_kernels.h" nogil:
@@ -225,18 +220,7 @@ cdef class _Views:
     cdef Py_buffer *get(self, object obj, bint writable, str what) except NULL:
         if self.count >= self.capacity:
             raise RuntimeError("internal error: too many buffers")
-        if not PyObject_CheckBuffer(obj):
-            raise TypeError(
-                f"{what} must be a bytes-like object (buffer protocol), not {type(obj).__name__}"
-            )
-        cdef int flags = PyBUF_SIMPLE
-        if writable:
-            flags |= PyBUF_WRITABLE
-        try:
-            PyObject_GetBuffer(obj, &self.views[self.count], flags)
-        except BufferError as exc:
-            kind = "a writable, C-contiguous" if writable else "a C-contiguous"
-            raise TypeError(f"{what} must be {kind} buffer: {exc}") from None
+        get_buffer(obj, &self.views[self.count], writable, what)
         self.count += 1
         return &self.views[self.count - 1]
 

@@ -8,17 +8,11 @@ scalar one, which ``BALLAST_NATIVE_PORTABLE=1`` forces (as for Reed-Solomon and 
 ``xsalsa20_xor_with`` runs a named kernel, so tests and benchmarks can compare them.
 """
 
-import os
-
-from cpython.buffer cimport (
-    PyBUF_SIMPLE,
-    PyBUF_WRITABLE,
-    PyBuffer_Release,
-    PyObject_CheckBuffer,
-    PyObject_GetBuffer,
-)
+from cpython.buffer cimport PyBuffer_Release
 from libc.stdint cimport uint8_t, uint64_t
 from libc.string cimport memcpy, memset
+
+from native._buffers cimport automatic_kernel, get_buffer
 
 from native._reed_solomon import PORTABLE_ENV
 
@@ -53,38 +47,14 @@ def xsalsa20_kernels():
     return ("avx512", "portable") if xsalsa20_avx512_available() else ("portable",)
 
 
-cdef str _automatic_kernel(tuple available):
-    """The fastest of ``available``, or ``"portable"`` when the environment asks for it."""
-    if os.environ.get(PORTABLE_ENV, "") not in ("", "0"):
-        return "portable"
-    return available[0]
-
-
-cdef str _kernel_name = _automatic_kernel(xsalsa20_kernels())
+cdef str _kernel_name = automatic_kernel(xsalsa20_kernels(), PORTABLE_ENV)
 cdef int _kernel = _KERNEL_IDS[_kernel_name]
-
-
-cdef int _get_buffer(object obj, Py_buffer *view, bint writable, str what) except -1:
-    """Fill ``view`` with the bytes of ``obj``, a C-contiguous (and maybe writable) buffer."""
-    if not PyObject_CheckBuffer(obj):
-        raise TypeError(
-            f"{what} must be a bytes-like object (buffer protocol), not {type(obj).__name__}"
-        )
-    cdef int flags = PyBUF_SIMPLE
-    if writable:
-        flags |= PyBUF_WRITABLE
-    try:
-        PyObject_GetBuffer(obj, view, flags)
-    except BufferError as exc:
-        kind = "a writable, C-contiguous" if writable else "a C-contiguous"
-        raise TypeError(f"{what} must be {kind} buffer: {exc}") from None
-    return 0
 
 
 cdef int _copy_exact(object obj, uint8_t *dest, Py_ssize_t size, str what) except -1:
     """Copy the ``size`` bytes of the buffer ``obj`` to ``dest``; any other length is an error."""
     cdef Py_buffer view
-    _get_buffer(obj, &view, False, what)
+    get_buffer(obj, &view, False, what)
     try:
         if view.len != size:
             raise ValueError(f"{what} must be {size} bytes long, got {view.len}")
@@ -112,9 +82,9 @@ cdef int _xor(int kernel, object source, object target, object nonce, object key
     cdef const uint8_t *src_ptr
     cdef uint8_t *dst_ptr
     cdef size_t size
-    _get_buffer(source, &src, False, "source")
+    get_buffer(source, &src, False, "source")
     try:
-        _get_buffer(target, &dst, True, "target")
+        get_buffer(target, &dst, True, "target")
         try:
             if src.len != dst.len:
                 raise ValueError(
