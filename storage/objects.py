@@ -148,6 +148,9 @@ MAX_LIST_KEYS = 1000
 NULL_VERSION = "null"
 #: How many deletions of one DeleteObjects call run at once.
 DELETE_CONCURRENCY = 8
+#: How many chunks of one dropped object (or upload) are released at once: an overwritten
+#: 64 MiB object has 16, and releasing them one after the other added ~90 ms to the PUT.
+RELEASE_CONCURRENCY = 8
 
 #: How long a writer that meets a sealed index waits for the deletion to settle.
 SEALED_WAIT_SECONDS = 2.0
@@ -733,14 +736,22 @@ class ObjectStore:
                 await trio.sleep(0.05)
 
     async def _release(self, chunks: Iterable[StoredChunk]) -> None:
-        for chunk in chunks:
-            try:
-                await self._store.delete_chunk(chunk.ref)
-            except StorageError as exc:
-                self._counts["release_failures"] += 1
-                logger.warning("could not release chunk %s: %s", chunk.ref.address.hex(), exc)
-            else:
-                self._counts["chunks_released"] += 1
+        """Delete ``chunks``, :data:`RELEASE_CONCURRENCY` at a time; failures are logged."""
+        limiter = trio.CapacityLimiter(RELEASE_CONCURRENCY)
+
+        async def release_one(chunk: StoredChunk) -> None:
+            async with limiter:
+                try:
+                    await self._store.delete_chunk(chunk.ref)
+                except StorageError as exc:
+                    self._counts["release_failures"] += 1
+                    logger.warning("could not release chunk %s: %s", chunk.ref.address.hex(), exc)
+                else:
+                    self._counts["chunks_released"] += 1
+
+        async with trio.open_nursery() as nursery:
+            for chunk in chunks:
+                nursery.start_soon(release_one, chunk)
 
     async def _release_shielded(self, chunks: Sequence[StoredChunk]) -> None:
         if chunks:

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Iterable
 import pytest
 import trio
 
+from storage.api import ChunkRef
 from storage.errors import (
     BadDigest,
     BucketAlreadyExists,
@@ -31,6 +32,7 @@ from storage.errors import (
 from storage.object_records import ContentHeaders, ObjectRecord
 from storage.objects import (
     PUT_PIPELINE,
+    RELEASE_CONCURRENCY,
     ObjectStore,
     decode_continuation_token,
     encode_continuation_token,
@@ -385,6 +387,42 @@ async def test_overwrite_and_delete_release_chunks(env: tuple[FakeBlockStore, Ob
     assert await store.delete_object("bkt", "k") is False  # idempotent, as S3
     with pytest.raises(NoSuchKey):
         await store.head_object("bkt", "k")
+
+
+async def test_dropped_chunks_are_released_concurrently_within_a_bound(
+    env: tuple[FakeBlockStore, ObjectStore],
+) -> None:
+    """An overwritten object's chunks are released several at a time, never more than
+    ``RELEASE_CONCURRENCY``; one that fails is counted and the others are still released."""
+    fake, store = env
+    chunks = 3 * RELEASE_CONCURRENCY
+    await store.put_object("bkt", "k", body(payload(chunks * CHUNK)))
+    old = set(fake.chunks)
+    in_flight = peak = 0
+    gate = trio.Event()
+    delete = fake.delete_chunk
+
+    async def counted_delete(ref: ChunkRef) -> None:
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        if peak == RELEASE_CONCURRENCY:
+            gate.set()
+        await gate.wait()  # hold every release until the bound is reached
+        try:
+            await delete(ref)
+        finally:
+            in_flight -= 1
+
+    fake.delete_chunk = counted_delete  # type: ignore[method-assign]
+    fake.fail("delete_chunk", match=lambda address: address in old)
+    with trio.fail_after(10):  # one release at a time would never open the gate
+        await store.put_object("bkt", "k", body(b"new"))
+    assert peak == RELEASE_CONCURRENCY
+    stats = store.statistics()
+    assert stats.release_failures == 1
+    assert stats.chunks_released == len(old) - 1
+    assert len(set(fake.chunks) & old) == 1  # the one that failed is left (and logged)
 
 
 async def test_delete_objects_batch(env: tuple[FakeBlockStore, ObjectStore]) -> None:
