@@ -38,7 +38,10 @@ Rules that keep it correct:
   Hence *copy re-stores the data* (no sharing, no reference counts), and a completed
   multipart upload hands its parts' chunks over to the object (no data copy).
 * **Garbage only after commit**: the old record's chunks are released (best effort,
-  ``delete_chunk``) after the change that dropped them committed. When the outcome of a
+  ``delete_chunk``) after the change that dropped them committed — at once, or, when the
+  caller passes a :class:`ReleaseLater`, once it has answered its client and calls
+  :meth:`ObjectStore.release` (a replaced 64 MiB object is 16 deletions on every holder:
+  no reason to keep the client waiting for them). When the outcome of a
   commit is unknown (``Unavailable`` from the edit: it may or may not have been applied),
   nothing is released: the new chunks are leaked rather than risk deleting referenced ones.
 * **Bucket deletion** seals every (empty) index shard first, then removes the registry
@@ -575,6 +578,31 @@ async def _part_chunks(store: BlockStore, part: PartRecord) -> list[StoredChunk]
 # -- the object store ------------------------------------------------------------------------
 
 
+class ReleaseLater:
+    """Dropped objects whose chunks are to be released after the caller answered its client.
+
+    Pass one to the operations that replace or delete objects, answer, then hand it to
+    :meth:`ObjectStore.release`. What a process dies before releasing is leaked, exactly
+    as a release cut short (see the module docstring).
+    """
+
+    def __init__(self) -> None:
+        """Start empty."""
+        self._records: list[tuple[ObjectRecord, frozenset[bytes]]] = []
+
+    def add(self, record: ObjectRecord, keep: frozenset[bytes]) -> None:
+        """Remember to release ``record``'s chunks except those whose address is in ``keep``."""
+        self._records.append((record, keep))
+
+    def take(self) -> list[tuple[ObjectRecord, frozenset[bytes]]]:
+        """Return what was added and forget it."""
+        records, self._records = self._records, []
+        return records
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+
 class ObjectStore:
     """Buckets, objects and multipart uploads on a :class:`~storage.api.BlockStore`.
 
@@ -758,15 +786,35 @@ class ObjectStore:
             with trio.move_on_after(_CLEANUP_SECONDS, shield=True):
                 await self._release(chunks)
 
-    async def _release_record(self, record: ObjectRecord, keep: frozenset[bytes]) -> None:
-        """Release a dropped record's chunks, except those whose address is in ``keep``."""
+    async def _release_record(
+        self, record: ObjectRecord, keep: frozenset[bytes], later: ReleaseLater | None
+    ) -> None:
+        """Release a dropped record's chunks, except those whose address is in ``keep``
+        (now, or through ``later``)."""
+        if later is not None:
+            later.add(record, keep)
+        else:
+            await self._release(await self._owned_chunks(record, keep))
+
+    async def _owned_chunks(
+        self, record: ObjectRecord, keep: frozenset[bytes]
+    ) -> list[StoredChunk]:
+        """A dropped record's chunks (its chunk list too) whose address is not in ``keep``."""
         try:
             data = await _chunk_list(self._store, record)
         except StorageError as exc:
             logger.warning("could not read the chunk list of a dropped object: %s", exc)
-            return
+            return []
         owned = data + ([record.chunk_list] if record.chunk_list is not None else [])
-        await self._release(c for c in owned if bytes(c.ref.address) not in keep)
+        return [c for c in owned if bytes(c.ref.address) not in keep]
+
+    async def release(self, later: ReleaseLater) -> None:
+        """Release the chunks of the objects ``later`` holds, :data:`RELEASE_CONCURRENCY`
+        at a time; failures are logged and counted, never raised."""
+        chunks: list[StoredChunk] = []
+        for record, keep in later.take():
+            chunks.extend(await self._owned_chunks(record, keep))
+        await self._release(chunks)
 
     async def _release_part(self, part: PartRecord, *, data_too: bool = True) -> None:
         if data_too:
@@ -915,6 +963,7 @@ class ObjectStore:
         content_md5: bytes | None,
         *,
         fresh: bool = True,
+        release_later: ReleaseLater | None = None,
     ) -> ObjectInfo:
         """Store ``body`` and commit its record at ``key`` in ``cfg``'s bucket.
 
@@ -969,7 +1018,8 @@ class ObjectStore:
             if not keep_data:
                 await self._release_shielded(stored)
         if old is not None:
-            await self._release_record(old, frozenset(bytes(c.ref.address) for c in stored))
+            keep = frozenset(bytes(c.ref.address) for c in stored)
+            await self._release_record(old, keep, release_later)
         return _object_info(cfg.name, key, record)
 
     # -- buckets -------------------------------------------------------------------------------
@@ -1131,6 +1181,7 @@ class ObjectStore:
         if_match: str | None = None,
         if_none_match: str | None = None,
         content_md5: bytes | None = None,
+        release_later: ReleaseLater | None = None,
     ) -> ObjectInfo:
         """Store an object from a stream of bytes, replacing any object at ``key``.
 
@@ -1143,6 +1194,7 @@ class ObjectStore:
             if_match: commit only if the current ETag is in this list (``*``: any).
             if_none_match: ``"*"``: commit only if the key does not exist.
             content_md5: the 16-byte MD5 the client claims (``Content-MD5``).
+            release_later: where to leave the replaced object's chunks (else released now).
 
         Raises:
             NoSuchBucket, PreconditionFailed, NoSuchKey (``If-Match`` on an absent key),
@@ -1160,7 +1212,16 @@ class ObjectStore:
             acl,
         )
         return await self._write_object(
-            cfg, key, body, headers, owner, if_match, if_none_match, content_md5, fresh=fresh
+            cfg,
+            key,
+            body,
+            headers,
+            owner,
+            if_match,
+            if_none_match,
+            content_md5,
+            fresh=fresh,
+            release_later=release_later,
         )
 
     async def open_object(self, bucket: str, key: str) -> ObjectReader:
@@ -1221,8 +1282,12 @@ class ObjectStore:
 
         await self._on_bucket(bucket, update)
 
-    async def delete_object(self, bucket: str, key: str) -> bool:
+    async def delete_object(
+        self, bucket: str, key: str, *, release_later: ReleaseLater | None = None
+    ) -> bool:
         """Delete an object; deleting an absent key is fine (S3). Return whether it existed.
+
+        ``release_later``: where to leave the object's chunks (else released now).
 
         Raises:
             NoSuchBucket.
@@ -1230,20 +1295,24 @@ class ObjectStore:
         _key_bytes(key)
 
         async def delete(cfg: BucketConfig) -> bool:
-            return await self._delete(cfg, key)
+            return await self._delete(cfg, key, release_later)
 
         return await self._on_bucket(bucket, delete)
 
-    async def _delete(self, cfg: BucketConfig, key: str) -> bool:
+    async def _delete(self, cfg: BucketConfig, key: str, later: ReleaseLater | None) -> bool:
         old, _ = await self._index_update(cfg, _key_bytes(key), lambda _current: None)
         if old is None:
             return False
         self._counts["objects_deleted"] += 1
-        await self._release_record(ObjectRecord.unpack(old), frozenset())
+        await self._release_record(ObjectRecord.unpack(old), frozenset(), later)
         return True
 
-    async def delete_objects(self, bucket: str, keys: Sequence[str]) -> list[DeleteOutcome]:
+    async def delete_objects(
+        self, bucket: str, keys: Sequence[str], *, release_later: ReleaseLater | None = None
+    ) -> list[DeleteOutcome]:
         """Delete many keys (DeleteObjects); a failure is reported per key, not raised.
+
+        ``release_later``: where to leave the deleted objects' chunks (else released now).
 
         Raises:
             NoSuchBucket: the bucket does not exist (nothing is deleted).
@@ -1255,7 +1324,7 @@ class ObjectStore:
         async def delete_one(cfg: BucketConfig, i: int) -> None:
             async with limiter:
                 try:
-                    await self._delete(cfg, keys[i])
+                    await self._delete(cfg, keys[i], release_later)
                 except StorageError as exc:
                     outcomes[i] = DeleteOutcome(keys[i], exc)
                 else:
@@ -1293,6 +1362,7 @@ class ObjectStore:
         if_match: str | None = None,
         if_none_match: str | None = None,
         source_check: Callable[[ObjectInfo], None] | None = None,
+        release_later: ReleaseLater | None = None,
     ) -> ObjectInfo:
         """Copy an object (CopyObject). The data is re-stored, never shared (see module doc).
 
@@ -1302,6 +1372,7 @@ class ObjectStore:
             if_match, if_none_match: conditions on the *destination* key.
             source_check: called with the source's info before copying (the S3 layer's
                 ``x-amz-copy-source-if-*`` evaluation); whatever it raises propagates.
+            release_later: where to leave the replaced object's chunks (else released now).
 
         Raises:
             NoSuchBucket, NoSuchKey (source), PreconditionFailed, InvalidArgument.
@@ -1335,6 +1406,7 @@ class ObjectStore:
             if_none_match,
             None,
             fresh=fresh,
+            release_later=release_later,
         )
 
     # -- listing -------------------------------------------------------------------------------
@@ -1631,6 +1703,7 @@ class ObjectStore:
         *,
         if_match: str | None = None,
         if_none_match: str | None = None,
+        release_later: ReleaseLater | None = None,
     ) -> ObjectInfo:
         """Assemble the listed parts into the object at ``key`` (no data is copied).
 
@@ -1641,6 +1714,7 @@ class ObjectStore:
 
         Args:
             parts: ``(part number, ETag)`` pairs, in strictly ascending part order.
+            release_later: where to leave the replaced object's chunks (else released now).
 
         Raises:
             NoSuchBucket, NoSuchUpload, InvalidPartOrder, InvalidPart, EntityTooSmall,
@@ -1695,7 +1769,9 @@ class ObjectStore:
             committed = await self._committed_by(cfg, raw_key, upload_id)
             if committed is not None:
                 # The earlier attempt did commit: only its clean-up is left to do.
-                await self._retire_upload(cfg, upload, upload_name, wanted, data_chunks, None, [])
+                await self._retire_upload(
+                    cfg, upload, upload_name, wanted, data_chunks, None, [], None
+                )
                 return _object_info(bucket, key, committed)
         digest = hashlib.md5(b"".join(p.md5 for p in chosen), usedforsecurity=False)
         extra: list[StoredChunk] = []
@@ -1729,7 +1805,9 @@ class ObjectStore:
         finally:
             if not keep:
                 await self._release_shielded(extra)
-        await self._retire_upload(cfg, upload, upload_name, wanted, data_chunks, old, extra)
+        await self._retire_upload(
+            cfg, upload, upload_name, wanted, data_chunks, old, extra, release_later
+        )
         return _object_info(bucket, key, record)
 
     async def _committed_by(
@@ -1752,8 +1830,10 @@ class ObjectStore:
         data_chunks: Sequence[StoredChunk],
         old: ObjectRecord | None,
         extra: Sequence[StoredChunk],
+        later: ReleaseLater | None,
     ) -> None:
-        """After a completion committed: drop the upload, release what nothing references."""
+        """After a completion committed: drop the upload, release what nothing references
+        (the replaced object's chunks through ``later`` if given)."""
 
         def finish(current: bytes | None) -> bytes | None:
             if current is None:
@@ -1771,7 +1851,7 @@ class ObjectStore:
         if old is not None:
             keep_addresses = {bytes(c.ref.address) for c in data_chunks}
             keep_addresses.update(bytes(c.ref.address) for c in extra)
-            await self._release_record(old, frozenset(keep_addresses))
+            await self._release_record(old, frozenset(keep_addresses), later)
 
     async def _unclaim(self, upload_name: bytes, wanted: tuple[tuple[int, str], ...]) -> None:
         def unclaim(current: bytes | None) -> bytes | None:

@@ -63,7 +63,7 @@ import trio
 
 from storage import errors as storage_errors
 from storage.hash_lane import HashLane
-from storage.objects import ObjectStore
+from storage.objects import ObjectStore, ReleaseLater
 
 from . import xml
 from .chunked import NEED_DATA, ChunkedDecoder, Data, EndOfMessage, Trailers, decoder_for_request
@@ -358,6 +358,8 @@ class Request:
         endpoint: the routed operation.
         auth: who is asking.
         body: the request body.
+        release_later: chunks of objects this request replaces or deletes, released once
+            the response is sent.
         owner_name: the display name of the caller's key.
         public_bucket: for anonymous reads: the bucket is public (else the object must be).
     """
@@ -370,6 +372,7 @@ class Request:
     endpoint: Endpoint
     auth: AuthResult
     body: RequestBody
+    release_later: ReleaseLater
     owner_name: str = ""
     public_bucket: bool = False
 
@@ -552,6 +555,8 @@ class S3App:
             self._in_flight -= 1
             if state.body is not None:
                 self._bytes_received += state.body.size
+            if state.release_later:  # the client has its answer: give the space back now
+                await self.objects.release(state.release_later)
         self._by_class[min(max(status // 100, 0), 5)] += 1
         op_name = state.endpoint.name if state.endpoint else "?"
         status_class = f"{min(max(status // 100, 0), 5)}xx"
@@ -621,7 +626,9 @@ class S3App:
         decoder = decoder_for_request(auth, headers)
         body = RequestBody(receive, auth, headers, decoder)
         state.body = body
-        request = Request(request_id, method, path, query, headers, endpoint, auth, body)
+        request = Request(
+            request_id, method, path, query, headers, endpoint, auth, body, state.release_later
+        )
         if auth.access_key is not None:
             request.owner_name = await self.credentials.name_of(auth.access_key) or ""
         else:
@@ -805,6 +812,7 @@ class _State:
     path: str
     endpoint: Endpoint | None
     body: RequestBody | None
+    release_later: ReleaseLater = field(default_factory=ReleaseLater)
 
 
 class _Failure(Exception):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Awaitable, Callable, Mapping
+from typing import TypedDict
 from urllib.parse import quote
 
 from storage import errors as storage_errors
@@ -109,7 +110,18 @@ def _metadata(req: Request) -> dict[str, str]:
     return meta
 
 
-def _content_headers(req: Request) -> dict[str, str | None]:
+class _ContentHeaders(TypedDict):
+    """The stored content headers, as keyword arguments of the object store."""
+
+    content_type: str | None
+    content_encoding: str | None
+    content_disposition: str | None
+    content_language: str | None
+    cache_control: str | None
+    expires: str | None
+
+
+def _content_headers(req: Request) -> _ContentHeaders:
     h = req.headers
     storage_class = h.get("x-amz-storage-class")
     if storage_class is not None and storage_class.strip() not in STORAGE_CLASSES:
@@ -447,6 +459,7 @@ async def put_object(app: S3App, req: Request) -> Response:
         if_match=if_match,
         if_none_match=if_none_match,
         content_md5=_content_md5(req),
+        release_later=req.release_later,
         **content,
     )
     return Response(200, [("etag", quote_etag(info.etag)), *_checksum_headers(req)])
@@ -555,7 +568,7 @@ async def head_object(app: S3App, req: Request) -> Response:
 async def delete_object(app: S3App, req: Request) -> Response:
     """DeleteObject (an absent key is fine)."""
     _check_version(req.endpoint.version_id)
-    await app.objects.delete_object(req.bucket, req.key)
+    await app.objects.delete_object(req.bucket, req.key, release_later=req.release_later)
     return Response(204)
 
 
@@ -582,7 +595,11 @@ async def delete_objects(app: S3App, req: Request) -> Response:
         else:
             keys.append(obj.key)
     versions = {o.key: o.version_id for o in request.objects}
-    outcomes = await app.objects.delete_objects(req.bucket, keys) if keys else []
+    outcomes = (
+        await app.objects.delete_objects(req.bucket, keys, release_later=req.release_later)
+        if keys
+        else []
+    )
     for outcome in outcomes:
         if outcome.error is None:
             deleted.append(xml.Deleted(outcome.key, versions.get(outcome.key)))
@@ -610,7 +627,7 @@ async def copy_object(app: S3App, req: Request) -> Response:
             "location or encryption attributes.",
         )
     if_match, if_none_match = _write_conditions(req)
-    content: Mapping[str, str | None] = _content_headers(req)
+    content = _content_headers(req)
     metadata = _metadata(req)
     info = await app.objects.copy_object(
         source.bucket,
@@ -624,6 +641,7 @@ async def copy_object(app: S3App, req: Request) -> Response:
         if_match=if_match,
         if_none_match=if_none_match,
         source_check=_source_check(req),
+        release_later=req.release_later,
         **content,
     )
     return xml_response(xml.copy_object_result(quote_etag(info.etag), info.last_modified))
@@ -700,6 +718,7 @@ async def complete_multipart_upload(app: S3App, req: Request) -> Response:
         [(p.part_number, p.etag) for p in parts],
         if_match=if_match,
         if_none_match=if_none_match,
+        release_later=req.release_later,
     )
     body = xml.complete_multipart_upload(_location(req), req.bucket, req.key, quote_etag(info.etag))
     return xml_response(body)

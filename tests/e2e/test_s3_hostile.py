@@ -399,6 +399,55 @@ async def test_bodies_stream_with_back_pressure() -> None:
     assert max(store.fetched_before_send) <= GET_PREFETCH
 
 
+async def test_replaced_and_deleted_objects_are_released_after_the_answer() -> None:
+    """An overwrite or a DELETE answers first; the dropped object's chunks are released by
+    the same request right after its response is sent, and none that the new one uses."""
+    store = FakeBlockStore()
+    objects = ObjectStore(store, chunk_size=1024)
+    credentials = CredentialStore(store)
+    await credentials.add_key(ACCESS_KEY, SECRET)
+    await objects.create_bucket("bkt", owner=ACCESS_KEY)
+    app = S3App(objects, credentials, clock=lambda: NOW)
+    at_answer: list[set[bytes]] = []
+
+    async def send(message: Any) -> None:
+        if message["type"] == "http.response.body" and not message.get("more_body"):
+            at_answer.append({bytes(a) for a in store.chunks})
+
+    async def call(method: str, body: bytes) -> None:
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        headers = _sign(
+            method,
+            "/bkt/k",
+            "",
+            [("host", "localhost"), ("content-length", str(len(body)))],
+            hashlib.sha256(body).hexdigest(),
+        )
+        scope = {
+            "type": "http",
+            "method": method,
+            "path": "/bkt/k",
+            "raw_path": b"/bkt/k",
+            "query_string": b"",
+            "headers": [(k.encode(), v.encode()) for k, v in headers],
+        }
+        await app(scope, receive, send)
+
+    await call("PUT", b"a" * 5000)  # five chunks
+    first = {bytes(a) for a in store.chunks}
+    await call("PUT", b"b" * 3000)  # replaces them
+    assert first <= at_answer[-1]  # still there when the client got its answer
+    second = {bytes(a) for a in store.chunks}
+    assert not first & second  # released afterwards...
+    assert len(second) == 3  # ...and the new object's chunks kept
+    await call("DELETE", b"")
+    assert second <= at_answer[-1]
+    assert not store.chunks
+    assert objects.statistics().chunks_released == 8
+
+
 # -- in-process fuzzing -------------------------------------------------------------------------
 
 ACCESS_KEY = "BKFUZZFUZZFUZZFUZZ00"
