@@ -810,11 +810,23 @@ class ObjectStore:
 
     async def release(self, later: ReleaseLater) -> None:
         """Release the chunks of the objects ``later`` holds, :data:`RELEASE_CONCURRENCY`
-        at a time; failures are logged and counted, never raised."""
-        chunks: list[StoredChunk] = []
-        for record, keep in later.take():
-            chunks.extend(await self._owned_chunks(record, keep))
-        await self._release(chunks)
+        at a time; failures are logged and counted, never raised.
+
+        Shielded from cancellation for up to ``_CLEANUP_SECONDS``: a client that hangs up,
+        or a server shutting down, must not leak what its answer already dropped.
+        """
+        records = later.take()
+        with trio.move_on_after(_CLEANUP_SECONDS, shield=True) as scope:
+            chunks: list[StoredChunk] = []
+            for record, keep in records:
+                chunks.extend(await self._owned_chunks(record, keep))
+            await self._release(chunks)
+        if scope.cancelled_caught:
+            logger.warning(
+                "releasing the chunks of %d dropped object(s) took over %.0f s: some are leaked",
+                len(records),
+                _CLEANUP_SECONDS,
+            )
 
     async def _release_part(self, part: PartRecord, *, data_too: bool = True) -> None:
         if data_too:

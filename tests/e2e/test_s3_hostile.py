@@ -13,7 +13,7 @@ import hashlib
 import http.client
 import socket
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 from xml.etree import ElementTree
@@ -409,10 +409,13 @@ async def test_replaced_and_deleted_objects_are_released_after_the_answer() -> N
     await objects.create_bucket("bkt", owner=ACCESS_KEY)
     app = S3App(objects, credentials, clock=lambda: NOW)
     at_answer: list[set[bytes]] = []
+    on_answer: list[Callable[[], None]] = []
 
     async def send(message: Any) -> None:
         if message["type"] == "http.response.body" and not message.get("more_body"):
             at_answer.append({bytes(a) for a in store.chunks})
+            for hang_up in on_answer:
+                hang_up()
 
     async def call(method: str, body: bytes) -> None:
         async def receive() -> dict[str, Any]:
@@ -446,6 +449,13 @@ async def test_replaced_and_deleted_objects_are_released_after_the_answer() -> N
     assert second <= at_answer[-1]
     assert not store.chunks
     assert objects.statistics().chunks_released == 8
+    await call("PUT", b"c" * 2000)
+    with trio.CancelScope() as scope:  # cancelled (client gone, shutdown) once answered
+        on_answer.append(scope.cancel)
+        await call("PUT", b"d" * 1000)
+        await trio.lowlevel.checkpoint()
+    assert scope.cancelled_caught
+    assert len(store.chunks) == 1  # the replaced object's two chunks were released anyway
 
 
 # -- in-process fuzzing -------------------------------------------------------------------------
