@@ -668,10 +668,9 @@ class S3App:
         endpoint = request.endpoint
         if endpoint.op not in ANONYMOUS_READS or endpoint.bucket is None:
             raise S3Error("AccessDenied", resource=request.resource)
-        try:
-            info = await self.objects.head_bucket(endpoint.bucket)
-        except storage_errors.NoSuchBucket:
-            raise S3Error("AccessDenied", resource=request.resource) from None
+        # A missing bucket is NoSuchBucket for anyone, as in S3 (reads only: an anonymous
+        # write was refused above without looking).
+        info = await self.objects.head_bucket(endpoint.bucket)
         request.public_bucket = info.acl in PUBLIC_READ_ACLS
         if not request.public_bucket and endpoint.op not in (Op.GET_OBJECT, Op.HEAD_OBJECT):
             raise S3Error("AccessDenied", resource=request.resource)

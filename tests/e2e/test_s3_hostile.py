@@ -101,6 +101,18 @@ def test_malformed_xml_bodies(s3_server: S3Server, bucket: str) -> None:
     assert status == 404
 
 
+def test_anonymous_requests_to_a_missing_bucket(s3_server: S3Server) -> None:
+    """As in S3: an unsigned read of a bucket that does not exist is NoSuchBucket (404); an
+    unsigned write is AccessDenied whether or not the bucket exists."""
+    for method, path in (("GET", "/e2e-no-such-bucket/k"), ("GET", "/e2e-no-such-bucket")):
+        status, _, answer = s3_server.request(method, path, sign=False)
+        assert (status, _error_code(answer)) == (404, "NoSuchBucket")
+    status, _, _ = s3_server.request("HEAD", "/e2e-no-such-bucket/k", sign=False)
+    assert status == 404
+    status, _, answer = s3_server.request("PUT", "/e2e-no-such-bucket/k", body=b"x", sign=False)
+    assert (status, _error_code(answer)) == (403, "AccessDenied")
+
+
 def test_oversized_headers(s3_server: S3Server, bucket: str) -> None:
     status, _, answer = s3_server.request(
         "GET", f"/{bucket}/k", headers={"X-Padding": "p" * 20_000}
