@@ -83,7 +83,7 @@ import trio
 from .api import BlockStore
 from .errors import (
     BucketNotEmpty,
-    Conflict,
+    Contention,
     Corrupt,
     NoSuchBucket,
     NotFound,
@@ -105,11 +105,15 @@ MAX_BATCH = 64
 _BATCH_SECONDS = 120.0
 
 
-class IndexSealed(Conflict):
-    """The shard is sealed: the bucket is being (or has been) deleted."""
+class IndexSealed(Contention):
+    """The shard is sealed: the bucket is being (or has been) deleted.
 
-    def __init__(self) -> None:
-        super().__init__(None, "bucket index is sealed")
+    Transient while a deletion runs (it may fail and be rolled back), hence a
+    :class:`~storage.errors.Contention`.
+    """
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(message or "bucket index is sealed")
 
 
 class _Redirect(Exception):
@@ -631,6 +635,7 @@ class BucketIndex:
 
         Raises:
             IndexSealed: the bucket is being deleted.
+            Contention: the shard kept splitting under the change (nothing was applied).
             NoSuchBucket: the map's registers are gone.
         """
         for _ in range(_MAX_ATTEMPTS):
@@ -649,7 +654,7 @@ class BucketIndex:
                 await self._split_after_write(shard_id)
             old, new = request.result
             return old, new
-        raise Conflict(None, "bucket index kept moving; giving up")
+        raise Contention("bucket index kept moving; giving up")
 
     async def insert_many(self, items: Sequence[tuple[bytes, bytes]]) -> None:
         """Insert or overwrite many entries with few edits (one per shard and batch).
@@ -664,7 +669,7 @@ class BucketIndex:
         while pending:
             attempts += 1
             if attempts > _MAX_ATTEMPTS * (1 + len(pending)):
-                raise Conflict(None, "bucket index kept moving; giving up")
+                raise Contention("bucket index kept moving; giving up")
             root = await self._root()
             i = root.locate(pending[0][0])
             shard_id, upper = root.ids[i], root.upper(i)
@@ -870,7 +875,7 @@ class BucketIndex:
             lo = bisect_left(shard.keys, start)
             hi = len(shard.keys) if end is None else bisect_left(shard.keys, end)
             return list(zip(shard.keys[lo:hi], shard.vals[lo:hi], strict=True)), end
-        raise Conflict(None, "bucket index kept moving; giving up")
+        raise Contention("bucket index kept moving; giving up")
 
     async def get(self, key: bytes) -> bytes | None:
         """The value of ``key``, or ``None`` if absent."""

@@ -19,6 +19,17 @@ class Conflict(StorageError):
         self.current = current
 
 
+class Contention(Conflict):
+    """Concurrent changes kept getting in the way: the operation gave up without applying.
+
+    Unlike a plain :class:`Conflict` (a condition the caller set did not hold), this is
+    transient: the same request may succeed when retried.
+    """
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(None, message or "too much contention; retry later")
+
+
 class Unavailable(StorageError):
     """Too few replicas answered: ``needed`` were required, ``reached`` responded."""
 

@@ -760,7 +760,7 @@ class ObjectStore:
                 if current is None or current.index_id != cfg.index_id:
                     raise NoSuchBucket(f"no bucket {cfg.name!r}") from None
                 if trio.current_time() > deadline:
-                    raise Conflict(None, f"bucket {cfg.name!r} is being deleted") from None
+                    raise IndexSealed(f"bucket {cfg.name!r} is being deleted") from None
                 await trio.sleep(0.05)
 
     async def _release(self, chunks: Iterable[StoredChunk]) -> None:

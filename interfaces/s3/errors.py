@@ -51,6 +51,11 @@ ERROR_TABLE: Mapping[str, tuple[int, str]] = MappingProxyType(
             400,
             "You did not provide the number of bytes specified by the Content-Length HTTP header.",
         ),
+        "IllegalLocationConstraintException": (
+            400,
+            "The specified location constraint is incompatible for the region specific "
+            "endpoint this request was sent to.",
+        ),
         "InternalError": (500, "We encountered an internal error. Please try again."),
         "InvalidAccessKeyId": (
             403,
@@ -166,6 +171,45 @@ class S3Error(Exception):
     def __repr__(self) -> str:
         return f"S3Error({self.code!r}, {self.message!r})"
 
+    def naming(
+        self,
+        *,
+        bucket: str | None = None,
+        key: str | None = None,
+        upload_id: str | None = None,
+    ) -> S3Error:
+        """This error plus the element its code names its subject with (:data:`NAMED_BY`).
+
+        Returns ``self`` when the code has no such element, it is already present, or the
+        matching argument is ``None``.
+        """
+        element = NAMED_BY.get(self.code)
+        if element is None or element in self.extra:
+            return self
+        value = {"BucketName": bucket, "Key": key, "UploadId": upload_id}[element]
+        if value is None:
+            return self
+        return S3Error(
+            self.code,
+            self.message,
+            resource=self.resource,
+            extra={**self.extra, element: value},
+        )
+
+
+#: The element S3 adds to the ``<Error>`` body of a code, naming the bucket, key or upload the
+#: error is about (boto3 returns it in ``response["Error"]``).
+NAMED_BY: Mapping[str, str] = MappingProxyType(
+    {
+        "BucketAlreadyExists": "BucketName",
+        "BucketAlreadyOwnedByYou": "BucketName",
+        "BucketNotEmpty": "BucketName",
+        "NoSuchBucket": "BucketName",
+        "NoSuchKey": "Key",
+        "NoSuchUpload": "UploadId",
+    }
+)
+
 
 #: Storage-layer error class -> S3 error code, used by :func:`from_storage_error`. The code
 #: for ``NotFound`` depends on what was looked up, so the server passes ``not_found``.
@@ -185,6 +229,7 @@ STORAGE_ERRORS: Mapping[type[storage_errors.StorageError], str] = MappingProxyTy
         storage_errors.EntityTooSmall: "EntityTooSmall",
         storage_errors.BadDigest: "BadDigest",
         storage_errors.KeyTooLong: "KeyTooLongError",
+        storage_errors.Contention: "SlowDown",
         storage_errors.Conflict: "ConditionalRequestConflict",
         storage_errors.Unavailable: "ServiceUnavailable",
         storage_errors.PermissionDenied: "AccessDenied",

@@ -9,6 +9,7 @@ callable the app drives.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TypedDict
@@ -35,6 +36,16 @@ Handler = Callable[[S3App, Request], Awaitable[Response]]
 MAX_METADATA_BYTES = 2048
 #: The Ballast header choosing a new bucket's redundancy: ``3`` or ``4+2``.
 REDUNDANCY_HEADER = "x-ballast-redundancy"
+#: Largest source (or source range) CopyObject and UploadPartCopy copy in one request, as S3.
+MAX_COPY_SOURCE_SIZE = 5 * 1024**3
+#: Storage errors whose S3 error names its bucket, key or upload (``errors.NAMED_BY``).
+_NAMED_ERRORS = (
+    storage_errors.NoSuchBucket,
+    storage_errors.NoSuchKey,
+    storage_errors.NoSuchUpload,
+    storage_errors.BucketNotEmpty,
+    storage_errors.AlreadyExists,
+)
 STORAGE_CLASSES = frozenset(
     {
         "STANDARD",
@@ -163,12 +174,13 @@ def _content_md5(req: Request) -> bytes | None:
 
 
 def _check_upload_length(app: S3App, req: Request) -> None:
-    h = req.headers
-    declared = h.get("x-amz-decoded-content-length") or h.get("content-length")
+    # The declared size is what bounds the body (the aws-chunked decoder enforces the decoded
+    # length, RequestBody the Content-Length), so S3 requires one: a plain body sent with
+    # ``Transfer-Encoding: chunked`` and no Content-Length is refused, as S3 does.
+    name = "x-amz-decoded-content-length" if req.auth.payload.streaming else "content-length"
+    declared = req.headers.get(name)
     if declared is None:
-        if h.get("transfer-encoding") is None:
-            raise S3Error("MissingContentLength")
-        return
+        raise S3Error("MissingContentLength")
     declared = declared.strip()
     if not (declared.isascii() and declared.isdigit()) or len(declared) > 19:
         raise S3Error("InvalidArgument", extra={"ArgumentName": "Content-Length"})
@@ -211,26 +223,52 @@ def _object_headers(info: ObjectInfo) -> list[tuple[str, str]]:
     return headers
 
 
-def _source_check(req: Request) -> Callable[[ObjectInfo], None] | None:
-    h = req.headers
-    conditions = {
-        "if_match": h.get("x-amz-copy-source-if-match"),
-        "if_none_match": h.get("x-amz-copy-source-if-none-match"),
-        "if_modified_since": h.get("x-amz-copy-source-if-modified-since"),
-        "if_unmodified_since": h.get("x-amz-copy-source-if-unmodified-since"),
-    }
-    if all(v is None for v in conditions.values()):
-        return None
+def _check_copy_size(size: int) -> None:
+    if size > MAX_COPY_SOURCE_SIZE:
+        raise S3Error(
+            "InvalidRequest",
+            "The specified copy source is larger than the maximum allowable size for a copy "
+            f"source: {MAX_COPY_SOURCE_SIZE}",
+        )
 
-    def check(info: ObjectInfo) -> None:
+
+class _SourceCheck:
+    """What a copy checks once the store has opened its source (the ``source_check``).
+
+    The size limit (unless ``whole_source`` is false: a range was checked instead) and the
+    ``x-amz-copy-source-if-*`` conditions. ``opened`` tells afterwards whether the source was
+    found, i.e. whether a missing bucket or key reported before was the source's.
+    """
+
+    def __init__(self, req: Request, *, whole_source: bool = True) -> None:
+        h = req.headers
+        self.conditions = {
+            "if_match": h.get("x-amz-copy-source-if-match"),
+            "if_none_match": h.get("x-amz-copy-source-if-none-match"),
+            "if_modified_since": h.get("x-amz-copy-source-if-modified-since"),
+            "if_unmodified_since": h.get("x-amz-copy-source-if-unmodified-since"),
+        }
+        self.whole_source = whole_source
+        self.opened = False
+
+    def __call__(self, info: ObjectInfo) -> None:
+        """Check the opened source ``info``; raise the S3 error that refuses the copy."""
+        self.opened = True
+        if self.whole_source:
+            _check_copy_size(info.size)
         try:
-            check_read_preconditions(etag=info.etag, last_modified=info.last_modified, **conditions)
+            check_read_preconditions(
+                etag=info.etag, last_modified=info.last_modified, **self.conditions
+            )
         except S3Error as err:
             if err.code == "NotModified":  # copy-source conditions all fail with 412
                 raise S3Error("PreconditionFailed") from None
             raise
 
-    return check
+
+def _source_error(exc: storage_errors.StorageError, source: CopySource) -> S3Error:
+    """The S3 error for a copy source the store could not find, naming it."""
+    return s3_error_for(exc).naming(bucket=source.bucket, key=source.key)
 
 
 def _copy_source(req: Request) -> CopySource:
@@ -267,9 +305,9 @@ async def create_bucket(app: S3App, req: Request) -> Response:
     location = xml.parse_create_bucket(await req.body.read_all(xml.MAX_XML_BYTES))
     if location is not None and location != app.region:
         raise S3Error(
-            "InvalidArgument",
-            f"The specified location-constraint is not valid; this endpoint is {app.region}",
-            extra={"ArgumentName": "LocationConstraint", "ArgumentValue": location[:64]},
+            "IllegalLocationConstraintException",
+            f"The {location[:64]} location constraint is incompatible for the region specific "
+            "endpoint this request was sent to.",
         )
     if (req.headers.get("x-amz-bucket-object-lock-enabled") or "").lower() == "true":
         raise S3Error("NotImplemented", "Object lock is not implemented")
@@ -405,6 +443,13 @@ async def list_object_versions(app: S3App, req: Request) -> Response:
             "A version-id marker cannot be specified without a key marker.",
             extra={"ArgumentName": "version-id-marker"},
         )
+    if version_marker and version_marker != NULL_VERSION:
+        # Every object is version "null": any other id names no version.
+        raise S3Error(
+            "InvalidArgument",
+            "Invalid version id specified",
+            extra={"ArgumentName": "version-id-marker", "ArgumentValue": version_marker[:128]},
+        )
     page = await app.objects.list_object_versions(
         req.bucket,
         prefix=prefix,
@@ -424,6 +469,8 @@ async def list_object_versions(app: S3App, req: Request) -> Response:
         )
         for o in page.objects
     ]
+    # The page may end on a common prefix, which has no version id to resume after.
+    ends_on_version = bool(page.objects) and page.objects[-1].key == page.next_marker
     body = xml.list_object_versions(
         bucket=req.bucket,
         prefix=prefix,
@@ -435,7 +482,7 @@ async def list_object_versions(app: S3App, req: Request) -> Response:
         common_prefixes=page.common_prefixes,
         delimiter=delimiter,
         next_key_marker=page.next_marker if page.is_truncated else None,
-        next_version_id_marker=NULL_VERSION if page.is_truncated else None,
+        next_version_id_marker=NULL_VERSION if page.is_truncated and ends_on_version else None,
         encoding_type=encoding,
     )
     return xml_response(body)
@@ -629,21 +676,27 @@ async def copy_object(app: S3App, req: Request) -> Response:
     if_match, if_none_match = _write_conditions(req)
     content = _content_headers(req)
     metadata = _metadata(req)
-    info = await app.objects.copy_object(
-        source.bucket,
-        source.key,
-        req.bucket,
-        req.key,
-        metadata_directive=directive,
-        metadata=metadata,
-        acl=_acl(req),
-        owner=req.owner,
-        if_match=if_match,
-        if_none_match=if_none_match,
-        source_check=_source_check(req),
-        release_later=req.release_later,
-        **content,
-    )
+    check = _SourceCheck(req)
+    try:
+        info = await app.objects.copy_object(
+            source.bucket,
+            source.key,
+            req.bucket,
+            req.key,
+            metadata_directive=directive,
+            metadata=metadata,
+            acl=_acl(req),
+            owner=req.owner,
+            if_match=if_match,
+            if_none_match=if_none_match,
+            source_check=check,
+            release_later=req.release_later,
+            **content,
+        )
+    except _NAMED_ERRORS as exc:
+        if check.opened:
+            raise  # about the destination
+        raise _source_error(exc, source) from exc  # the source is opened first
     return xml_response(xml.copy_object_result(quote_etag(info.etag), info.last_modified))
 
 
@@ -691,19 +744,34 @@ async def upload_part_copy(app: S3App, req: Request) -> Response:
     range_header = req.headers.get("x-amz-copy-source-range")
     byte_range: tuple[int, int] | None = None
     if range_header is not None:
-        size = (await app.objects.head_object(source.bucket, source.key)).size
+        try:
+            size = (await app.objects.head_object(source.bucket, source.key)).size
+        except _NAMED_ERRORS as exc:
+            raise _source_error(exc, source) from exc
         parsed = parse_copy_source_range(range_header, size)
+        _check_copy_size(parsed.length)
         byte_range = (parsed.start, parsed.end)
-    info = await app.objects.upload_part_copy(
-        req.bucket,
-        req.key,
-        _upload_id(req),
-        _part_number(req),
-        source.bucket,
-        source.key,
-        range=byte_range,
-        source_check=_source_check(req),
-    )
+    check = _SourceCheck(req, whole_source=byte_range is None)
+    try:
+        info = await app.objects.upload_part_copy(
+            req.bucket,
+            req.key,
+            _upload_id(req),
+            _part_number(req),
+            source.bucket,
+            source.key,
+            range=byte_range,
+            source_check=check,
+        )
+    except storage_errors.NoSuchKey as exc:
+        raise _source_error(exc, source) from exc  # no key of the destination is read
+    except storage_errors.NoSuchBucket as exc:
+        if check.opened or source.bucket == req.bucket:
+            raise
+        # Either bucket may be missing (the destination's is looked up first): if this
+        # raises NoSuchBucket, it was the destination's; else the source's.
+        await app.objects.head_bucket(req.bucket)
+        raise _source_error(exc, source) from exc
     return xml_response(xml.copy_part_result(quote_etag(info.etag), info.last_modified))
 
 
@@ -792,8 +860,25 @@ async def list_multipart_uploads(app: S3App, req: Request) -> Response:
     return xml_response(body)
 
 
-#: The handler of every implemented operation.
-HANDLERS: Mapping[Op, Handler] = {
+def _naming_errors(handler: Handler) -> Handler:
+    """``handler``, its missing or clashing bucket, key or upload named in the error body.
+
+    Handlers that read other buckets or keys (the copies) name those themselves first.
+    """
+
+    @functools.wraps(handler)
+    async def run(app: S3App, req: Request) -> Response:
+        try:
+            return await handler(app, req)
+        except _NAMED_ERRORS as exc:
+            ep = req.endpoint
+            err = s3_error_for(exc)
+            raise err.naming(bucket=ep.bucket, key=ep.key, upload_id=ep.upload_id) from exc
+
+    return run
+
+
+_OPERATIONS: Mapping[Op, Handler] = {
     Op.LIST_BUCKETS: list_buckets,
     Op.CREATE_BUCKET: create_bucket,
     Op.HEAD_BUCKET: head_bucket,
@@ -816,5 +901,7 @@ HANDLERS: Mapping[Op, Handler] = {
     Op.ABORT_MULTIPART_UPLOAD: abort_multipart_upload,
     Op.LIST_PARTS: list_parts,
 }
+#: The handler of every implemented operation.
+HANDLERS: Mapping[Op, Handler] = {op: _naming_errors(h) for op, h in _OPERATIONS.items()}
 
 __all__ = ["HANDLERS", "MAX_METADATA_BYTES", "REDUNDANCY_HEADER", "Handler"]

@@ -16,7 +16,10 @@ A request is authenticated in exactly one of three ways, decided by what it carr
   HMAC-SHA1, see the section at the end) — accepted unless ``allow_sigv2=False``, because
   boto3's ``generate_presigned_url`` still emits it by default for us-east-1.
 
-Carrying more than one mechanism (header plus query parameters) is ``InvalidArgument``.
+Carrying more than one mechanism (header plus query parameters) is ``InvalidArgument``, and so
+is an ``Authorization`` header of any other scheme (``Basic``, ``Bearer``...: "Unsupported
+Authorization Type", as S3 answers); a malformed ``AWS4-HMAC-SHA256`` header is
+``AuthorizationHeaderMalformed``.
 
 The signature is recomputed as the SigV4 specification says (sources: the S3 API reference,
 "Authenticating Requests (AWS Signature Version 4)" and its pages on header auth, query auth,
@@ -579,9 +582,9 @@ def _parse_authorization(value: str) -> tuple[str, dict[str, str]]:
                 "not supported. Please use AWS4-HMAC-SHA256.",
             )
         raise S3Error(
-            "AuthorizationHeaderMalformed",
-            "The authorization header is malformed; the authorization header "
-            "requires three components: Credential, SignedHeaders, and Signature.",
+            "InvalidArgument",
+            "Unsupported Authorization Type",
+            extra={"ArgumentName": "Authorization", "ArgumentValue": value[:200]},
         )
     fields: dict[str, str] = {}
     for item in rest.split(","):

@@ -26,7 +26,10 @@ import pytest
 from botocore import UNSIGNED  # type: ignore[import-untyped, unused-ignore]
 from botocore.exceptions import ClientError  # type: ignore[import-untyped, unused-ignore]
 
-from interfaces.s3 import etag
+from interfaces.s3 import etag, handlers
+from storage import bucket_index, objects
+from storage.bucket_index import BucketIndex
+from storage.errors import Contention
 from tests.e2e.conftest import S3Server, url_path
 from tests.fake_blockstore import FakeBlockStore
 
@@ -97,7 +100,11 @@ def test_bucket_names_and_location(s3: Any) -> None:
         s3.create_bucket(
             Bucket="e2e-eu", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"}
         )
-    assert _code(info) == "InvalidArgument"
+    assert (_code(info), _status(info)) == ("IllegalLocationConstraintException", 400)
+    assert info.value.response["Error"]["Message"] == (
+        "The eu-west-1 location constraint is incompatible for the region specific endpoint "
+        "this request was sent to."
+    )
 
 
 def test_bucket_redundancy_header(s3_server: S3Server) -> None:
@@ -371,10 +378,29 @@ def test_list_object_versions(s3: Any, bucket: str) -> None:
     assert page["NextKeyMarker"] == "v2"
     rest = s3.list_object_versions(Bucket=bucket, KeyMarker="v2", VersionIdMarker="null")
     assert [v["Key"] for v in rest["Versions"]] == ["v3"]
+    with pytest.raises(ClientError) as info:
+        s3.list_object_versions(Bucket=bucket, KeyMarker="v2", VersionIdMarker="3HL4kqtJlcpX")
+    assert (_code(info), _status(info)) == ("InvalidArgument", 400)
+    assert info.value.response["Error"]["ArgumentName"] == "version-id-marker"
     assert _read(s3.get_object(Bucket=bucket, Key="v1", VersionId="null")) == b"v1"
     with pytest.raises(ClientError) as info:
         s3.get_object(Bucket=bucket, Key="v1", VersionId="3HL4kqtJlcpXroDTDmJ")
     assert _code(info) == "NoSuchVersion"
+
+
+def test_list_object_versions_ending_on_a_common_prefix(s3: Any, bucket: str) -> None:
+    for key in ("a/1", "a/2", "b"):
+        s3.put_object(Bucket=bucket, Key=key, Body=b"x")
+    page = s3.list_object_versions(Bucket=bucket, Delimiter="/", MaxKeys=1)
+    assert page["IsTruncated"] is True
+    assert [p["Prefix"] for p in page["CommonPrefixes"]] == ["a/"]
+    assert page["NextKeyMarker"] == "a/"
+    assert "NextVersionIdMarker" not in page  # the last entry was no version
+    page = s3.list_object_versions(Bucket=bucket, Delimiter="/", MaxKeys=1, KeyMarker="a/")
+    assert [v["Key"] for v in page["Versions"]] == ["b"]
+    assert page["IsTruncated"] is False
+    page = s3.list_object_versions(Bucket=bucket, MaxKeys=1)
+    assert (page["NextKeyMarker"], page["NextVersionIdMarker"]) == ("a/1", "null")
 
 
 # -- deletion and copies -----------------------------------------------------------------------
@@ -439,6 +465,101 @@ def test_copy_object(s3: Any, bucket: str) -> None:
     with pytest.raises(ClientError) as info:
         s3.copy_object(Bucket=bucket, Key="x", CopySource={"Bucket": bucket, "Key": "missing"})
     assert _code(info) == "NoSuchKey"
+
+
+def test_copy_source_size_limit(s3: Any, bucket: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert handlers.MAX_COPY_SOURCE_SIZE == 5 * 1024**3  # S3's limit, lowered below
+    monkeypatch.setattr(handlers, "MAX_COPY_SOURCE_SIZE", 10)
+    s3.put_object(Bucket=bucket, Key="ten", Body=b"0123456789")
+    s3.put_object(Bucket=bucket, Key="eleven", Body=b"0123456789a")
+    s3.copy_object(Bucket=bucket, Key="ten-copy", CopySource={"Bucket": bucket, "Key": "ten"})
+    too_large = (
+        "The specified copy source is larger than the maximum allowable size for a copy source: 10"
+    )
+    with pytest.raises(ClientError) as info:
+        s3.copy_object(Bucket=bucket, Key="x", CopySource={"Bucket": bucket, "Key": "eleven"})
+    assert (_code(info), _status(info)) == ("InvalidRequest", 400)
+    assert info.value.response["Error"]["Message"] == too_large
+    upload_id = s3.create_multipart_upload(Bucket=bucket, Key="mp")["UploadId"]
+    source = {"Bucket": bucket, "Key": "eleven"}
+    part = {"Bucket": bucket, "Key": "mp", "UploadId": upload_id, "PartNumber": 1}
+    s3.upload_part_copy(**part, CopySource=source, CopySourceRange="bytes=1-10")
+    for extra in ({}, {"CopySourceRange": "bytes=0-10"}):
+        with pytest.raises(ClientError) as info:
+            s3.upload_part_copy(**part, CopySource=source, **extra)
+        assert (_code(info), _status(info)) == ("InvalidRequest", 400), extra
+        assert info.value.response["Error"]["Message"] == too_large
+    parts = s3.list_parts(Bucket=bucket, Key="mp", UploadId=upload_id)["Parts"]
+    assert [p["Size"] for p in parts] == [10]
+    s3.abort_multipart_upload(Bucket=bucket, Key="mp", UploadId=upload_id)
+
+
+def _error(info: pytest.ExceptionInfo[ClientError]) -> dict[str, str]:
+    error: dict[str, str] = info.value.response["Error"]
+    return error
+
+
+def test_errors_name_their_bucket_key_or_upload(s3_server: S3Server, s3: Any, bucket: str) -> None:
+    """S3's code-specific elements (BucketName, Key, UploadId) reach ``response["Error"]``."""
+    missing = "e2e-never-created"
+    with pytest.raises(ClientError) as info:
+        s3.list_objects_v2(Bucket=missing)
+    assert (_error(info)["Code"], _error(info)["BucketName"]) == ("NoSuchBucket", missing)
+    with pytest.raises(ClientError) as info:
+        s3.put_object(Bucket=missing, Key="k", Body=b"x")
+    assert _error(info)["BucketName"] == missing
+    with pytest.raises(ClientError) as info:
+        s3.create_bucket(Bucket=bucket)
+    assert (_error(info)["Code"], _error(info)["BucketName"]) == ("BucketAlreadyOwnedByYou", bucket)
+    access_key, secret = s3_server.run(s3_server.credentials.create_key, "naming")
+    try:
+        other = s3_server.client(
+            access_key=access_key, secret=secret, s3={"addressing_style": "path"}
+        )
+        with pytest.raises(ClientError) as info:
+            other.create_bucket(Bucket=bucket)
+        assert (_error(info)["Code"], _error(info)["BucketName"]) == ("BucketAlreadyExists", bucket)
+    finally:
+        s3_server.run(s3_server.credentials.delete_key, access_key)
+    s3.put_object(Bucket=bucket, Key="here", Body=b"x")
+    with pytest.raises(ClientError) as info:
+        s3.delete_bucket(Bucket=bucket)
+    assert (_error(info)["Code"], _error(info)["BucketName"]) == ("BucketNotEmpty", bucket)
+    with pytest.raises(ClientError) as info:
+        s3.get_object(Bucket=bucket, Key="dir/gone ü")
+    assert (_error(info)["Code"], _error(info)["Key"]) == ("NoSuchKey", "dir/gone ü")
+    for call in (s3.list_parts, s3.abort_multipart_upload):
+        with pytest.raises(ClientError) as info:
+            call(Bucket=bucket, Key="k", UploadId="no-such-upload")
+        assert (_error(info)["Code"], _error(info)["UploadId"]) == (
+            "NoSuchUpload",
+            "no-such-upload",
+        )
+    # Copies name the source when it is the source that is missing.
+    with pytest.raises(ClientError) as info:
+        s3.copy_object(Bucket=bucket, Key="c", CopySource={"Bucket": bucket, "Key": "src-gone"})
+    assert (_error(info)["Code"], _error(info)["Key"]) == ("NoSuchKey", "src-gone")
+    with pytest.raises(ClientError) as info:
+        s3.copy_object(Bucket=bucket, Key="c", CopySource={"Bucket": missing, "Key": "here"})
+    assert (_error(info)["Code"], _error(info)["BucketName"]) == ("NoSuchBucket", missing)
+    with pytest.raises(ClientError) as info:
+        s3.copy_object(Bucket=missing, Key="c", CopySource={"Bucket": bucket, "Key": "here"})
+    assert (_error(info)["Code"], _error(info)["BucketName"]) == ("NoSuchBucket", missing)
+    upload_id = s3.create_multipart_upload(Bucket=bucket, Key="mp")["UploadId"]
+    part = {"Bucket": bucket, "Key": "mp", "UploadId": upload_id, "PartNumber": 1}
+    for extra in ({}, {"CopySourceRange": "bytes=0-0"}):
+        with pytest.raises(ClientError) as info:
+            s3.upload_part_copy(**part, CopySource={"Bucket": bucket, "Key": "src-gone"}, **extra)
+        assert (_error(info)["Code"], _error(info)["Key"]) == ("NoSuchKey", "src-gone"), extra
+    with pytest.raises(ClientError) as info:
+        s3.upload_part_copy(**part, CopySource={"Bucket": missing, "Key": "here"})
+    assert (_error(info)["Code"], _error(info)["BucketName"]) == ("NoSuchBucket", missing)
+    with pytest.raises(ClientError) as info:
+        s3.upload_part_copy(
+            **{**part, "Bucket": missing}, CopySource={"Bucket": bucket, "Key": "here"}
+        )
+    assert (_error(info)["Code"], _error(info)["BucketName"]) == ("NoSuchBucket", missing)
+    s3.abort_multipart_upload(Bucket=bucket, Key="mp", UploadId=upload_id)
 
 
 # -- multipart ---------------------------------------------------------------------------------
@@ -964,6 +1085,135 @@ def test_virtual_host_addressing(s3_server: S3Server, bucket: str) -> None:
     finally:
         conn.close()
     assert _read(client.get_object(Bucket=bucket, Key="hand-made")) == b"by hand"
+
+
+def _chunked_put(
+    s3_server: S3Server, path: str, body: bytes, headers: dict[str, str] | None = None
+) -> tuple[int, bytes]:
+    """A signed PUT whose body is sent with ``Transfer-Encoding: chunked``, no Content-Length."""
+    headers = headers or {"X-Amz-Content-SHA256": hashlib.sha256(body).hexdigest()}
+    request = botocore.awsrequest.AWSRequest(
+        method="PUT", url=f"{s3_server.endpoint}{path}", headers=headers
+    )
+    credentials = botocore.credentials.Credentials(s3_server.access_key, s3_server.secret)
+    botocore.auth.SigV4Auth(credentials, "s3", s3_server.region).add_auth(request)
+    signed = dict(request.headers.items())
+    conn = http.client.HTTPConnection(s3_server.host, s3_server.port, timeout=30)
+    try:
+        conn.request("PUT", path, body=iter([body]), headers=signed, encode_chunked=True)
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def _aws_chunked(data: bytes) -> tuple[bytes, dict[str, str]]:
+    """An unsigned aws-chunked body of ``data`` (one chunk, CRC32 trailer) and its headers."""
+    crc = base64.b64encode(zlib.crc32(data).to_bytes(4, "big"))
+    body = f"{len(data):x}\r\n".encode() + data + b"\r\n0\r\nx-amz-checksum-crc32:" + crc
+    headers = {
+        "X-Amz-Content-SHA256": "STREAMING-UNSIGNED-PAYLOAD-TRAILER",
+        "Content-Encoding": "aws-chunked",
+        "x-amz-decoded-content-length": str(len(data)),
+        "x-amz-trailer": "x-amz-checksum-crc32",
+    }
+    return body + b"\r\n\r\n", headers
+
+
+def test_upload_without_content_length(s3_server: S3Server, s3: Any, bucket: str) -> None:
+    """S3 needs the size up front: a plain chunked body is 411, an aws-chunked one is fine."""
+    status, body = _chunked_put(s3_server, f"/{bucket}/plain", b"no declared size")
+    assert (status, b"<Code>MissingContentLength</Code>" in body) == (411, True), body
+    upload_id = s3.create_multipart_upload(Bucket=bucket, Key="mp")["UploadId"]
+    status, body = _chunked_put(
+        s3_server, f"/{bucket}/mp?partNumber=1&uploadId={upload_id}", b"part"
+    )
+    assert (status, b"<Code>MissingContentLength</Code>" in body) == (411, True), body
+    s3.abort_multipart_upload(Bucket=bucket, Key="mp", UploadId=upload_id)
+    data = b"decoded length declared"
+    status, body = _chunked_put(s3_server, f"/{bucket}/aws-chunked", *_aws_chunked(data))
+    assert status == 200, body
+    assert _read(s3.get_object(Bucket=bucket, Key="aws-chunked")) == data
+    assert [o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]] == ["aws-chunked"]
+
+
+def test_declared_size_over_the_maximum(
+    s3_server: S3Server, s3: Any, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    limit = s3_server.app.max_upload_size
+    assert limit == 5 * 1024**3
+    # Only the head is sent: the answer comes before any of the body would be read.
+    headers = s3_server.sign(
+        "PUT", f"/{bucket}/huge", headers={"X-Amz-Content-SHA256": "UNSIGNED-PAYLOAD"}
+    )
+    headers["Content-Length"] = str(limit + 1)
+    conn = http.client.HTTPConnection(s3_server.host, s3_server.port, timeout=30)
+    try:
+        conn.request("PUT", f"/{bucket}/huge", headers=headers)
+        response = conn.getresponse()
+        status, body = response.status, response.read()
+    finally:
+        conn.close()
+    assert (status, b"<Code>EntityTooLarge</Code>" in body) == (400, True), body
+    assert f"<ProposedSize>{limit + 1}</ProposedSize>".encode() in body
+    assert f"<MaxSizeAllowed>{limit}</MaxSizeAllowed>".encode() in body
+    monkeypatch.setattr(s3_server.app, "max_upload_size", 10)
+    with pytest.raises(ClientError) as info:
+        s3.put_object(Bucket=bucket, Key="big", Body=b"x" * 11)
+    assert (_code(info), _status(info)) == ("EntityTooLarge", 400)
+    assert _error(info)["MaxSizeAllowed"] == "10"
+    upload_id = s3.create_multipart_upload(Bucket=bucket, Key="mp")["UploadId"]
+    with pytest.raises(ClientError) as info:
+        s3.upload_part(Bucket=bucket, Key="mp", UploadId=upload_id, PartNumber=1, Body=b"y" * 11)
+    assert (_code(info), _status(info)) == ("EntityTooLarge", 400)
+    s3.abort_multipart_upload(Bucket=bucket, Key="mp", UploadId=upload_id)
+    status, body = _chunked_put(s3_server, f"/{bucket}/aws-chunked", *_aws_chunked(b"z" * 11))
+    assert (status, b"<Code>EntityTooLarge</Code>" in body) == (400, True), body
+    s3.put_object(Bucket=bucket, Key="small", Body=b"x" * 10)
+    assert [o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]] == ["small"]
+
+
+def test_index_contention_is_a_retryable_slowdown(
+    s3_server: S3Server, s3: Any, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Contention is 503 SlowDown, which SDKs retry (409 ConditionalRequestConflict they don't)."""
+    monkeypatch.setattr(bucket_index, "_MAX_ATTEMPTS", 0)  # every index change gives up
+    with pytest.raises(ClientError) as info:
+        s3.put_object(Bucket=bucket, Key="k", Body=b"data")
+    assert (_code(info), _status(info)) == ("SlowDown", 503)
+    assert _error(info)["Message"] == "Please reduce your request rate."
+    monkeypatch.undo()
+    real_update = BucketIndex.update
+    contended: list[bytes] = []
+
+    async def update_once_contended(self: BucketIndex, key: bytes, fn: Any) -> Any:
+        if not contended:
+            contended.append(key)
+            raise Contention("bucket index kept moving; giving up")
+        return await real_update(self, key, fn)
+
+    monkeypatch.setattr(BucketIndex, "update", update_once_contended)
+    retrying = s3_server.client(
+        s3={"addressing_style": "path"}, retries={"total_max_attempts": 2, "mode": "standard"}
+    )
+    retrying.put_object(Bucket=bucket, Key="k", Body=b"data")
+    assert contended == [b"k"]
+    assert _read(s3.get_object(Bucket=bucket, Key="k")) == b"data"
+
+
+def test_write_during_bucket_deletion_is_slowdown(
+    s3_server: S3Server, s3: Any, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    index = s3_server.run(s3_server.objects.bucket_index, bucket)
+    monkeypatch.setattr(objects, "SEALED_WAIT_SECONDS", 0.0)
+    s3_server.run(index.seal)  # as a deletion in progress leaves it
+    try:
+        with pytest.raises(ClientError) as info:
+            s3.put_object(Bucket=bucket, Key="k", Body=b"data")
+        assert (_code(info), _status(info)) == ("SlowDown", 503)
+    finally:
+        s3_server.run(index.unseal)  # the deletion failed and was rolled back
+    s3.put_object(Bucket=bucket, Key="k", Body=b"data")
 
 
 def _settled(s3_server: S3Server) -> Any:

@@ -212,7 +212,7 @@ def test_truncated_bodies(s3_server: S3Server, s3: Any, bucket: str) -> None:
 def test_garbage_authorization(s3_server: S3Server, bucket: str) -> None:
     date = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     cases = [
-        ("garbage", {"AuthorizationHeaderMalformed"}),
+        ("garbage", {"InvalidArgument"}),  # an unsupported authorization type
         ("AWS4-HMAC-SHA256", {"AuthorizationHeaderMalformed"}),
         ("AWS4-HMAC-SHA256 Credential=", {"AuthorizationHeaderMalformed"}),
         (
@@ -239,7 +239,7 @@ def test_garbage_authorization(s3_server: S3Server, bucket: str) -> None:
         ),
         ("AWS BKX:c2lnbmF0dXJl", {"InvalidAccessKeyId"}),
         ("AWS :", {"AuthorizationHeaderMalformed"}),
-        ("\u00ff\u00fe" * 10, {"AuthorizationHeaderMalformed"}),
+        ("\u00ff\u00fe" * 10, {"InvalidArgument"}),
     ]
     for value, codes in cases:
         headers = {

@@ -8,8 +8,9 @@ import msgpack
 import pytest
 import trio
 
+from storage import bucket_index
 from storage.bucket_index import BucketIndex, IndexSealed, _separator
-from storage.errors import BucketNotEmpty, NoSuchBucket, Unavailable
+from storage.errors import BucketNotEmpty, Contention, NoSuchBucket, Unavailable
 from tests.fake_blockstore import FakeBlockStore
 
 
@@ -159,6 +160,28 @@ async def test_reader_with_stale_root_refreshes() -> None:
     assert len(await writer.scan()) == 42
 
 
+async def test_index_that_keeps_moving_is_contention(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Giving up after the shards moved under every attempt is transient, not a lost CAS."""
+    fake, writer = await make(max_entries=4)
+    await put(writer, b"m")
+    stale = [BucketIndex(fake, b"t", max_entries=4) for _ in range(3)]
+    for index in stale:
+        await index.scan()  # caches a one-shard root
+    for i in range(40):
+        await put(writer, f"k{i:02d}".encode())
+    monkeypatch.setattr(bucket_index, "_MAX_ATTEMPTS", 1)  # one stale attempt, no retry
+    with pytest.raises(Contention, match="kept moving"):
+        await put(stale[0], b"k40")
+    with pytest.raises(Contention, match="kept moving"):
+        await stale[1].read_from(b"k39")
+    monkeypatch.setattr(bucket_index, "_MAX_ATTEMPTS", 0)
+    with pytest.raises(Contention, match="kept moving"):
+        await stale[2].insert_many([(b"k41", b"v")])
+    monkeypatch.undo()
+    assert await writer.get(b"k40") is None  # nothing was applied
+    assert await writer.get(b"k41") is None
+
+
 async def test_pending_split_with_newer_writes_in_new_shard() -> None:
     """A reader whose root predates the publication must not serve the frozen copy."""
     fake, index = await make(max_entries=4)
@@ -194,6 +217,8 @@ async def test_seal_refuses_writes_and_unseal_restores() -> None:
     await index.seal()
     with pytest.raises(IndexSealed):
         await put(index, b"x")
+    with pytest.raises(Contention):  # transient: the deletion may yet be rolled back
+        await index.insert_many([(b"x", b"v")])
     await index.unseal()
     await put(index, b"x")
     assert await index.get(b"x") == b"v"

@@ -260,7 +260,7 @@ def test_region_mismatch() -> None:
         ("AWS4-ECDSA-P256-SHA256 Credential=x", "InvalidRequest"),
         ("AWS4-HMAC-SHA256", "AuthorizationHeaderMalformed"),
         ("AWS4-HMAC-SHA256 Credential=x", "AuthorizationHeaderMalformed"),
-        ("Bearer token", "AuthorizationHeaderMalformed"),
+        ("Bearer token", "InvalidArgument"),
         (
             f"AWS4-HMAC-SHA256 Credential={AK}/20130524/us-east-1/s3/aws5_request,"
             f"SignedHeaders=host,Signature={'0' * 64}",
@@ -296,6 +296,31 @@ def test_malformed_authorization(authorization: str, code: str) -> None:
         ]
     )
     assert _code("GET", "/", "", headers) == code
+
+
+@pytest.mark.parametrize("authorization", ["Basic dXNlcjpwYXNzd29yZA==", "Bearer " + "t" * 300])
+def test_unsupported_authorization_type(authorization: str) -> None:
+    """Other schemes are S3's InvalidArgument naming the header, not a malformed SigV4."""
+    headers = Headers(
+        [
+            ("host", "h"),
+            ("x-amz-date", "20130524T000000Z"),
+            ("x-amz-content-sha256", EMPTY_SHA256),
+            ("authorization", authorization),
+        ]
+    )
+    with pytest.raises(S3Error) as info:
+        verify_request("GET", "/", "", headers, lookup, T0)
+    err = info.value
+    assert (err.code, err.status, err.message) == (
+        "InvalidArgument",
+        400,
+        "Unsupported Authorization Type",
+    )
+    assert dict(err.extra) == {
+        "ArgumentName": "Authorization",
+        "ArgumentValue": authorization[:200],
+    }
 
 
 def test_missing_content_sha256_and_bad_value() -> None:

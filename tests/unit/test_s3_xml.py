@@ -250,6 +250,7 @@ def test_error_table_statuses() -> None:
         "RequestHeaderSectionTooLarge": 400,
         "InvalidRequest": 400,
         "AuthorizationHeaderMalformed": 400,
+        "IllegalLocationConstraintException": 400,
     }
     assert {code: ERROR_TABLE[code][0] for code in expected} == expected
     assert S3Error("Unheard").status == 500
