@@ -26,6 +26,8 @@ Example::
     listen = "127.0.0.1:9000"            # optional: serve the S3 API from this node
     gateway_key = "/etc/ballast/gateway.key"   # default: data_dir/gateway.key
     incomplete_upload_expiry = "24h"     # multipart uploads unfinished this long are aborted
+    region = "us-east-1"                 # the region clients sign for (default us-east-1)
+    domains = ["s3.example.com"]         # BUCKET.s3.example.com is virtual-host addressing
 
 Every mistake (unknown key, wrong type, bad address or size) raises :class:`ConfigError` naming
 the file and the key.
@@ -52,6 +54,8 @@ class ConfigError(Exception):
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGTP]i?B?|B)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "B": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15}
+_REGION = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$")
+_DNS_LABEL = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "": 1.0}
 
@@ -88,6 +92,27 @@ def parse_duration(text: str | int | float) -> float:
     return float(match.group(1)) * _SECONDS[match.group(2) or ""]
 
 
+def parse_region(text: object) -> str:
+    """Check an S3 region name (``us-east-1``: lowercase letters, digits and dashes)."""
+    if not isinstance(text, str) or not _REGION.match(text):
+        raise ConfigError(f"a region is like 'us-east-1' (a-z, 0-9, '-'), not {text!r}")
+    return text
+
+
+def parse_domains(value: object) -> tuple[str, ...]:
+    """Check a list of DNS names under which buckets are virtual-hosted (lowercased)."""
+    if not isinstance(value, list):
+        raise ConfigError(f"must be a list of domain names, not {value!r}")
+    domains: list[str] = []
+    for item in value:
+        name = item.lower().rstrip(".") if isinstance(item, str) else ""
+        labels = name.split(".")
+        if len(name) > 253 or not all(_DNS_LABEL.match(label) for label in labels):
+            raise ConfigError(f"{item!r} is not a domain name")
+        domains.append(name)
+    return tuple(domains)
+
+
 def parse_address(text: str, *, default_port: int | None = None) -> Address:
     """Parse ``host:port`` (``[v6]:port`` for IPv6)."""
     if not isinstance(text, str) or not text.strip():
@@ -114,6 +139,8 @@ def parse_address(text: str, *, default_port: int | None = None) -> Address:
 DEFAULT_LISTEN = Address("127.0.0.1", 4100)
 #: Multipart uploads left unfinished this long (seconds) are aborted, as MinIO does.
 DEFAULT_UPLOAD_EXPIRY = 24 * 3600.0
+#: The S3 region a gateway answers for unless configured (the one SDKs default to).
+DEFAULT_REGION = "us-east-1"
 
 
 @dataclass(frozen=True)
@@ -135,6 +162,8 @@ class NodeConfig:
     s3_listen: Address | None = None
     s3_gateway_key: Path | None = None
     s3_incomplete_upload_expiry: float = DEFAULT_UPLOAD_EXPIRY
+    s3_region: str = DEFAULT_REGION
+    s3_domains: tuple[str, ...] = ()
 
     @property
     def key_file(self) -> Path:
@@ -167,7 +196,7 @@ _ALLOWED = {
     "membership": {"eviction_delay"},
     "repair": {"interval", "bandwidth", "scrub_interval", "scrub_rate", "tombstone_grace"},
     "admin": {"listen"},
-    "s3": {"listen", "gateway_key", "incomplete_upload_expiry"},
+    "s3": {"listen", "gateway_key", "incomplete_upload_expiry", "region", "domains"},
 }
 
 
@@ -226,6 +255,8 @@ def parse_config(document: dict[str, Any], *, source: str = "<config>") -> NodeC
             _positive(parse_duration),
             "s3_incomplete_upload_expiry",
         ),
+        ("s3", "region", parse_region, "s3_region"),
+        ("s3", "domains", parse_domains, "s3_domains"),
     ):
         if key in tables[table]:
             try:

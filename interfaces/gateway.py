@@ -8,6 +8,7 @@ objects and access keys live in registers owned by that key, never on the gatewa
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import trio
@@ -22,7 +23,7 @@ from storage.registers import ClientKeys
 from storage.upload_sweeper import UploadSweeper
 
 from .admin_api import GatewayAdmin
-from .config import DEFAULT_UPLOAD_EXPIRY, NodeConfig
+from .config import DEFAULT_REGION, DEFAULT_UPLOAD_EXPIRY, NodeConfig
 from .gateway_key import GatewayKey, load_gateway_key
 from .http import serve_app
 from .node import Node, NodeStartError
@@ -51,13 +52,15 @@ async def run_gateway(
     listen: Address,
     *,
     redundancy: Redundancy | None = None,
-    region: str = "us-east-1",
+    region: str = DEFAULT_REGION,
+    domains: Sequence[str] = (),
     upload_expiry: float = DEFAULT_UPLOAD_EXPIRY,
     task_status: trio.TaskStatus[Gateway] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve S3 from ``node`` until cancelled; report the :class:`Gateway` once listening.
 
-    Multipart uploads left unfinished for ``upload_expiry`` seconds are aborted.
+    Multipart uploads left unfinished for ``upload_expiry`` seconds are aborted. Requests for
+    ``BUCKET.DOMAIN`` (``DOMAIN`` in ``domains``) use virtual-host addressing.
 
     Raises:
         NodeStartError: the S3 address cannot be bound.
@@ -73,7 +76,7 @@ async def run_gateway(
         await nursery.start(client.run)
         objects = ObjectStore(client, default_redundancy=policy)
         credentials = CredentialStore(client)
-        app = S3App(objects, credentials, region=region)
+        app = S3App(objects, credentials, region=region, base_domains=domains)
         sweeper = UploadSweeper(objects, expiry=upload_expiry)
         node.gateway = GatewayAdmin(
             objects,
@@ -116,7 +119,10 @@ class ServingNode:
             if key is not None and config.s3_listen is not None:
                 self.gateway = await nursery.start(
                     functools.partial(
-                        run_gateway, upload_expiry=config.s3_incomplete_upload_expiry
+                        run_gateway,
+                        region=config.s3_region,
+                        domains=config.s3_domains,
+                        upload_expiry=config.s3_incomplete_upload_expiry,
                     ),
                     self.node,
                     key,

@@ -3,11 +3,13 @@
 ``network create``, ``node init``, ``passport issue`` and ``node run --config`` on each host;
 then ``ballast status --json`` lists three alive members with their capacity, and an S3 round
 trip works through any of them (bucket made through one gateway, written through a second,
-read through the third).
+read through the third), in the region the configuration names, path-style and
+virtual-host-style (``BUCKET.s3.ballast.test``, the configured domain).
 """
 
 from __future__ import annotations
 
+import http.client
 import json
 import shutil
 import subprocess
@@ -19,11 +21,16 @@ from pathlib import Path
 
 import boto3  # type: ignore[import-untyped]
 import pytest
+from botocore.auth import SigV4Auth  # type: ignore[import-untyped]
+from botocore.awsrequest import AWSRequest  # type: ignore[import-untyped]
+from botocore.credentials import Credentials  # type: ignore[import-untyped]
 
 from tests.netns import NetnsLab
 
 CLI = [sys.executable, "-m", "interfaces.cli"]
 HOSTS = 3
+REGION = "eu-west-3"
+DOMAIN = "s3.ballast.test"
 
 
 def _cli(*args: str, cwd: Path) -> str:
@@ -65,10 +72,28 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Netns
                 f'[node]\ndata_dir = "{data}"\nlisten = "{lab.host(i)}:4100"\n'
                 f'capacity = "2GiB"\nbootstrap = [{", ".join(others)}]\n'
                 f'[admin]\nlisten = "0.0.0.0:9100"\n[s3]\nlisten = "{lab.host(i)}:9000"\n'
+                f'region = "{REGION}"\ndomains = ["{DOMAIN.upper()}."]\n'
             )
             lab.popen(i, [*CLI, "node", "run", "--config", str(data / "node.toml")],
                       cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
         yield lab, work
+
+
+def _signed_get(
+    ip: str, host: str, path: str, credentials: Credentials, region: str
+) -> tuple[int, bytes]:
+    """GET ``path`` from ``ip:9000`` with ``Host: host``, signed with SigV4 for ``region``."""
+    request = AWSRequest(method="GET", url=f"http://{host}{path}")
+    request.headers["Host"] = host
+    request.headers["x-amz-content-sha256"] = "UNSIGNED-PAYLOAD"
+    SigV4Auth(credentials, "s3", region).add_auth(request)
+    connection = http.client.HTTPConnection(ip, 9000, timeout=30)
+    try:
+        connection.request("GET", path, headers=dict(request.headers.items()))
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
 
 
 def _alive_members(lab: NetnsLab, i: int) -> int:
@@ -111,7 +136,7 @@ def test_s3_round_trip_through_any_node(deployment: tuple[NetnsLab, Path]) -> No
             endpoint_url=f"http://{lab.host(i)}:9000",
             aws_access_key_id=key["access_key"],
             aws_secret_access_key=key["secret_key"],
-            region_name="us-east-1",
+            region_name=REGION,
         )
         for i in range(1, HOSTS + 1)
     ]
@@ -122,6 +147,19 @@ def test_s3_round_trip_through_any_node(deployment: tuple[NetnsLab, Path]) -> No
         assert clients[2].get_object(Bucket="deploy-test", Key="x/y.bin")["Body"].read() == payload
         listed = clients[2].list_objects_v2(Bucket="deploy-test")["Contents"]
         assert [o["Key"] for o in listed] == ["x/y.bin"]
+        # Virtual-host style: the bucket is in the Host header, under the configured domain.
+        credentials = Credentials(key["access_key"], key["secret_key"])
+        status, body = _signed_get(
+            lab.host(3), f"deploy-test.{DOMAIN}:9000", "/x/y.bin", credentials, REGION
+        )
+        assert (status, body) == (200, payload)
+        # Signed for another region: refused, naming the region the gateway expects.
+        status, body = _signed_get(
+            lab.host(3), f"deploy-test.{DOMAIN}:9000", "/x/y.bin", credentials, "us-east-1"
+        )
+        assert status == 400
+        assert b"<Code>AuthorizationHeaderMalformed</Code>" in body
+        assert REGION.encode() in body
     finally:
         for client in clients:
             client.close()

@@ -43,6 +43,8 @@ listen = "127.0.0.1:9100"
 listen = "127.0.0.1:9000"
 gateway_key = "/etc/ballast/gateway.key"
 incomplete_upload_expiry = "48h"
+region = "eu-west-3"
+domains = ["S3.Example.COM.", "localhost"]
 """
 
 
@@ -64,6 +66,8 @@ def test_full_config(tmp_path: Path) -> None:
     assert config.s3_listen == Address("127.0.0.1", 9000)
     assert config.silo_dir == Path("/var/lib/ballast/silo")
     assert config.gateway_key_file == Path("/etc/ballast/gateway.key")
+    assert config.s3_region == "eu-west-3"
+    assert config.s3_domains == ("s3.example.com", "localhost")
 
 
 def test_minimal_config_uses_defaults(tmp_path: Path) -> None:
@@ -76,6 +80,7 @@ def test_minimal_config_uses_defaults(tmp_path: Path) -> None:
     assert config.gateway_key_file == Path("d/gateway.key")
     assert config.tombstone_grace == 3600.0
     assert config.s3_incomplete_upload_expiry == 24 * 3600.0
+    assert (config.s3_region, config.s3_domains) == ("us-east-1", ())
 
 
 @pytest.mark.parametrize(
@@ -98,6 +103,13 @@ def test_minimal_config_uses_defaults(tmp_path: Path) -> None:
         ('[node]\ndata_dir = "d"\n[repair]\nbandwidth = "0"\n', "[repair] bandwidth"),
         ('[node]\ndata_dir = "d"\n[repair]\ninterval = 0\n', "[repair] interval"),
         ('[node]\ndata_dir = "d"\n[repair]\nspeed = 1\n', "unknown key(s) in [repair]"),
+        ('[node]\ndata_dir = "d"\n[s3]\nregion = "EU West"\n', "[s3] region"),
+        ('[node]\ndata_dir = "d"\n[s3]\nregion = 3\n', "[s3] region"),
+        ('[node]\ndata_dir = "d"\n[s3]\ndomains = "s3.example.com"\n', "[s3] domains"),
+        ('[node]\ndata_dir = "d"\n[s3]\ndomains = ["a..b"]\n', "[s3] domains"),
+        ('[node]\ndata_dir = "d"\n[s3]\ndomains = ["-a.com"]\n', "[s3] domains"),
+        ('[node]\ndata_dir = "d"\n[s3]\ndomains = [""]\n', "[s3] domains"),
+        ('[node]\ndata_dir = "d"\n[s3]\ndomains = [5]\n', "[s3] domains"),
     ],
 )
 def test_bad_config_is_a_config_error(tmp_path: Path, text: str, message: str) -> None:
