@@ -150,6 +150,10 @@ class CredentialStore:
                 if self._cache is None:
                     raise
                 logger.warning("credential register unavailable, using the cached keys: %s", exc)
+                # Another ``ttl`` on the old copy before the next attempt: during an outage a
+                # read costs the whole RPC timeout, and every request would otherwise pay it
+                # (twice: the key's secret, then its owner's name), one after another.
+                self._remember(self._cache)
                 return self._cache
             self._remember(keys)
             return keys

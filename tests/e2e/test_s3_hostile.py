@@ -332,6 +332,27 @@ async def test_credential_register_unavailable() -> None:
     store.clear_faults()
 
 
+async def test_unavailable_credential_register_is_retried_once_per_ttl() -> None:
+    """In an outage the stale keys serve for another ``ttl`` before the register is read
+    again: one failed read (one RPC timeout) per ``ttl``, not one or two per request."""
+    store = FakeBlockStore()
+    now = [0.0]
+    credentials = CredentialStore(store, ttl=5.0, clock=lambda: now[0])
+    await credentials.add_key(ACCESS_KEY, SECRET, "fuzz")
+    assert await credentials.lookup(ACCESS_KEY) == SECRET
+    now[0] = 6.0  # expired
+    store.fail("read", times=100)
+    reads = store.ops["read"]
+    for _ in range(3):
+        assert await credentials.lookup(ACCESS_KEY) == SECRET
+        assert await credentials.name_of(ACCESS_KEY) == "fuzz"
+    assert store.ops["read"] - reads == 1
+    now[0] = 12.0  # another ttl later: one more attempt
+    assert await credentials.lookup(ACCESS_KEY) == SECRET
+    assert store.ops["read"] - reads == 2
+    store.clear_faults()
+
+
 class _CountingStore(FakeBlockStore):
     """Counts body messages pulled, chunk writes done, and chunks fetched but not yet sent."""
 
