@@ -31,6 +31,7 @@ from storage import bucket_index, objects
 from storage.bucket_index import BucketIndex
 from storage.errors import Contention
 from tests.e2e.conftest import S3Server, url_path
+from tests.e2e.s3_bodies import read_body
 from tests.fake_blockstore import FakeBlockStore
 
 MiB = 1024 * 1024
@@ -42,15 +43,6 @@ def _code(info: pytest.ExceptionInfo[ClientError]) -> str:
 
 def _status(info: pytest.ExceptionInfo[ClientError]) -> int:
     return int(info.value.response["ResponseMetadata"]["HTTPStatusCode"])
-
-
-def _read(response: dict[str, Any]) -> bytes:
-    body = response["Body"]
-    try:
-        data: bytes = body.read()
-    finally:
-        body.close()
-    return data
 
 
 def _md5(data: bytes) -> str:
@@ -144,7 +136,7 @@ def test_put_get_head_with_metadata(s3: Any, bucket: str) -> None:
     )
     assert put["ETag"] == _md5(data)
     got = s3.get_object(Bucket=bucket, Key="dir/obj")
-    assert _read(got) == data
+    assert read_body(got) == data
     for response in (got, s3.head_object(Bucket=bucket, Key="dir/obj")):
         assert response["ETag"] == _md5(data)
         assert response["ContentLength"] == len(data)
@@ -158,7 +150,7 @@ def test_put_get_head_with_metadata(s3: Any, bucket: str) -> None:
     overridden = s3.get_object(
         Bucket=bucket, Key="dir/obj", ResponseContentType="text/plain", ResponseCacheControl="no"
     )
-    _read(overridden)
+    read_body(overridden)
     assert overridden["ContentType"] == "text/plain"
     assert overridden["CacheControl"] == "no"
     with pytest.raises(ClientError) as info:
@@ -169,7 +161,7 @@ def test_put_get_head_with_metadata(s3: Any, bucket: str) -> None:
     assert _status(info) == 404
     empty = s3.put_object(Bucket=bucket, Key="empty", Body=b"")
     assert empty["ETag"] == _md5(b"")
-    assert _read(s3.get_object(Bucket=bucket, Key="empty")) == b""
+    assert read_body(s3.get_object(Bucket=bucket, Key="empty")) == b""
 
 
 def test_errors_before_the_body_is_read(s3: Any, bucket: str) -> None:
@@ -195,11 +187,11 @@ def test_ranges(s3: Any, bucket: str) -> None:
     }
     for spec, (expected, content_range) in cases.items():
         got = s3.get_object(Bucket=bucket, Key="r", Range=spec)
-        assert _read(got) == expected, spec
+        assert read_body(got) == expected, spec
         assert got["ContentRange"] == content_range
         assert got["ResponseMetadata"]["HTTPStatusCode"] == 206
     ignored = s3.get_object(Bucket=bucket, Key="r", Range="bytes=5-2")
-    assert _read(ignored) == data
+    assert read_body(ignored) == data
     assert ignored["ResponseMetadata"]["HTTPStatusCode"] == 200
     with pytest.raises(ClientError) as info:
         s3.get_object(Bucket=bucket, Key="r", Range="bytes=20000-")
@@ -211,7 +203,7 @@ def test_ranges(s3: Any, bucket: str) -> None:
 
 def test_conditional_get_and_head(s3: Any, bucket: str) -> None:
     etag = s3.put_object(Bucket=bucket, Key="c", Body=b"cond")["ETag"]
-    assert _read(s3.get_object(Bucket=bucket, Key="c", IfMatch=etag)) == b"cond"
+    assert read_body(s3.get_object(Bucket=bucket, Key="c", IfMatch=etag)) == b"cond"
     with pytest.raises(ClientError) as info:
         s3.get_object(Bucket=bucket, Key="c", IfNoneMatch=etag)
     assert _status(info) == 304
@@ -226,7 +218,7 @@ def test_conditional_get_and_head(s3: Any, bucket: str) -> None:
     with pytest.raises(ClientError) as info:
         s3.head_object(Bucket=bucket, Key="c", IfUnmodifiedSince=past)
     assert _status(info) == 412
-    assert _read(s3.get_object(Bucket=bucket, Key="c", IfModifiedSince=past)) == b"cond"
+    assert read_body(s3.get_object(Bucket=bucket, Key="c", IfModifiedSince=past)) == b"cond"
 
 
 def test_conditional_put(s3: Any, bucket: str) -> None:
@@ -241,7 +233,7 @@ def test_conditional_put(s3: Any, bucket: str) -> None:
         s3.put_object(Bucket=bucket, Key="absent", Body=b"two", IfMatch=etag)
     assert _code(info) == "NoSuchKey"
     s3.put_object(Bucket=bucket, Key="w", Body=b"two", IfMatch=etag)
-    assert _read(s3.get_object(Bucket=bucket, Key="w")) == b"two"
+    assert read_body(s3.get_object(Bucket=bucket, Key="w")) == b"two"
 
 
 def test_content_md5_and_checksums(s3: Any, bucket: str) -> None:
@@ -282,7 +274,7 @@ def test_large_bodies_with_every_crc_claim(s3: Any, bucket: str) -> None:
             Bucket=bucket, Key=f"crc-{algorithm}", Body=data, **{f"Checksum{algorithm}": value}
         )
         assert put[f"Checksum{algorithm}"] == value
-        assert _read(s3.get_object(Bucket=bucket, Key=f"crc-{algorithm}")) == data
+        assert read_body(s3.get_object(Bucket=bucket, Key=f"crc-{algorithm}")) == data
         wrong = base64.b64encode(bytes(len(digest))).decode()
         with pytest.raises(ClientError) as info:
             s3.put_object(
@@ -308,7 +300,7 @@ def test_special_keys(s3: Any, bucket: str) -> None:
     for key in keys:
         s3.put_object(Bucket=bucket, Key=key, Body=key.encode())
     for key in keys:
-        assert _read(s3.get_object(Bucket=bucket, Key=key)) == key.encode()
+        assert read_body(s3.get_object(Bucket=bucket, Key=key)) == key.encode()
     listed = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]]
     assert sorted(listed, key=lambda k: k.encode()) == sorted(keys, key=lambda k: k.encode())
     encoded = s3.list_objects(Bucket=bucket, EncodingType="url")
@@ -382,7 +374,7 @@ def test_list_object_versions(s3: Any, bucket: str) -> None:
         s3.list_object_versions(Bucket=bucket, KeyMarker="v2", VersionIdMarker="3HL4kqtJlcpX")
     assert (_code(info), _status(info)) == ("InvalidArgument", 400)
     assert info.value.response["Error"]["ArgumentName"] == "version-id-marker"
-    assert _read(s3.get_object(Bucket=bucket, Key="v1", VersionId="null")) == b"v1"
+    assert read_body(s3.get_object(Bucket=bucket, Key="v1", VersionId="null")) == b"v1"
     with pytest.raises(ClientError) as info:
         s3.get_object(Bucket=bucket, Key="v1", VersionId="3HL4kqtJlcpXroDTDmJ")
     assert _code(info) == "NoSuchVersion"
@@ -444,7 +436,7 @@ def test_copy_object(s3: Any, bucket: str) -> None:
     )
     head = s3.head_object(Bucket=bucket, Key="dst2")
     assert (head["Metadata"], head["ContentType"]) == ({"b": "2"}, "text/y")
-    assert _read(s3.get_object(Bucket=bucket, Key="dst2")) == b"copy me"
+    assert read_body(s3.get_object(Bucket=bucket, Key="dst2")) == b"copy me"
     with pytest.raises(ClientError) as info:
         s3.copy_object(
             Bucket=bucket,
@@ -658,7 +650,7 @@ def test_multipart_operations(s3: Any, bucket: str) -> None:
     )
     assert done["ETag"].endswith('-3"')
     got = s3.get_object(Bucket=bucket, Key="mp")
-    assert _read(got) == part1 + part2 + b"0123456789" * 2
+    assert read_body(got) == part1 + part2 + b"0123456789" * 2
     assert (got["ContentType"], got["Metadata"]) == ("video/mp4", {"m": "p"})
     assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
     with pytest.raises(ClientError) as info:
@@ -739,7 +731,7 @@ def test_multipart_200_mib_bit_exact(s3: Any, bucket: str) -> None:
     ranged = s3.get_object(
         Bucket=bucket, Key="big", Range=f"bytes={part_size - 10}-{part_size + 9}"
     )
-    assert _read(ranged) == _part(1, part_size)[-10:] + _part(2, part_size)[:10]
+    assert read_body(ranged) == _part(1, part_size)[-10:] + _part(2, part_size)[:10]
     s3.delete_object(Bucket=bucket, Key="big")
 
 
@@ -760,7 +752,7 @@ def test_presigned_urls(s3_server: S3Server, bucket: str) -> None:
     )
     status, _, _ = s3_server.request("PUT", url_path(put_url), body=b"via url", sign=False)
     assert status == 200
-    assert _read(v4.get_object(Bucket=bucket, Key="uploaded")) == b"via url"
+    assert read_body(v4.get_object(Bucket=bucket, Key="uploaded")) == b"via url"
     short = v4.generate_presigned_url(
         "get_object", Params={"Bucket": bucket, "Key": "uploaded"}, ExpiresIn=1
     )
@@ -830,7 +822,7 @@ def test_public_read_bucket_and_object(s3_server: S3Server, s3: Any) -> None:
         s3.put_object(Bucket="e2e-private", Key="open", Body=b"open", ACL="public-read")
         s3.put_object(Bucket="e2e-private", Key="closed", Body=b"closed")
         anonymous = s3_server.client(signature_version=UNSIGNED, s3={"addressing_style": "path"})
-        assert _read(anonymous.get_object(Bucket="e2e-public", Key="p")) == b"public"
+        assert read_body(anonymous.get_object(Bucket="e2e-public", Key="p")) == b"public"
         assert anonymous.head_object(Bucket="e2e-public", Key="p")["ContentLength"] == 6
         assert [o["Key"] for o in anonymous.list_objects_v2(Bucket="e2e-public")["Contents"]] == [
             "p"
@@ -838,7 +830,7 @@ def test_public_read_bucket_and_object(s3_server: S3Server, s3: Any) -> None:
         with pytest.raises(ClientError) as info:
             anonymous.get_object(Bucket="e2e-public", Key="missing")
         assert _code(info) == "NoSuchKey"
-        assert _read(anonymous.get_object(Bucket="e2e-private", Key="open")) == b"open"
+        assert read_body(anonymous.get_object(Bucket="e2e-private", Key="open")) == b"open"
         for key in ("closed", "missing"):
             with pytest.raises(ClientError) as info:
                 anonymous.get_object(Bucket="e2e-private", Key=key)
@@ -920,7 +912,7 @@ def test_streaming_signed_upload(s3_server: S3Server, s3: Any, bucket: str) -> N
     chunks = [random.Random(7).randbytes(64 * 1024) for _ in range(5)] + [b"last bit"]
     status, body = _streaming_put(s3_server, f"/{bucket}/streamed", chunks)
     assert status == 200, body
-    assert _read(s3.get_object(Bucket=bucket, Key="streamed")) == b"".join(chunks)
+    assert read_body(s3.get_object(Bucket=bucket, Key="streamed")) == b"".join(chunks)
     status, body = _streaming_put(s3_server, f"/{bucket}/tampered", chunks, tamper=True)
     assert status == 403
     assert b"<Code>SignatureDoesNotMatch</Code>" in body
@@ -984,7 +976,7 @@ def test_streaming_signed_trailer(s3_server: S3Server, s3: Any, bucket: str) -> 
         s3_server, f"/{bucket}/st", chunks, zlib.crc32(data).to_bytes(4, "big")
     )
     assert status == 200, body
-    assert _read(s3.get_object(Bucket=bucket, Key="st")) == data
+    assert read_body(s3.get_object(Bucket=bucket, Key="st")) == data
     status, body = _signed_trailer_put(s3_server, f"/{bucket}/st2", chunks, b"\0\0\0\0")
     assert status == 400
     assert b"<Code>BadDigest</Code>" in body
@@ -1029,7 +1021,7 @@ def test_streaming_unsigned_trailer(s3_server: S3Server, s3: Any, bucket: str) -
     good = zlib.crc32(data).to_bytes(4, "big")
     status, body = _unsigned_trailer_put(s3_server, f"/{bucket}/t", data, good)
     assert status == 200, body
-    assert _read(s3.get_object(Bucket=bucket, Key="t")) == data
+    assert read_body(s3.get_object(Bucket=bucket, Key="t")) == data
     status, body = _unsigned_trailer_put(s3_server, f"/{bucket}/t2", data, b"\0\0\0\0")
     assert status == 400
     assert b"<Code>BadDigest</Code>" in body
@@ -1043,7 +1035,7 @@ def test_payload_signing_enabled(s3_server: S3Server, bucket: str) -> None:
         request_checksum_calculation="when_required",
     )
     client.put_object(Bucket=bucket, Key="signed", Body=b"payload" * 10000)
-    assert _read(client.get_object(Bucket=bucket, Key="signed")) == b"payload" * 10000
+    assert read_body(client.get_object(Bucket=bucket, Key="signed")) == b"payload" * 10000
 
 
 # -- addressing, errors, availability ----------------------------------------------------------
@@ -1056,7 +1048,7 @@ def test_virtual_host_addressing(s3_server: S3Server, bucket: str) -> None:
         s3={"addressing_style": "virtual"},
     )
     client.put_object(Bucket=bucket, Key="vhost/key with space", Body=b"virtual")
-    assert _read(client.get_object(Bucket=bucket, Key="vhost/key with space")) == b"virtual"
+    assert read_body(client.get_object(Bucket=bucket, Key="vhost/key with space")) == b"virtual"
     assert [o["Key"] for o in client.list_objects_v2(Bucket=bucket)["Contents"]] == [
         "vhost/key with space"
     ]
@@ -1084,7 +1076,7 @@ def test_virtual_host_addressing(s3_server: S3Server, bucket: str) -> None:
         response.read()
     finally:
         conn.close()
-    assert _read(client.get_object(Bucket=bucket, Key="hand-made")) == b"by hand"
+    assert read_body(client.get_object(Bucket=bucket, Key="hand-made")) == b"by hand"
 
 
 def _chunked_put(
@@ -1133,7 +1125,7 @@ def test_upload_without_content_length(s3_server: S3Server, s3: Any, bucket: str
     data = b"decoded length declared"
     status, body = _chunked_put(s3_server, f"/{bucket}/aws-chunked", *_aws_chunked(data))
     assert status == 200, body
-    assert _read(s3.get_object(Bucket=bucket, Key="aws-chunked")) == data
+    assert read_body(s3.get_object(Bucket=bucket, Key="aws-chunked")) == data
     assert [o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]] == ["aws-chunked"]
 
 
@@ -1198,7 +1190,7 @@ def test_index_contention_is_a_retryable_slowdown(
     )
     retrying.put_object(Bucket=bucket, Key="k", Body=b"data")
     assert contended == [b"k"]
-    assert _read(s3.get_object(Bucket=bucket, Key="k")) == b"data"
+    assert read_body(s3.get_object(Bucket=bucket, Key="k")) == b"data"
 
 
 def test_write_during_bucket_deletion_is_slowdown(
@@ -1228,7 +1220,7 @@ def _settled(s3_server: S3Server) -> Any:
 def test_statistics(s3_server: S3Server, s3: Any, bucket: str) -> None:
     before = _settled(s3_server)
     s3.put_object(Bucket=bucket, Key="stats", Body=b"s" * 1000)
-    _read(s3.get_object(Bucket=bucket, Key="stats"))
+    read_body(s3.get_object(Bucket=bucket, Key="stats"))
     with pytest.raises(ClientError):
         s3.get_object(Bucket=bucket, Key="nothing")
     after = _settled(s3_server)
@@ -1307,7 +1299,7 @@ def test_unavailable_cluster_is_503(s3_server: S3Server, s3: Any, bucket: str) -
     with pytest.raises(ClientError) as info:
         s3.get_object(Bucket=bucket, Key="k")
     assert _status(info) == 503
-    assert _read(s3.get_object(Bucket=bucket, Key="k")) == b"data"
+    assert read_body(s3.get_object(Bucket=bucket, Key="k")) == b"data"
     # The first chunk fails: nothing was sent yet, so the client gets a proper 503.
     s3_server.run(fail, "get_chunk")
     with pytest.raises(ClientError) as info:
@@ -1319,5 +1311,5 @@ def test_unavailable_cluster_is_503(s3_server: S3Server, s3: Any, bucket: str) -
     s3_server.run(fail, "get_chunk", None, 1)
     response = s3.get_object(Bucket=bucket, Key="big")
     with pytest.raises(botocore.exceptions.BotoCoreError):
-        _read(response)
-    assert _read(s3.get_object(Bucket=bucket, Key="big")) == big
+        read_body(response)
+    assert read_body(s3.get_object(Bucket=bucket, Key="big")) == big

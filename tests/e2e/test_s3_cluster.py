@@ -17,10 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
 from botocore.exceptions import ClientError  # type: ignore[import-untyped, unused-ignore]
 
 from storage.kv_client import KVClient
+from storage.policy import Redundancy
 from tests.e2e.conftest import ClusterS3Server, running_cluster_s3, url_path
+from tests.e2e.s3_bodies import md5_hex, read_body
 
 MiB = 1024 * 1024
 _names = iter(range(1_000_000))
@@ -30,23 +33,10 @@ def _code(info: pytest.ExceptionInfo[ClientError]) -> str:
     return str(info.value.response["Error"]["Code"])
 
 
-def _read(response: dict[str, Any]) -> bytes:
-    body = response["Body"]
-    try:
-        data: bytes = body.read()
-    finally:
-        body.close()
-    return data
-
-
-def _md5(data: bytes) -> str:
-    return hashlib.md5(data, usedforsecurity=False).hexdigest()
-
-
 def _multipart_etag(parts: list[bytes]) -> str:
     """The ETag S3 gives a completed multipart upload: MD5 of the part MD5s, dash, count."""
     digests = b"".join(hashlib.md5(p, usedforsecurity=False).digest() for p in parts)
-    return f'"{_md5(digests)}-{len(parts)}"'
+    return f'"{md5_hex(digests)}-{len(parts)}"'
 
 
 def _empty_and_delete(s3: Any, name: str) -> None:
@@ -111,7 +101,7 @@ def test_put_get_head_delete_with_metadata(s3c: Any, cbucket: str) -> None:
         Metadata={"colour": "blue", "owner": "ballast"},
         CacheControl="no-cache",
     )
-    assert put["ETag"] == f'"{_md5(body)}"'
+    assert put["ETag"] == f'"{md5_hex(body)}"'
     head = s3c.head_object(Bucket=cbucket, Key="dir/big object.bin")
     assert head["ContentLength"] == len(body)
     assert head["ContentType"] == "application/x-test"
@@ -120,9 +110,9 @@ def test_put_get_head_delete_with_metadata(s3c: Any, cbucket: str) -> None:
     assert head["ETag"] == put["ETag"]
     got = s3c.get_object(Bucket=cbucket, Key="dir/big object.bin")
     assert got["Metadata"] == {"colour": "blue", "owner": "ballast"}
-    assert _read(got) == body
+    assert read_body(got) == body
     s3c.put_object(Bucket=cbucket, Key="empty", Body=b"")
-    assert _read(s3c.get_object(Bucket=cbucket, Key="empty")) == b""
+    assert read_body(s3c.get_object(Bucket=cbucket, Key="empty")) == b""
     s3c.delete_object(Bucket=cbucket, Key="dir/big object.bin")
     with pytest.raises(ClientError) as info:
         s3c.get_object(Bucket=cbucket, Key="dir/big object.bin")
@@ -141,7 +131,7 @@ def test_ranged_get(s3c: Any, cbucket: str) -> None:
     ):
         response = s3c.get_object(Bucket=cbucket, Key="r", Range=header)
         assert response["ResponseMetadata"]["HTTPStatusCode"] == 206
-        assert _read(response) == expected, header
+        assert read_body(response) == expected, header
     with pytest.raises(ClientError) as info:
         s3c.get_object(Bucket=cbucket, Key="r", Range=f"bytes={len(body)}-")
     assert _code(info) == "InvalidRange"
@@ -156,7 +146,7 @@ def test_conditional_put(s3c: Any, cbucket: str) -> None:
         s3c.put_object(Bucket=cbucket, Key="c", Body=b"two", IfMatch='"0123456789abcdef"')
     assert _code(info) == "PreconditionFailed"
     s3c.put_object(Bucket=cbucket, Key="c", Body=b"three", IfMatch=first["ETag"])
-    assert _read(s3c.get_object(Bucket=cbucket, Key="c")) == b"three"
+    assert read_body(s3c.get_object(Bucket=cbucket, Key="c")) == b"three"
 
 
 def test_copy_object(s3c: Any, cbucket: str) -> None:
@@ -165,7 +155,7 @@ def test_copy_object(s3c: Any, cbucket: str) -> None:
     s3c.copy_object(Bucket=cbucket, Key="dst", CopySource={"Bucket": cbucket, "Key": "src"})
     copied = s3c.get_object(Bucket=cbucket, Key="dst")
     assert copied["Metadata"] == {"a": "1"}
-    assert _read(copied) == body
+    assert read_body(copied) == body
     s3c.copy_object(
         Bucket=cbucket,
         Key="dst2",
@@ -176,7 +166,7 @@ def test_copy_object(s3c: Any, cbucket: str) -> None:
     assert s3c.head_object(Bucket=cbucket, Key="dst2")["Metadata"] == {"b": "2"}
     # The copy owns its data: deleting the source leaves it whole.
     s3c.delete_object(Bucket=cbucket, Key="src")
-    assert _read(s3c.get_object(Bucket=cbucket, Key="dst")) == body
+    assert read_body(s3c.get_object(Bucket=cbucket, Key="dst")) == body
 
 
 def test_list_v2_with_delimiter(s3c: Any, cbucket: str) -> None:
@@ -207,7 +197,7 @@ def test_multipart_three_parts(s3c: Any, cbucket: str) -> None:
         part = s3c.upload_part(
             Bucket=cbucket, Key="mp", UploadId=upload_id, PartNumber=number, Body=data
         )
-        assert part["ETag"] == f'"{_md5(data)}"'
+        assert part["ETag"] == f'"{md5_hex(data)}"'
         done.append({"PartNumber": number, "ETag": part["ETag"]})
     listed = s3c.list_parts(Bucket=cbucket, Key="mp", UploadId=upload_id)["Parts"]
     assert [(p["PartNumber"], p["Size"]) for p in listed] == [
@@ -220,7 +210,7 @@ def test_multipart_three_parts(s3c: Any, cbucket: str) -> None:
     got = s3c.get_object(Bucket=cbucket, Key="mp")
     assert got["ETag"] == _multipart_etag(parts)
     assert got["Metadata"] == {"m": "p"}
-    assert _read(got) == b"".join(parts)
+    assert read_body(got) == b"".join(parts)
     assert s3c.list_multipart_uploads(Bucket=cbucket).get("Uploads", []) == []
 
 
@@ -237,7 +227,7 @@ def test_presigned_url(cluster_s3: ClusterS3Server, s3c: Any, cbucket: str) -> N
     )
     status, _, _ = server.request("PUT", url_path(put_url), body=b"uploaded", sign=False)
     assert status == 200
-    assert _read(s3c.get_object(Bucket=cbucket, Key="via url")) == b"uploaded"
+    assert read_body(s3c.get_object(Bucket=cbucket, Key="via url")) == b"uploaded"
     status, _, body = server.request("PUT", url_path(put_url).replace("via", "vie"), sign=False)
     assert status == 403
     assert b"SignatureDoesNotMatch" in body
@@ -300,10 +290,94 @@ def test_node_killed_during_multipart_upload(tmp_path: Path, nodes: int) -> None
         whole = b"".join(parts)
         got = s3.get_object(Bucket="survivor", Key="big.bin")
         assert got["ContentLength"] == len(whole)
-        data = _read(got)
+        data = read_body(got)
         assert hashlib.sha256(data).digest() == hashlib.sha256(whole).digest()
         assert data == whole
         # The stopped node comes back with its old data: everything still reads the same.
         running.restart_node(victim)
-        assert _read(s3.get_object(Bucket="survivor", Key="big.bin")) == whole
+        assert read_body(s3.get_object(Bucket="survivor", Key="big.bin")) == whole
         _empty_and_delete(s3, "survivor")
+
+
+#: Nodes of the erasure-coding cluster: one per fragment of a 4+2 chunk.
+EC_NODES = 6
+EC_POLICY = Redundancy(data=4, parity=2)
+
+
+def test_multipart_upload_in_erasure_coded_bucket(tmp_path: Path) -> None:
+    """A bucket created 4+2 (``x-ballast-redundancy``) on six real nodes: a multipart upload
+    completes, every chunk of it is six fragments 0..5 on six distinct nodes (no whole
+    copy anywhere), and the object reads back bit-exact, whole and across a part boundary.
+    """
+    rng = random.Random(6)
+    parts = [rng.randbytes(5 * MiB + 1), rng.randbytes(5 * MiB + 2), rng.randbytes(777)]
+    whole = b"".join(parts)
+    with running_cluster_s3(tmp_path / "cluster", nodes=EC_NODES) as running:
+        s3 = running.server.client(s3={"addressing_style": "path"})
+
+        def erasure_coded(request: Any, **_: Any) -> None:
+            request.headers["x-ballast-redundancy"] = str(EC_POLICY)
+
+        s3.meta.events.register("before-sign.s3.CreateBucket", erasure_coded)
+        s3.create_bucket(Bucket="ec-bucket")
+        head = s3.head_bucket(Bucket="ec-bucket")
+        assert head["ResponseMetadata"]["HTTPHeaders"]["x-ballast-redundancy"] == "4+2"
+        upload_id = s3.create_multipart_upload(Bucket="ec-bucket", Key="mp.bin")["UploadId"]
+        done = []
+        for number, data in enumerate(parts, start=1):
+            part = s3.upload_part(
+                Bucket="ec-bucket", Key="mp.bin", UploadId=upload_id, PartNumber=number, Body=data
+            )
+            assert part["ETag"] == f'"{md5_hex(data)}"'
+            done.append({"PartNumber": number, "ETag": part["ETag"]})
+        complete = s3.complete_multipart_upload(
+            Bucket="ec-bucket", Key="mp.bin", UploadId=upload_id, MultipartUpload={"Parts": done}
+        )
+        assert complete["ETag"] == _multipart_etag(parts)
+        got = s3.get_object(Bucket="ec-bucket", Key="mp.bin")
+        assert got["ContentLength"] == len(whole)
+        data = read_body(got)
+        assert hashlib.sha256(data).digest() == hashlib.sha256(whole).digest()
+        boundary = len(parts[0])
+        ranged = s3.get_object(
+            Bucket="ec-bucket", Key="mp.bin", Range=f"bytes={boundary - 100}-{boundary + 99}"
+        )
+        assert read_body(ranged) == whole[boundary - 100 : boundary + 100]
+
+        layout = running.server.run(_fragment_layout, running, "ec-bucket", "mp.bin")
+        # 5 MiB + x is one 4 MiB chunk and a short one; the last part is one chunk.
+        assert len(layout) == 5
+        for address, (policy, held) in layout.items():
+            assert policy == EC_POLICY, address
+            fragments = [f for per_node in held.values() for f in per_node]
+            assert None not in fragments, (address, held)  # no whole copy anywhere
+            assert sorted(f for f in fragments if f is not None) == list(range(6)), (address, held)
+            assert all(len(per_node) == 1 for per_node in held.values()), (address, held)
+            assert len(held) == EC_NODES, (address, held)
+        _empty_and_delete(s3, "ec-bucket")
+
+
+async def _fragment_layout(
+    running: ClusterS3Server, bucket: str, key: str
+) -> dict[str, tuple[Redundancy, dict[int, list[int | None]]]]:
+    """For each chunk of the object: its reference's policy, and node index -> keys held
+    (fragment numbers, ``None`` for a whole copy), once the gateway's stragglers are done."""
+    store = running.server.store
+    assert isinstance(store, KVClient)
+    reader = await running.server.objects.open_object(bucket, key)
+    refs = [c.ref for c in await reader.chunks()]
+    if reader.record.chunk_list is not None:
+        refs.append(reader.record.chunk_list.ref)
+    # Writes return at k+1 fragments; the last one may still be on its way.
+    with trio.fail_after(30):
+        while store.statistics().background_tasks:  # noqa: ASYNC110 - no event to wait on
+            await trio.sleep(0.05)
+    layout: dict[str, tuple[Redundancy, dict[int, list[int | None]]]] = {
+        ref.address.hex(): (ref.redundancy, {}) for ref in refs
+    }
+    for node in running.cluster.nodes:
+        assert node.silo is not None
+        holdings = await node.silo.holdings([ref.address for ref in refs])
+        for address, held in holdings.items():
+            layout[address.hex()][1][node.index] = held
+    return layout

@@ -816,6 +816,43 @@ async def test_large_parts_use_part_chunk_lists(env: tuple[FakeBlockStore, Objec
     assert set(fake.chunks) == await referenced(store, ["bkt"])  # part chunk lists released
 
 
+async def test_multipart_in_erasure_coded_bucket() -> None:
+    """Every chunk of an EC bucket's multipart upload (data, part and object chunk lists)
+    is stored 4+2, its reference says 4+2, and the object reads back bit-exact."""
+    ec = Redundancy(data=4, parity=2)
+    fake, store = make_store()
+    await store.create_bucket("ec", owner="alice", redundancy=ec)
+    upload = await store.create_multipart_upload("ec", "mp")
+    # Part 1 has more than PART_INLINE_CHUNKS chunks (a part chunk list), part 2 fits
+    # inline, part 3 is short; together more than inline_chunks (an object chunk list).
+    data = [payload(6 * CHUNK + 17, 1), payload(PART + 3, 2), payload(5, 3)]
+    infos = []
+    for number, part in enumerate(data, start=1):
+        infos.append(await store.upload_part("ec", "mp", upload, number, body(part, 333)))
+        assert fake.chunks, "the part stored nothing"
+        assert {policy for _, policy in fake.chunks.values()} == {ec}, f"after part {number}"
+    assert [p.etag for p in infos] == [md5(d) for d in data]
+    info = await store.complete_multipart_upload(
+        "ec", "mp", upload, [(n, p.etag) for n, p in enumerate(infos, start=1)]
+    )
+    assert info.size == sum(map(len, data))
+    assert info.parts_count == 3
+    assert {policy for _, policy in fake.chunks.values()} == {ec}
+    reader = await store.open_object("ec", "mp")
+    assert reader.record.chunk_list is not None  # the object's own chunk list exists
+    assert reader.record.chunk_list.ref.redundancy == ec
+    chunks = await reader.chunks()
+    assert len(chunks) == 7 + 3 + 1
+    assert all(c.ref.redundancy == ec for c in chunks)
+    assert all(fake.chunks[c.ref.address][1] == ec for c in chunks)
+    whole = b"".join(data)
+    got = await fetch(store, "ec", "mp")
+    assert hashlib.sha256(got).digest() == hashlib.sha256(whole).digest()
+    assert got == whole
+    # The part chunk list was released on completion; nothing else is left behind.
+    assert set(fake.chunks) == await referenced(store, ["ec"])
+
+
 async def test_abort(env: tuple[FakeBlockStore, ObjectStore]) -> None:
     fake, store = env
     upload = await store.create_multipart_upload("bkt", "mp")
