@@ -332,6 +332,8 @@ class UploadRecord:
     ``completing`` is set when a completion claims the upload: the ``(part number, etag)``
     list it completes with. From then on parts cannot change and the upload cannot be
     aborted; a retried completion with the same list proceeds (idempotent), another fails.
+    ``completing_ms`` is when the claim was made (a claim far older than any completion
+    takes was left by a completion that died: see ``ObjectStore.abort_multipart_upload``).
     """
 
     key: str
@@ -341,6 +343,7 @@ class UploadRecord:
     owner: str | None = None
     parts: Mapping[int, PartRecord] = field(default_factory=dict)
     completing: tuple[tuple[int, str], ...] | None = None
+    completing_ms: int | None = None
 
     def pack(self) -> bytes:
         """Encode for the upload register."""
@@ -356,6 +359,8 @@ class UploadRecord:
             obj["ow"] = self.owner
         if self.completing is not None:
             obj["cmp"] = [list(x) for x in self.completing]
+            if self.completing_ms is not None:
+                obj["cmt"] = self.completing_ms
         return _pack(obj)
 
     @classmethod
@@ -364,6 +369,7 @@ class UploadRecord:
         obj = _unpack(data, "upload record")
         try:
             cmp = obj.get("cmp")
+            cmt = obj.get("cmt")
             return cls(
                 key=str(obj["k"]),
                 upload_id=str(obj["u"]),
@@ -372,6 +378,7 @@ class UploadRecord:
                 owner=obj.get("ow"),
                 parts={int(n): PartRecord.unpack(p) for n, p in obj.get("p", {}).items()},
                 completing=None if cmp is None else tuple((int(n), str(e)) for n, e in cmp),
+                completing_ms=None if cmp is None or cmt is None else int(cmt),
             )
         except (KeyError, TypeError, ValueError):
             raise Corrupt("malformed upload record") from None

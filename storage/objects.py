@@ -98,6 +98,7 @@ from .errors import (
     BucketAlreadyExists,
     BucketAlreadyOwnedByYou,
     Conflict,
+    Contention,
     EntityTooSmall,
     InvalidArgument,
     InvalidPart,
@@ -149,6 +150,9 @@ MAX_PART_NUMBER = 10_000
 MAX_KEY_BYTES = 1024
 MAX_LIST_KEYS = 1000
 NULL_VERSION = "null"
+#: A completion claim this old (seconds) was left by a completion that died: a completion
+#: takes seconds, minutes for thousands of parts. An abort (or the sweeper's) settles it.
+ABANDONED_CLAIM_SECONDS = 6 * 3600.0
 #: How many deletions of one DeleteObjects call run at once.
 DELETE_CONCURRENCY = 8
 #: How many chunks of one dropped object (or upload) are released at once: an overwritten
@@ -1764,7 +1768,7 @@ class ObjectStore:
             box["upload"] = upload
             if upload.completing == wanted:
                 raise _NoChange
-            return replace(upload, completing=wanted).pack()
+            return replace(upload, completing=wanted, completing_ms=self._now_ms()).pack()
 
         upload_name = self._upload_name(cfg, upload_id)
         retry = False
@@ -1872,7 +1876,7 @@ class ObjectStore:
             upload = UploadRecord.unpack(current)
             if upload.completing != wanted:
                 raise _NoChange
-            return replace(upload, completing=None).pack()
+            return replace(upload, completing=None, completing_ms=None).pack()
 
         try:
             await self._store.edit(upload_name, unclaim)
@@ -1895,12 +1899,19 @@ class ObjectStore:
     async def abort_multipart_upload(self, bucket: str, key: str, upload_id: str) -> None:
         """Abort an upload and release its parts.
 
+        An upload claimed by a completion more than :data:`ABANDONED_CLAIM_SECONDS` ago was
+        left so by a completion that died part-way: if that completion committed the object,
+        its clean-up is finished (and the upload is gone: ``NoSuchUpload``); otherwise the
+        claim is withdrawn and the upload aborted.
+
         Raises:
             NoSuchBucket, NoSuchUpload, Conflict (a completion is under way: retry it).
         """
         cfg = await self._bucket(bucket)
         self._check_upload_id(upload_id)
+        upload_name = self._upload_name(cfg, upload_id)
         box: dict[str, UploadRecord] = {}
+        abandoned_before = self._now_ms() - int(ABANDONED_CLAIM_SECONDS * 1000)
 
         def drop(current: bytes | None) -> bytes | None:
             if current is None:
@@ -1909,11 +1920,31 @@ class ObjectStore:
             if upload.key != key:
                 raise NoSuchUpload(f"upload {upload_id!r} is not for key {key!r}")
             if upload.completing is not None:
-                raise Conflict(None, "the upload is being completed")
+                claimed_ms = upload.completing_ms or upload.initiated_ms
+                if claimed_ms > abandoned_before:
+                    raise Conflict(None, "the upload is being completed")
+                box["abandoned"] = upload
+                raise _NoChange
             box["upload"] = upload
             return None
 
-        await self._store.edit(self._upload_name(cfg, upload_id), drop)
+        try:
+            await self._store.edit(upload_name, drop)
+        except _NoChange:
+            upload = box["abandoned"]
+            assert upload.completing is not None
+            if await self._committed_by(cfg, _key_bytes(key), upload_id) is not None:
+                await self._retire_upload(
+                    cfg, upload, upload_name, upload.completing, [], None, [], None
+                )
+                logger.info("finished the clean-up of upload %s, completed earlier", upload_id)
+                raise NoSuchUpload(f"upload {upload_id!r} was completed") from None
+            await self._unclaim(upload_name, upload.completing)
+            logger.info("withdrew the abandoned completion claim of upload %s", upload_id)
+            try:
+                await self._store.edit(upload_name, drop)
+            except _NoChange:  # the claim could not be withdrawn (logged): another time
+                raise Contention(f"upload {upload_id!r}: abandoned claim still held") from None
         await self._drop_from_uploads(cfg, upload_id)
         for part in box["upload"].parts.values():
             await self._release_part(part)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 from collections.abc import AsyncIterator, Iterable
+from dataclasses import replace
 
 import pytest
 import trio
@@ -29,8 +30,9 @@ from storage.errors import (
     PreconditionFailed,
     Unavailable,
 )
-from storage.object_records import ContentHeaders, ObjectRecord
+from storage.object_records import ContentHeaders, ObjectRecord, UploadRecord
 from storage.objects import (
+    ABANDONED_CLAIM_SECONDS,
     PUT_PIPELINE,
     RELEASE_CONCURRENCY,
     ObjectStore,
@@ -1086,6 +1088,64 @@ async def test_statistics(env: tuple[FakeBlockStore, ObjectStore]) -> None:
     assert stats.chunks_released == 4
     assert stats.release_failures == 0
     assert stats.ambiguous_commits == 1
+
+
+def test_upload_record_keeps_its_claim_time() -> None:
+    base = UploadRecord("k", "u1", 5, ContentHeaders())
+    claimed = replace(base, completing=((1, "e1"), (2, "e2")), completing_ms=7)
+    assert UploadRecord.unpack(claimed.pack()) == claimed
+    assert UploadRecord.unpack(base.pack()) == base
+    # A claim stored without its time (an older record) reads back without one.
+    assert UploadRecord.unpack(replace(claimed, completing_ms=None).pack()).completing_ms is None
+
+
+def _store_with_clock(now: list[float]) -> tuple[FakeBlockStore, ObjectStore]:
+    fake = FakeBlockStore(replay_edits=True)
+    store = ObjectStore(
+        fake, chunk_size=CHUNK, inline_chunks=4, min_part_size=PART, clock=lambda: now[0]
+    )
+    return fake, store
+
+
+def _is_upload_register(name: bytes) -> bool:
+    return name.startswith(b"s3/up/")
+
+
+@pytest.mark.parametrize("committed", [True, False])
+async def test_abort_settles_a_completion_claim_left_by_a_dead_completion(
+    committed: bool,
+) -> None:
+    """A completion that died after claiming the upload leaves it claimed: abort refuses
+    (Conflict) while the claim could still be live, and settles it once it is older than
+    ``ABANDONED_CLAIM_SECONDS``: the clean-up is finished if the object was committed
+    (NoSuchUpload: it is complete), else the claim is withdrawn and the upload aborted."""
+    now = [1_700_000_000.0]
+    fake, store = _store_with_clock(now)
+    await store.create_bucket("bkt", owner="alice")
+    upload = await store.create_multipart_upload("bkt", "mp")
+    p1 = await store.upload_part("bkt", "mp", upload, 1, body(payload(PART, 1)))
+    p2 = await store.upload_part("bkt", "mp", upload, 2, body(payload(100, 2)))
+    await store.upload_part("bkt", "mp", upload, 3, body(payload(PART, 3)))  # not listed
+    if committed:  # the claim and the commit happen; retiring the upload does not
+        fake.fail("edit", skip=1, match=_is_upload_register)
+    else:  # the claim happens; the commit (an index edit) never does
+        index = await store.bucket_index("bkt")
+        fake.fail("edit", match=lambda name: name.startswith(index.shard_name(b"")))
+    with pytest.raises(Unavailable):
+        await store.complete_multipart_upload("bkt", "mp", upload, [(1, p1.etag), (2, p2.etag)])
+    with pytest.raises(Conflict):  # the claim might belong to a completion still running
+        await store.abort_multipart_upload("bkt", "mp", upload)
+    now[0] += ABANDONED_CLAIM_SECONDS + 1
+    if committed:
+        with pytest.raises(NoSuchUpload):
+            await store.abort_multipart_upload("bkt", "mp", upload)
+        assert await fetch(store, "bkt", "mp") == payload(PART, 1) + payload(100, 2)
+    else:
+        await store.abort_multipart_upload("bkt", "mp", upload)
+        with pytest.raises(NoSuchKey):
+            await store.head_object("bkt", "mp")
+    assert not (await store.list_multipart_uploads("bkt")).uploads
+    assert set(fake.chunks) == await referenced(store, ["bkt"])  # part 3 (and all) released
 
 
 async def test_retried_conditional_completion_after_ambiguous_commit(
