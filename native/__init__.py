@@ -34,7 +34,8 @@ runs.
 
 Encryption: :func:`xsalsa20_xor` XORs a buffer with the XSalsa20 keystream (libsodium's
 ``crypto_stream_xsalsa20``, the cipher of ``crypto_secretbox``) of a 24-byte nonce and a
-32-byte key from any byte offset ``skip``, into a writable buffer or in place: ``skip=0``
+32-byte key from any byte offset ``skip``, into a writable buffer, in place, or into a new
+``bytes`` (:func:`xsalsa20_xor_bytes`): ``skip=0``
 over 32 zero bytes gives secretbox's one-time Poly1305 key, ``skip=32`` its ciphertext. It
 runs sixteen blocks at once on AVX-512F when the CPU has it, else on a portable scalar
 kernel (also forced by ``BALLAST_NATIVE_PORTABLE=1``); :func:`xsalsa20_kernel` tells which.
@@ -65,7 +66,7 @@ from native._reed_solomon import (
     kernel_statistics,
     select_kernel,
 )
-from native._xsalsa20 import xsalsa20_kernel, xsalsa20_xor
+from native._xsalsa20 import xsalsa20_kernel, xsalsa20_xor, xsalsa20_xor_bytes
 
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer, WriteableBuffer
@@ -97,6 +98,7 @@ __all__ = [
     "split",
     "xsalsa20_kernel",
     "xsalsa20_xor",
+    "xsalsa20_xor_bytes",
 ]
 
 

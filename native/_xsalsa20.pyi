@@ -17,6 +17,11 @@ def xsalsa20_xor(
 ) -> None:
     """Write ``source`` XOR the XSalsa20 keystream from byte ``skip`` into ``target``."""
 
+def xsalsa20_xor_bytes(
+    source: ReadableBuffer, nonce: ReadableBuffer, key: ReadableBuffer, skip: int = 0
+) -> bytes:
+    """Return ``source`` XOR the XSalsa20 keystream from byte ``skip``, as new ``bytes``."""
+
 def xsalsa20_kernel() -> str:
     """Return the kernel :func:`xsalsa20_xor` uses: ``"avx512"`` or ``"portable"``."""
 

@@ -9,6 +9,7 @@ scalar one, which ``BALLAST_NATIVE_PORTABLE=1`` forces (as for Reed-Solomon and 
 """
 
 from cpython.buffer cimport PyBuffer_Release
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from libc.stdint cimport uint8_t, uint64_t
 from libc.string cimport memcpy, memset
 
@@ -72,10 +73,26 @@ cdef uint64_t _check_skip(object skip) except? 0:
     return <uint64_t>skip
 
 
-cdef int _xor(int kernel, object source, object target, object nonce, object key,
-              object skip) except -1:
+cdef int _run(int kernel, uint8_t *dst_ptr, const uint8_t *src_ptr, size_t size,
+              object nonce, object key, uint64_t offset) except -1:
+    """Check ``nonce`` and ``key`` and run ``kernel`` (without the GIL from 4 KiB on)."""
     cdef uint8_t nonce_bytes[NONCE_BYTES]
     cdef uint8_t key_bytes[KEY_BYTES]
+    try:
+        _copy_exact(nonce, nonce_bytes, NONCE_BYTES, "nonce")
+        _copy_exact(key, key_bytes, KEY_BYTES, "key")
+        if size >= NOGIL_MIN_BYTES:
+            with nogil:
+                xsalsa20_run(kernel, dst_ptr, src_ptr, size, nonce_bytes, key_bytes, offset)
+        else:
+            xsalsa20_run(kernel, dst_ptr, src_ptr, size, nonce_bytes, key_bytes, offset)
+    finally:
+        memset(key_bytes, 0, KEY_BYTES)
+    return 0
+
+
+cdef int _xor(int kernel, object source, object target, object nonce, object key,
+              object skip) except -1:
     cdef uint64_t offset = _check_skip(skip)
     cdef Py_buffer src
     cdef Py_buffer dst
@@ -98,15 +115,8 @@ cdef int _xor(int kernel, object source, object target, object nonce, object key
                 raise ValueError(
                     "target must be the source itself or not overlap it (partial overlap)"
                 )
-            _copy_exact(nonce, nonce_bytes, NONCE_BYTES, "nonce")
-            _copy_exact(key, key_bytes, KEY_BYTES, "key")
-            if size >= NOGIL_MIN_BYTES:
-                with nogil:
-                    xsalsa20_run(kernel, dst_ptr, src_ptr, size, nonce_bytes, key_bytes, offset)
-            else:
-                xsalsa20_run(kernel, dst_ptr, src_ptr, size, nonce_bytes, key_bytes, offset)
+            _run(kernel, dst_ptr, src_ptr, size, nonce, key, offset)
         finally:
-            memset(key_bytes, 0, KEY_BYTES)
             PyBuffer_Release(&dst)
     finally:
         PyBuffer_Release(&src)
@@ -133,6 +143,29 @@ def xsalsa20_xor(source, target, nonce, key, skip=0):
             ``0..2**64-1``.
     """
     _xor(_kernel, source, target, nonce, key, skip)
+
+
+def xsalsa20_xor_bytes(source, nonce, key, skip=0):
+    """Return ``source`` XOR the keystream as a new ``bytes`` object (see :func:`xsalsa20_xor`).
+
+    The result is written straight into the ``bytes`` it returns: no zero-filled buffer to
+    write into first, and no copy to make it immutable afterwards (4 MiB of each per chunk).
+
+    Raises:
+        TypeError, ValueError: as :func:`xsalsa20_xor` for ``source``, ``nonce``, ``key``
+            and ``skip``.
+    """
+    cdef uint64_t offset = _check_skip(skip)
+    cdef Py_buffer src
+    cdef bytes out
+    get_buffer(source, &src, False, "source")
+    try:
+        out = PyBytes_FromStringAndSize(NULL, src.len)
+        _run(_kernel, <uint8_t *>PyBytes_AS_STRING(out), <const uint8_t *>src.buf,
+             <size_t>src.len, nonce, key, offset)
+    finally:
+        PyBuffer_Release(&src)
+    return out
 
 
 def xsalsa20_kernel():

@@ -178,10 +178,11 @@ def unseal(ciphertext: bytes | bytearray | memoryview, key: bytes) -> bytes:
     view.release()
     if out is None:
         raise Corrupt("chunk does not authenticate under its key")
-    return bytes(out)  # the HTTP layer sends ``bytes`` as they are, copies anything else
+    # The HTTP layer sends ``bytes`` as they are and copies anything else.
+    return out if type(out) is bytes else bytes(out)
 
 
-def _open_native(view: memoryview, key: bytes) -> bytearray | None:
+def _open_native(view: memoryview, key: bytes) -> bytes | None:
     """The plaintext of a sealed chunk, or None when its MAC does not verify."""
     nonce = bytes(view[:NONCE_BYTES])
     body = view[SEAL_OVERHEAD:]
@@ -189,8 +190,7 @@ def _open_native(view: memoryview, key: bytes) -> bytearray | None:
         Poly1305.verify_tag(_poly1305_key(nonce, key), body, bytes(view[NONCE_BYTES:SEAL_OVERHEAD]))
     except InvalidSignature:
         return None
-    out = bytearray(body.nbytes)
-    native.xsalsa20_xor(body, out, nonce, key, _STREAM_SKIP)
+    out = native.xsalsa20_xor_bytes(body, nonce, key, _STREAM_SKIP)
     body.release()
     return out
 

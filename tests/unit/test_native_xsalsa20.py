@@ -442,3 +442,41 @@ def test_target_is_untouched_after_an_error() -> None:
     with pytest.raises(ValueError, match="key must be 32 bytes"):
         native.xsalsa20_xor(b"abc", target, NONCE, bytes(31))
     assert target == b"xyz"
+
+
+# ---- into a new bytes object -------------------------------------------------------------
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    data=st.binary(max_size=5000),
+    skip=st.integers(min_value=0, max_value=2**64 - 1),
+    nonce=st.binary(min_size=24, max_size=24),
+    key=st.binary(min_size=32, max_size=32),
+)
+def test_xor_bytes_is_xor_into_a_new_bytes(
+    data: bytes, skip: int, nonce: bytes, key: bytes
+) -> None:
+    out = native.xsalsa20_xor_bytes(memoryview(data), nonce, key, skip)
+    assert type(out) is bytes
+    assert out == run(native.xsalsa20_xor, data, nonce, key, skip)
+
+
+def test_xor_bytes_of_a_whole_chunk_and_of_nothing() -> None:
+    data, nonce, key = payload(4 << 20, 21), payload(24, 22), payload(32, 23)
+    out = native.xsalsa20_xor_bytes(data, nonce, key, 32)
+    assert out == run(native.xsalsa20_xor, data, nonce, key, 32)
+    assert native.xsalsa20_xor_bytes(b"", nonce, key) == b""
+
+
+def test_xor_bytes_checks_its_arguments() -> None:
+    with pytest.raises(TypeError, match="source must be a bytes-like object"):
+        native.xsalsa20_xor_bytes("text", NONCE, KEY)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="nonce must be 24 bytes long, got 23"):
+        native.xsalsa20_xor_bytes(b"abc", bytes(23), KEY)
+    with pytest.raises(ValueError, match="key must be 32 bytes long, got 31"):
+        native.xsalsa20_xor_bytes(b"abc", NONCE, bytes(31))
+    with pytest.raises(ValueError, match=r"skip must be in 0\.\."):
+        native.xsalsa20_xor_bytes(b"abc", NONCE, KEY, -1)
+    with pytest.raises(TypeError, match="skip must be an int"):
+        native.xsalsa20_xor_bytes(b"abc", NONCE, KEY, 1.5)  # type: ignore[arg-type]
