@@ -670,6 +670,7 @@ class KVClient:
         #: register at a time: the per-register lock).
         self._writer_id = os.urandom(_OP_ID_BYTES)
         self._nursery: trio.Nursery | None = None
+        self._stopped = False  # run() ran and ended: operations are Unavailable
         self._cpu = trio.CapacityLimiter(2)
         self._registers: OrderedDict[BlockAddress, _Register] = OrderedDict()
         #: The highest promise any acceptor refused us with: fresh proposers start above it
@@ -695,8 +696,15 @@ class KVClient:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                self._stopped = False
                 task_status.started()
-                await trio.sleep_forever()
+                try:
+                    await trio.sleep_forever()
+                finally:
+                    # Closed to new work from here on (a task of the same shutdown that has
+                    # not seen its cancellation yet gets Unavailable, not a closed nursery).
+                    self._nursery = None
+                    self._stopped = True
         finally:
             self._nursery = None
 
@@ -733,6 +741,8 @@ class KVClient:
 
     def _running(self) -> trio.Nursery:
         if self._nursery is None:
+            if self._stopped:
+                raise Unavailable(0, 0, "the key-value client has stopped")
             raise RuntimeError("KVClient.run() is not running")
         return self._nursery
 

@@ -5,8 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+import trio
 
 from dht.ids import Address, Contact, NodeId
+from storage.api import ChunkRef
+from storage.errors import Unavailable
 from storage.ids import BlockAddress
 from storage.kv_client import HEDGE_DELAY, HEDGE_DELAY_MAX, KVClient, hedge_delay
 from storage.policy import Redundancy
@@ -111,3 +114,20 @@ def test_a_cached_replica_set_that_placement_moved_away_from_is_probed() -> None
     start, probe = client._start_set(address, entry, 3, None)
     assert start == ids[:3]
     assert set(probe) >= {*ids[:5], ids[6]}
+
+
+def _ref() -> ChunkRef:
+    return ChunkRef(BlockAddress(b"c" * 32), bytes(32), 1, Redundancy(replicas=3))
+
+
+async def test_operations_after_the_client_stopped_are_unavailable() -> None:
+    """A task of the same shutdown that runs before seeing its cancellation gets a storage
+    error it handles, not a closed nursery; using a client never started is a bug."""
+    client = _client(1)
+    with pytest.raises(RuntimeError, match="is not running"):
+        await client.delete_chunk(_ref())
+    async with trio.open_nursery() as nursery:
+        await nursery.start(client.run)
+        nursery.cancel_scope.cancel()
+    with pytest.raises(Unavailable, match="has stopped"):
+        await client.delete_chunk(_ref())
