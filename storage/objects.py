@@ -76,6 +76,7 @@ import os
 import secrets
 import time
 from bisect import bisect_left
+from collections import deque
 from collections.abc import (
     AsyncIterable,
     AsyncIterator,
@@ -98,7 +99,6 @@ from .errors import (
     BucketAlreadyExists,
     BucketAlreadyOwnedByYou,
     Conflict,
-    Contention,
     EntityTooSmall,
     InvalidArgument,
     InvalidPart,
@@ -111,6 +111,7 @@ from .errors import (
     NotFound,
     PreconditionFailed,
     StorageError,
+    Unavailable,
 )
 from .hash_lane import HashLane
 from .object_records import (
@@ -151,8 +152,11 @@ MAX_KEY_BYTES = 1024
 MAX_LIST_KEYS = 1000
 NULL_VERSION = "null"
 #: A completion claim this old (seconds) was left by a completion that died: a completion
-#: takes seconds, minutes for thousands of parts. An abort (or the sweeper's) settles it.
+#: gives up if it has not reached its commit within :data:`COMPLETION_PREPARE_SECONDS` of
+#: claiming (a retry renews the claim). An abort (or the sweeper's) settles older claims.
 ABANDONED_CLAIM_SECONDS = 6 * 3600.0
+#: Longest a completion may take from its claim to its commit (then Unavailable: retry it).
+COMPLETION_PREPARE_SECONDS = ABANDONED_CLAIM_SECONDS / 4
 #: How many deletions of one DeleteObjects call run at once.
 DELETE_CONCURRENCY = 8
 #: How many chunks of one dropped object (or upload) are released at once: an overwritten
@@ -767,9 +771,12 @@ class ObjectStore:
                     raise IndexSealed(f"bucket {cfg.name!r} is being deleted") from None
                 await trio.sleep(0.05)
 
-    async def _release(self, chunks: Iterable[StoredChunk]) -> None:
-        """Delete ``chunks``, :data:`RELEASE_CONCURRENCY` at a time; failures are logged."""
-        limiter = trio.CapacityLimiter(RELEASE_CONCURRENCY)
+    async def _release(
+        self, chunks: Iterable[StoredChunk], limiter: trio.CapacityLimiter | None = None
+    ) -> None:
+        """Delete ``chunks``, :data:`RELEASE_CONCURRENCY` at a time (or as ``limiter``
+        allows); failures are logged."""
+        limiter = limiter or trio.CapacityLimiter(RELEASE_CONCURRENCY)
 
         async def release_one(chunk: StoredChunk) -> None:
             async with limiter:
@@ -816,21 +823,38 @@ class ObjectStore:
         """Release the chunks of the objects ``later`` holds, :data:`RELEASE_CONCURRENCY`
         at a time; failures are logged and counted, never raised.
 
-        Shielded from cancellation for up to ``_CLEANUP_SECONDS``: a client that hangs up,
-        or a server shutting down, must not leak what its answer already dropped.
+        The objects are taken up several at a time, each released as soon as its chunk
+        list is read. For the first ``_CLEANUP_SECONDS`` this is shielded from cancellation
+        (a client that hangs up must not leak what its answer dropped); what is left after
+        that goes on unshielded, and only a cancellation leaves it (logged) unreleased.
         """
-        records = later.take()
-        with trio.move_on_after(_CLEANUP_SECONDS, shield=True) as scope:
-            chunks: list[StoredChunk] = []
-            for record, keep in records:
-                chunks.extend(await self._owned_chunks(record, keep))
-            await self._release(chunks)
-        if scope.cancelled_caught:
-            logger.warning(
-                "releasing the chunks of %d dropped object(s) took over %.0f s: some are leaked",
-                len(records),
-                _CLEANUP_SECONDS,
-            )
+        pending = deque(later.take())
+        limiter = trio.CapacityLimiter(RELEASE_CONCURRENCY)
+
+        async def release_next() -> None:
+            while pending:
+                record, keep = pending.popleft()
+                try:
+                    await self._release(await self._owned_chunks(record, keep), limiter)
+                except BaseException:  # cancelled part-way: releasing it again is harmless
+                    pending.appendleft((record, keep))
+                    raise
+
+        async def drain() -> None:
+            async with trio.open_nursery() as nursery:
+                for _ in range(min(RELEASE_CONCURRENCY, len(pending))):
+                    nursery.start_soon(release_next)
+
+        with trio.move_on_after(_CLEANUP_SECONDS, shield=True):
+            await drain()
+        try:
+            await drain()
+        finally:
+            if pending:
+                logger.warning(
+                    "release of %d dropped object(s) cancelled: their chunks are leaked",
+                    len(pending),
+                )
 
     async def _release_part(self, part: PartRecord, *, data_too: bool = True) -> None:
         if data_too:
@@ -1749,6 +1773,7 @@ class ObjectStore:
         if not wanted[0][0] >= 1 or wanted[-1][0] > MAX_PART_NUMBER:
             raise InvalidPart(f"part numbers must be in 1..{MAX_PART_NUMBER}")
         box: dict[str, UploadRecord] = {}
+        renewing: list[bool] = []
         min_size = self.min_part_size
 
         def claim(current: bytes | None) -> bytes:
@@ -1766,21 +1791,24 @@ class ObjectStore:
                 if i < len(wanted) - 1 and part.size < min_size:
                     raise EntityTooSmall(f"part {number} is smaller than {min_size} bytes")
             box["upload"] = upload
-            if upload.completing == wanted:
-                raise _NoChange
+            # A retry (an earlier completion with this list claimed it, then failed) renews
+            # the claim's time: an abort must not take it for abandoned while this runs.
+            renewing.append(upload.completing == wanted)
             return replace(upload, completing=wanted, completing_ms=self._now_ms()).pack()
 
         upload_name = self._upload_name(cfg, upload_id)
-        retry = False
-        try:
-            await self._store.edit(upload_name, claim)
-        except _NoChange:
-            retry = True  # an earlier completion with this list claimed it, then failed
+        await self._store.edit(upload_name, claim)
+        # From the claim to the commit, well under ABANDONED_CLAIM_SECONDS (see there).
+        prepared_by = trio.current_time() + COMPLETION_PREPARE_SECONDS
+        retry = renewing[-1]  # the edit function's last run is the one that was applied
         upload = box["upload"]
         chosen = [upload.parts[n] for n, _ in wanted]
         data_chunks: list[StoredChunk] = []
-        for part in chosen:
-            data_chunks.extend(await _part_chunks(self._store, part))
+        with trio.move_on_at(prepared_by) as reading:
+            for part in chosen:
+                data_chunks.extend(await _part_chunks(self._store, part))
+        if reading.cancelled_caught:
+            raise Unavailable(0, 0, "reading the parts took too long; retry the completion")
         if retry:
             committed = await self._committed_by(cfg, raw_key, upload_id)
             if committed is not None:
@@ -1793,7 +1821,10 @@ class ObjectStore:
         extra: list[StoredChunk] = []
         keep = False
         try:
-            inline, listing = await self._record_chunks(data_chunks, cfg.redundancy, extra)
+            with trio.move_on_at(prepared_by) as listing_parts:
+                inline, listing = await self._record_chunks(data_chunks, cfg.redundancy, extra)
+            if listing_parts.cancelled_caught:
+                raise Unavailable(0, 0, "listing the parts took too long; retry the completion")
             record = ObjectRecord(
                 size=sum(p.size for p in chosen),
                 etag=f"{digest.hexdigest()}-{len(chosen)}",
@@ -1911,7 +1942,9 @@ class ObjectStore:
         self._check_upload_id(upload_id)
         upload_name = self._upload_name(cfg, upload_id)
         box: dict[str, UploadRecord] = {}
-        abandoned_before = self._now_ms() - int(ABANDONED_CLAIM_SECONDS * 1000)
+        now_ms = self._now_ms()
+        abandoned_before = now_ms - int(ABANDONED_CLAIM_SECONDS * 1000)
+        being_completed = Conflict(None, "the upload is being completed")
 
         def drop(current: bytes | None) -> bytes | None:
             if current is None:
@@ -1919,10 +1952,14 @@ class ObjectStore:
             upload = UploadRecord.unpack(current)
             if upload.key != key:
                 raise NoSuchUpload(f"upload {upload_id!r} is not for key {key!r}")
+            box.pop("stamped", None)
             if upload.completing is not None:
-                claimed_ms = upload.completing_ms or upload.initiated_ms
-                if claimed_ms > abandoned_before:
-                    raise Conflict(None, "the upload is being completed")
+                if upload.completing_ms is None:
+                    # Claimed without a time (older records): its time starts now.
+                    box["stamped"] = upload
+                    return replace(upload, completing_ms=now_ms).pack()
+                if upload.completing_ms > abandoned_before:
+                    raise being_completed
                 box["abandoned"] = upload
                 raise _NoChange
             box["upload"] = upload
@@ -1931,23 +1968,52 @@ class ObjectStore:
         try:
             await self._store.edit(upload_name, drop)
         except _NoChange:
-            upload = box["abandoned"]
-            assert upload.completing is not None
-            if await self._committed_by(cfg, _key_bytes(key), upload_id) is not None:
-                await self._retire_upload(
-                    cfg, upload, upload_name, upload.completing, [], None, [], None
-                )
-                logger.info("finished the clean-up of upload %s, completed earlier", upload_id)
-                raise NoSuchUpload(f"upload {upload_id!r} was completed") from None
-            await self._unclaim(upload_name, upload.completing)
-            logger.info("withdrew the abandoned completion claim of upload %s", upload_id)
-            try:
-                await self._store.edit(upload_name, drop)
-            except _NoChange:  # the claim could not be withdrawn (logged): another time
-                raise Contention(f"upload {upload_id!r}: abandoned claim still held") from None
+            await self._settle_abandoned(cfg, key, upload_name, box["abandoned"], box)
+        if "stamped" in box:
+            raise being_completed
         await self._drop_from_uploads(cfg, upload_id)
         for part in box["upload"].parts.values():
             await self._release_part(part)
+
+    async def _settle_abandoned(
+        self,
+        cfg: BucketConfig,
+        key: str,
+        upload_name: bytes,
+        judged: UploadRecord,
+        box: dict[str, UploadRecord],
+    ) -> None:
+        """Settle the abandoned completion claim of ``judged`` (see abort_multipart_upload).
+
+        If its object was committed, finish that completion's clean-up and raise
+        ``NoSuchUpload``. Otherwise withdraw the claim and drop the upload in one edit, and
+        only if the claim is still the one judged: a retried completion renews the claim's
+        time, and then keeps the upload (``Conflict``). Leaves the dropped upload in
+        ``box["upload"]`` for its parts to be released.
+        """
+        upload_id = judged.upload_id
+        assert judged.completing is not None
+        if await self._committed_by(cfg, _key_bytes(key), upload_id) is not None:
+            await self._retire_upload(
+                cfg, judged, upload_name, judged.completing, [], None, [], None
+            )
+            logger.info("finished the clean-up of upload %s, completed earlier", upload_id)
+            raise NoSuchUpload(f"upload {upload_id!r} was completed")
+
+        def withdraw(current: bytes | None) -> bytes | None:
+            if current is None:
+                raise NoSuchUpload(f"no upload {upload_id!r}")
+            upload = UploadRecord.unpack(current)
+            if (upload.completing, upload.completing_ms) != (
+                judged.completing,
+                judged.completing_ms,
+            ):
+                raise Conflict(None, "the upload is being completed")
+            box["upload"] = upload
+            return None
+
+        await self._store.edit(upload_name, withdraw)
+        logger.info("aborted upload %s, whose completion was abandoned", upload_id)
 
     async def list_parts(
         self,

@@ -6,10 +6,12 @@ import hashlib
 import itertools
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import replace
+from typing import Any
 
 import pytest
 import trio
 
+import storage.objects as objects_module
 from storage.api import ChunkRef
 from storage.errors import (
     BadDigest,
@@ -36,6 +38,7 @@ from storage.objects import (
     PUT_PIPELINE,
     RELEASE_CONCURRENCY,
     ObjectStore,
+    ReleaseLater,
     decode_continuation_token,
     encode_continuation_token,
 )
@@ -425,6 +428,32 @@ async def test_dropped_chunks_are_released_concurrently_within_a_bound(
     assert stats.release_failures == 1
     assert stats.chunks_released == len(old) - 1
     assert len(set(fake.chunks) & old) == 1  # the one that failed is left (and logged)
+
+
+async def test_release_goes_on_past_its_shielded_time(
+    env: tuple[FakeBlockStore, ObjectStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What is not released within the shielded time is released all the same (unshielded);
+    the objects are taken up several at a time."""
+    fake, store = env
+    for key in ("a", "b", "c"):
+        await store.put_object("bkt", key, body(payload(3 * CHUNK)))
+    monkeypatch.setattr(objects_module, "_CLEANUP_SECONDS", 0.01)
+    delete = fake.delete_chunk
+
+    async def slow_delete(ref: ChunkRef) -> None:
+        await trio.sleep(0.02)
+        await delete(ref)
+
+    fake.delete_chunk = slow_delete  # type: ignore[method-assign]
+    later = ReleaseLater()
+    outcomes = await store.delete_objects("bkt", ["a", "b", "c"], release_later=later)
+    assert [o.error for o in outcomes] == [None, None, None]
+    assert len(later) == 3
+    assert len(fake.chunks) == 9  # nothing released before the answer
+    await store.release(later)
+    assert not fake.chunks
+    assert len(later) == 0
 
 
 async def test_delete_objects_batch(env: tuple[FakeBlockStore, ObjectStore]) -> None:
@@ -1146,6 +1175,68 @@ async def test_abort_settles_a_completion_claim_left_by_a_dead_completion(
             await store.head_object("bkt", "mp")
     assert not (await store.list_multipart_uploads("bkt")).uploads
     assert set(fake.chunks) == await referenced(store, ["bkt"])  # part 3 (and all) released
+
+
+async def test_abort_leaves_a_retried_completion_alone() -> None:
+    """A completion retried long after the first attempt died renews the claim: an abort
+    that comes while the retry runs (claimed, not yet committed) refuses, and releases
+    nothing the retry's object needs."""
+    now = [1_700_000_000.0]
+    fake, store = _store_with_clock(now)
+    await store.create_bucket("bkt", owner="alice")
+    upload = await store.create_multipart_upload("bkt", "mp")
+    p1 = await store.upload_part("bkt", "mp", upload, 1, body(payload(PART, 1)))
+    parts = [(1, p1.etag)]
+    index = await store.bucket_index("bkt")
+    fake.fail("edit", match=lambda name: name.startswith(index.shard_name(b"")))
+    with pytest.raises(Unavailable):  # claimed, never committed: the first attempt "died"
+        await store.complete_multipart_upload("bkt", "mp", upload, parts)
+    now[0] += ABANDONED_CLAIM_SECONDS + 1
+    committing, go_on = trio.Event(), trio.Event()
+    commit = store._commit_object
+
+    async def slow_commit(*args: Any, **kwargs: Any) -> Any:
+        committing.set()
+        await go_on.wait()
+        return await commit(*args, **kwargs)
+
+    store._commit_object = slow_commit  # type: ignore[method-assign]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(store.complete_multipart_upload, "bkt", "mp", upload, parts)
+        await committing.wait()
+        with pytest.raises(Conflict):
+            await store.abort_multipart_upload("bkt", "mp", upload)
+        go_on.set()
+    assert await fetch(store, "bkt", "mp") == payload(PART, 1)
+    assert set(fake.chunks) == await referenced(store, ["bkt"])
+
+
+async def test_a_claim_without_a_time_is_given_one_before_it_can_be_abandoned() -> None:
+    now = [1_700_000_000.0]
+    fake, store = _store_with_clock(now)
+    await store.create_bucket("bkt", owner="alice")
+    upload = await store.create_multipart_upload("bkt", "mp")
+    p1 = await store.upload_part("bkt", "mp", upload, 1, body(payload(PART, 1)))
+    index = await store.bucket_index("bkt")
+    fake.fail("edit", match=lambda name: name.startswith(index.shard_name(b"")))
+    with pytest.raises(Unavailable):
+        await store.complete_multipart_upload("bkt", "mp", upload, [(1, p1.etag)])
+    name = next(n for n in fake.registers if _is_upload_register(n))
+
+    def without_time(current: bytes | None) -> bytes:
+        assert current is not None
+        return replace(UploadRecord.unpack(current), completing_ms=None).pack()
+
+    await fake.edit(name, without_time)  # as records written before claims had a time
+    now[0] += 2 * ABANDONED_CLAIM_SECONDS  # the upload itself is old
+    with pytest.raises(Conflict):  # the claim's time starts now
+        await store.abort_multipart_upload("bkt", "mp", upload)
+    assert UploadRecord.unpack((await fake.read(name)).value).completing_ms == now[0] * 1000
+    with pytest.raises(Conflict):
+        await store.abort_multipart_upload("bkt", "mp", upload)
+    now[0] += ABANDONED_CLAIM_SECONDS + 1
+    await store.abort_multipart_upload("bkt", "mp", upload)
+    assert not fake.chunks
 
 
 async def test_retried_conditional_completion_after_ambiguous_commit(
