@@ -395,8 +395,9 @@ def _host_bucket(host: str | None, base_domains: Sequence[str]) -> str | None:
         return None
     host = host.rpartition(":")[0] if ":" in host else host
     host = host.rstrip(".")
-    for base in base_domains:
-        base = base.lower().rstrip(".")
+    # The longest domain first: with ``example.com`` and ``s3.example.com`` both configured,
+    # ``bkt.s3.example.com`` is bucket ``bkt`` and ``s3.example.com`` itself no bucket.
+    for base in sorted((b.lower().rstrip(".") for b in base_domains), key=len, reverse=True):
         if host == base:
             return None
         if host.endswith("." + base):

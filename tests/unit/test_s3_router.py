@@ -151,6 +151,16 @@ def test_query_parameters_are_kept_decoded() -> None:
     assert e.name == "ListObjectsV2"
 
 
+def test_the_longest_matching_domain_wins() -> None:
+    bases = ("example.com", "S3.Example.com.")  # one under the other, in any order
+    e = route("GET", "/k", "", Headers([("host", "bkt.s3.example.com")]), base_domains=bases)
+    assert (e.bucket, e.key, e.virtual_host) == ("bkt", "k", True)
+    e = route("GET", "/bkt/k", "", Headers([("host", "s3.example.com")]), base_domains=bases)
+    assert (e.bucket, e.key, e.virtual_host) == ("bkt", "k", False)
+    e = route("GET", "/k", "", Headers([("host", "other.example.com")]), base_domains=bases)
+    assert (e.bucket, e.key, e.virtual_host) == ("other", "k", True)
+
+
 def test_without_base_domains_everything_is_path_style() -> None:
     e = route("GET", "/b/k", "", Headers([("host", "b.s3.amazonaws.com")]))
     assert (e.bucket, e.key, e.virtual_host) == ("b", "k", False)
