@@ -55,6 +55,11 @@ Rules that keep it correct:
   that failed part-way is finished by retrying it with the same list: the retry sees
   whether the object at the key is already this upload's (then only the clean-up is left)
   or commits it. A completion refused for sure (``If-None-Match``...) releases its claim.
+  A claim records its time (a retry renews it) and a completion gives up if it has not
+  committed within :data:`COMPLETION_PREPARE_SECONDS`; a claim older than
+  :data:`ABANDONED_CLAIM_SECONDS` was abandoned, and an abort settles it (finishes the
+  clean-up if the object was committed, else withdraws the claim and aborts, in one edit
+  that checks the claim is still the abandoned one).
 
 Known limits: a reader streaming an object while it is overwritten may find a chunk
 already released (``NotFound`` mid-stream), as S3 readers of a replaced object may see a
