@@ -693,20 +693,17 @@ class KVClient:
         """
         if self._nursery is not None:
             raise RuntimeError("KVClient.run() is already running")
-        try:
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                self._stopped = False
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            self._stopped = False
+            try:
                 task_status.started()
-                try:
-                    await trio.sleep_forever()
-                finally:
-                    # Closed to new work from here on (a task of the same shutdown that has
-                    # not seen its cancellation yet gets Unavailable, not a closed nursery).
-                    self._nursery = None
-                    self._stopped = True
-        finally:
-            self._nursery = None
+                await trio.sleep_forever()
+            finally:
+                # Closed to new work from here on (a task of the same shutdown that has not
+                # seen its cancellation yet gets Unavailable, not a closed nursery).
+                self._nursery = None
+                self._stopped = True
 
     def statistics(self) -> KVClientStatistics:
         """Return a snapshot of the counters."""
