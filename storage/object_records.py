@@ -8,8 +8,10 @@ malformed record raises :class:`storage.errors.Corrupt`, never a bare exception.
 * :class:`ObjectRecord` is the value of an object's entry in the bucket index. It keeps the
   chunk list inline up to a limit; beyond it the list is stored as one immutable *chunk-list
   chunk* and the record holds only its reference, so index shards stay small.
-* :class:`UploadRecord` is the register of one multipart upload; a part keeps its chunk list
-  inline up to :data:`PART_INLINE_CHUNKS`, beyond that in a chunk-list chunk of its own.
+* :class:`UploadRecord` is the register of one multipart upload; its parts
+  (:class:`PartRecord`) are in group registers (:mod:`storage.upload_parts`). A part keeps
+  its chunk list inline up to :data:`PART_INLINE_CHUNKS`, beyond that in a chunk-list chunk
+  of its own.
 
 Chunk references carry their own plaintext length (``length``): ranged reads compute chunk
 offsets from it, independently of what the block store reports as ``ChunkRef.size``.
@@ -150,6 +152,27 @@ class ContentHeaders:
         )
 
 
+def _run_lengths(values: Sequence[int]) -> list[list[int]]:
+    """``[[value, repeats], ...]``: part sizes are mostly one size repeated."""
+    runs: list[list[int]] = []
+    for value in values:
+        if runs and runs[-1][0] == value:
+            runs[-1][1] += 1
+        else:
+            runs.append([value, 1])
+    return runs
+
+
+def _from_run_lengths(raw: Any) -> tuple[int, ...]:
+    """Inverse of :func:`_run_lengths`; raises ``ValueError`` (or ``TypeError``) if malformed."""
+    values: list[int] = []
+    for value, repeats in raw:
+        if int(value) < 0 or not 1 <= int(repeats) <= 10_000 - len(values):
+            raise ValueError("malformed part sizes")
+        values.extend([int(value)] * int(repeats))
+    return tuple(values)
+
+
 @dataclass(frozen=True)
 class ObjectRecord:
     """An object's index entry: size, ETag, headers and where its bytes are.
@@ -168,6 +191,7 @@ class ObjectRecord:
     chunk_count: int = 0
     parts_count: int | None = None
     upload_id: str | None = None
+    part_sizes: tuple[int, ...] | None = None
 
     def pack(self) -> bytes:
         """Encode for the bucket index."""
@@ -189,6 +213,8 @@ class ObjectRecord:
             obj["np"] = self.parts_count
         if self.upload_id is not None:
             obj["up"] = self.upload_id
+        if self.part_sizes is not None:
+            obj["ps"] = _run_lengths(self.part_sizes)
         return _pack(obj)
 
     @classmethod
@@ -208,9 +234,19 @@ class ObjectRecord:
                 chunk_count=int(obj.get("n", 0)),
                 parts_count=obj.get("np"),
                 upload_id=obj.get("up"),
+                part_sizes=_from_run_lengths(obj["ps"]) if "ps" in obj else None,
             )
         except (KeyError, TypeError, ValueError):
             raise Corrupt("malformed object record") from None
+
+    def part_range(self, number: int) -> tuple[int, int] | None:
+        """Byte offsets ``(start, end)`` (inclusive) of part ``number`` (from 1) of a
+        completed multipart upload; ``None`` if there is no such part or its sizes were not
+        recorded. An empty part has ``end == start - 1``."""
+        if self.part_sizes is None or not 1 <= number <= len(self.part_sizes):
+            return None
+        start = sum(self.part_sizes[: number - 1])
+        return start, start + self.part_sizes[number - 1] - 1
 
     def owned_refs(self) -> list[StoredChunk]:
         """The chunks this record references directly (inline chunks or the chunk list)."""
@@ -329,11 +365,14 @@ class PartRecord:
 class UploadRecord:
     """The register of one multipart upload.
 
-    ``completing`` is set when a completion claims the upload: the ``(part number, etag)``
-    list it completes with. From then on parts cannot change and the upload cannot be
-    aborted; a retried completion with the same list proceeds (idempotent), another fails.
-    ``completing_ms`` is when the claim was made (a claim far older than any completion
-    takes was left by a completion that died: see ``ObjectStore.abort_multipart_upload``).
+    The parts themselves are in group registers (:mod:`storage.upload_parts`); ``groups``
+    are the numbers of the groups the upload uses. ``completing`` is set when a completion
+    claims the upload: the ``(part number, etag)`` list it completes with. From then on parts
+    cannot change and the upload cannot be aborted; a retried completion with the same list
+    proceeds (idempotent), another fails. ``completing_ms`` is when the claim was made (a
+    claim far older than any completion takes was left by a completion that died: see
+    ``ObjectStore.abort_multipart_upload``); ``completing_token`` is the claim's own token,
+    with which it closes the groups.
     """
 
     key: str
@@ -341,9 +380,10 @@ class UploadRecord:
     initiated_ms: int
     headers: ContentHeaders
     owner: str | None = None
-    parts: Mapping[int, PartRecord] = field(default_factory=dict)
+    groups: frozenset[int] = frozenset()
     completing: tuple[tuple[int, str], ...] | None = None
     completing_ms: int | None = None
+    completing_token: bytes | None = None
 
     def pack(self) -> bytes:
         """Encode for the upload register."""
@@ -352,7 +392,7 @@ class UploadRecord:
             "k": self.key,
             "u": self.upload_id,
             "mt": self.initiated_ms,
-            "p": {n: p.pack() for n, p in self.parts.items()},
+            "g": sorted(self.groups),
             **self.headers.pack(),
         }
         if self.owner is not None:
@@ -361,6 +401,8 @@ class UploadRecord:
             obj["cmp"] = [list(x) for x in self.completing]
             if self.completing_ms is not None:
                 obj["cmt"] = self.completing_ms
+            if self.completing_token is not None:
+                obj["ctk"] = self.completing_token
         return _pack(obj)
 
     @classmethod
@@ -370,15 +412,17 @@ class UploadRecord:
         try:
             cmp = obj.get("cmp")
             cmt = obj.get("cmt")
+            ctk = obj.get("ctk")
             return cls(
                 key=str(obj["k"]),
                 upload_id=str(obj["u"]),
                 initiated_ms=int(obj["mt"]),
                 headers=ContentHeaders.unpack(obj),
                 owner=obj.get("ow"),
-                parts={int(n): PartRecord.unpack(p) for n, p in obj.get("p", {}).items()},
+                groups=frozenset(int(g) for g in obj.get("g", ())),
                 completing=None if cmp is None else tuple((int(n), str(e)) for n, e in cmp),
                 completing_ms=None if cmp is None or cmt is None else int(cmt),
+                completing_token=None if cmp is None or ctk is None else bytes(ctk),
             )
         except (KeyError, TypeError, ValueError):
             raise Corrupt("malformed upload record") from None

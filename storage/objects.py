@@ -8,7 +8,8 @@ Layout in the block store (register names are bytes):
 * ``s3/idx/<index_id>/...`` — the bucket's sorted, sharded **index**
   (:mod:`storage.bucket_index`): object key (UTF-8) -> encoded
   :class:`~storage.object_records.ObjectRecord`;
-* ``s3/up/<index_id>/<upload_id>`` — one register per multipart upload, and
+* ``s3/up/<index_id>/<upload_id>`` — one register per multipart upload, its parts in
+  registers of 100 parts each (``.../p/<group>``, :mod:`storage.upload_parts`), and
   ``s3/ups/<index_id>`` — the bucket's list of uploads in progress;
 * object data: immutable chunks of ``chunk_size`` bytes (4 MiB), stored with the bucket's
   redundancy (replicas or erasure coding). Records with more than ``inline_chunks``
@@ -50,8 +51,11 @@ Rules that keep it correct:
   ``delete_bucket`` again finishes it.
 
 * **Multipart completion** first *claims* the upload register (records the part list it
-  completes with; from then on no part can change and the upload cannot be aborted), then
-  commits the object, then retires the upload and releases unlisted parts. A completion
+  completes with; from then on the upload cannot be aborted), then closes the upload's part
+  groups (no part can change any more) and checks the list against what they hold, then
+  commits the object, then retires the upload and releases unlisted parts. An abort drops
+  the upload register first, then closes the groups and releases every part; an UploadPart
+  that lands after either withdraws its own part (:mod:`storage.upload_parts`). A completion
   that failed part-way is finished by retrying it with the same list: the retry sees
   whether the object at the key is already this upload's (then only the clean-up is left)
   or commits it. A completion refused for sure (``If-None-Match``...) releases its claim.
@@ -137,6 +141,7 @@ from .object_records import (
     unpack_upload_list,
 )
 from .policy import Redundancy
+from .upload_parts import FINAL, GroupClosed, UploadParts, group_of
 
 logger = logging.getLogger(__name__)
 
@@ -1190,14 +1195,13 @@ class ObjectStore:
                     box["upload"] = UploadRecord.unpack(current)
                 return None
 
+            upload_name = self._upload_name(cfg, upload_id)
             try:
-                await self._store.edit(self._upload_name(cfg, upload_id), take)
+                await self._store.edit(upload_name, take)
+                if "upload" in box:
+                    await self._collect_parts(upload_name, box["upload"].groups)
             except StorageError as exc:
                 logger.warning("upload %s of deleted bucket not collected: %s", upload_id, exc)
-                continue
-            if "upload" in box:
-                for part in box["upload"].parts.values():
-                    await self._release_part(part)
         try:
             await self._store.edit(self._uploads_name(cfg), lambda _current: None)
         except StorageError as exc:
@@ -1663,9 +1667,11 @@ class ObjectStore:
         upload = await self._read_upload(cfg, key, upload_id)
         if upload.completing is not None:
             raise NoSuchUpload(f"upload {upload_id!r} is being completed")
+        upload_name = self._upload_name(cfg, upload_id)
+        parts = UploadParts(self._store, upload_name)
+        group = group_of(part_number)
         stored: list[StoredChunk] = []
         keep = False
-        box: dict[str, PartRecord | None] = {}
         try:
             size, md5 = await self._store_body(body, cfg.redundancy, stored)
             if content_md5 is not None and content_md5 != md5:
@@ -1680,31 +1686,56 @@ class ObjectStore:
             else:
                 listing, inline = None, tuple(data_chunks)
             part = PartRecord(md5, size, self._now_ms(), inline, listing)
-
-            def add(current: bytes | None) -> bytes:
-                if current is None:
-                    raise NoSuchUpload(f"no upload {upload_id!r}")
-                state = UploadRecord.unpack(current)
-                if state.key != key or state.completing is not None:
-                    raise NoSuchUpload(f"upload {upload_id!r} is completed or completing")
-                box["old"] = state.parts.get(part_number)
-                parts = dict(state.parts)
-                parts[part_number] = part
-                return replace(state, parts=parts).pack()
-
+            if group not in upload.groups:
+                await self._add_group(upload_name, key, group)
             keep = True
             try:
-                await self._store.edit(self._upload_name(cfg, upload_id), add)
-            except NoSuchUpload:
+                old = await parts.write(part_number, part)
+            except GroupClosed:
                 keep = False
-                raise
+                raise NoSuchUpload(f"upload {upload_id!r} is completed or completing") from None
         finally:
             if not keep:
                 await self._release_shielded(stored)
-        old = box.get("old")
         if old is not None:
             await self._release_part(old)
+        if not await self._upload_exists(upload_name):
+            # Aborted (or completed) meanwhile: the clean-up may have missed this part.
+            if await parts.withdraw(part_number, part):
+                await self._release_part(part)
+            raise NoSuchUpload(f"upload {upload_id!r} was aborted or completed")
         return PartInfo(part_number, md5.hex(), size, _datetime(part.mtime_ms))
+
+    async def _add_group(self, upload_name: bytes, key: str, group: int) -> None:
+        """Name ``group`` in the upload register (rule 2 of :mod:`storage.upload_parts`)."""
+
+        def add(current: bytes | None) -> bytes:
+            if current is None:
+                raise NoSuchUpload("the upload was aborted or completed")
+            state = UploadRecord.unpack(current)
+            if state.key != key or state.completing is not None:
+                raise NoSuchUpload("the upload is completed or being completed")
+            if group in state.groups:
+                raise _NoChange
+            return replace(state, groups=state.groups | {group}).pack()
+
+        with contextlib.suppress(_NoChange):
+            await self._store.edit(upload_name, add)
+
+    async def _upload_exists(self, upload_name: bytes) -> bool:
+        try:
+            await self._store.read(upload_name)
+        except NotFound:
+            return False
+        return True
+
+    async def _collect_parts(self, upload_name: bytes, groups: Iterable[int]) -> None:
+        """After the upload register is gone: close its groups for good, release every part
+        and delete the groups."""
+        parts = UploadParts(self._store, upload_name)
+        for part in (await parts.close(groups, FINAL, create=False)).values():
+            await self._release_part(part)
+        await parts.destroy(groups)
 
     async def upload_part_copy(
         self,
@@ -1779,7 +1810,7 @@ class ObjectStore:
             raise InvalidPart(f"part numbers must be in 1..{MAX_PART_NUMBER}")
         box: dict[str, UploadRecord] = {}
         renewing: list[bool] = []
-        min_size = self.min_part_size
+        token = secrets.token_bytes(8)
 
         def claim(current: bytes | None) -> bytes:
             if current is None:
@@ -1789,17 +1820,14 @@ class ObjectStore:
                 raise NoSuchUpload(f"upload {upload_id!r} is not for key {key!r}")
             if upload.completing is not None and upload.completing != wanted:
                 raise Conflict(None, "another completion of this upload is under way")
-            for i, (number, etag) in enumerate(wanted):
-                part = upload.parts.get(number)
-                if part is None or part.etag != etag:
-                    raise InvalidPart(f"part {number} was not uploaded or its ETag differs")
-                if i < len(wanted) - 1 and part.size < min_size:
-                    raise EntityTooSmall(f"part {number} is smaller than {min_size} bytes")
             box["upload"] = upload
             # A retry (an earlier completion with this list claimed it, then failed) renews
             # the claim's time: an abort must not take it for abandoned while this runs.
             renewing.append(upload.completing == wanted)
-            return replace(upload, completing=wanted, completing_ms=self._now_ms()).pack()
+            claimed = replace(
+                upload, completing=wanted, completing_ms=self._now_ms(), completing_token=token
+            )
+            return claimed.pack()
 
         upload_name = self._upload_name(cfg, upload_id)
         await self._store.edit(upload_name, claim)
@@ -1807,9 +1835,9 @@ class ObjectStore:
         prepared_by = trio.current_time() + COMPLETION_PREPARE_SECONDS
         retry = renewing[-1]  # the edit function's last run is the one that was applied
         upload = box["upload"]
-        chosen = [upload.parts[n] for n, _ in wanted]
         data_chunks: list[StoredChunk] = []
         with trio.move_on_at(prepared_by) as reading:
+            chosen = await self._claimed_parts(cfg, upload, wanted, token)
             for part in chosen:
                 data_chunks.extend(await _part_chunks(self._store, part))
         if reading.cancelled_caught:
@@ -1841,6 +1869,7 @@ class ObjectStore:
                 chunk_count=len(data_chunks),
                 parts_count=len(chosen),
                 upload_id=upload_id,
+                part_sizes=tuple(p.size for p in chosen),
             )
             keep = True
             try:
@@ -1852,7 +1881,7 @@ class ObjectStore:
                     # unless someone else's attempt with this list committed meanwhile.
                     with trio.move_on_after(_CLEANUP_SECONDS, shield=True):
                         if await self._committed_by(cfg, raw_key, upload_id) is None:
-                            await self._unclaim(upload_name, wanted)
+                            await self._unclaim(upload_name, upload, token)
                 raise
         finally:
             if not keep:
@@ -1861,6 +1890,37 @@ class ObjectStore:
             cfg, upload, upload_name, wanted, data_chunks, old, extra, release_later
         )
         return _object_info(bucket, key, record)
+
+    async def _claimed_parts(
+        self,
+        cfg: BucketConfig,
+        upload: UploadRecord,
+        wanted: tuple[tuple[int, str], ...],
+        token: bytes,
+    ) -> list[PartRecord]:
+        """Close the claimed upload's groups and return the ``wanted`` parts; if the list
+        does not match them, give the claim back and raise."""
+        upload_name = self._upload_name(cfg, upload.upload_id)
+        try:
+            parts = await UploadParts(self._store, upload_name).close(
+                upload.groups, token, create=True
+            )
+        except GroupClosed:
+            raise NoSuchUpload(f"upload {upload.upload_id!r} was aborted") from None
+        min_size = self.min_part_size
+        try:
+            for i, (number, etag) in enumerate(wanted):
+                part = parts.get(number)
+                if part is None or part.etag != etag:
+                    raise InvalidPart(f"part {number} was not uploaded or its ETag differs")
+                if i < len(wanted) - 1 and part.size < min_size:
+                    raise EntityTooSmall(f"part {number} is smaller than {min_size} bytes")
+        except (InvalidPart, EntityTooSmall):
+            # No attempt with this list can commit: the groups it closed hold these parts.
+            with trio.move_on_after(_CLEANUP_SECONDS, shield=True):
+                await self._unclaim(upload_name, upload, token)
+            raise
+        return [parts[n] for n, _ in wanted]
 
     async def _committed_by(
         self, cfg: BucketConfig, raw_key: bytes, upload_id: str
@@ -1898,23 +1958,31 @@ class ObjectStore:
             await self._store.edit(upload_name, finish)
         await self._drop_from_uploads(cfg, upload.upload_id)
         listed = {n for n, _ in wanted}
-        for number, part in upload.parts.items():
+        parts = UploadParts(self._store, upload_name)
+        for number, part in (await parts.close(upload.groups, FINAL, create=False)).items():
             await self._release_part(part, data_too=number not in listed)
+        await parts.destroy(upload.groups)
         if old is not None:
             keep_addresses = {bytes(c.ref.address) for c in data_chunks}
             keep_addresses.update(bytes(c.ref.address) for c in extra)
             await self._release_record(old, frozenset(keep_addresses), later)
 
-    async def _unclaim(self, upload_name: bytes, wanted: tuple[tuple[int, str], ...]) -> None:
+    async def _unclaim(self, upload_name: bytes, claimed: UploadRecord, token: bytes) -> None:
+        """Reopen the groups ``token`` closed, then give back its claim if it is still there
+        (rule 5 of :mod:`storage.upload_parts`)."""
+
         def unclaim(current: bytes | None) -> bytes | None:
             if current is None:
                 raise _NoChange
             upload = UploadRecord.unpack(current)
-            if upload.completing != wanted:
+            if upload.completing_token != token:
                 raise _NoChange
-            return replace(upload, completing=None, completing_ms=None).pack()
+            return replace(
+                upload, completing=None, completing_ms=None, completing_token=None
+            ).pack()
 
         try:
+            await UploadParts(self._store, upload_name).reopen(claimed.groups, token)
             await self._store.edit(upload_name, unclaim)
         except _NoChange:
             pass
@@ -1977,8 +2045,7 @@ class ObjectStore:
         if "stamped" in box:
             raise being_completed
         await self._drop_from_uploads(cfg, upload_id)
-        for part in box["upload"].parts.values():
-            await self._release_part(part)
+        await self._collect_parts(upload_name, box["upload"].groups)
 
     async def _settle_abandoned(
         self,
@@ -2009,9 +2076,10 @@ class ObjectStore:
             if current is None:
                 raise NoSuchUpload(f"no upload {upload_id!r}")
             upload = UploadRecord.unpack(current)
-            if (upload.completing, upload.completing_ms) != (
+            if (upload.completing, upload.completing_ms, upload.completing_token) != (
                 judged.completing,
                 judged.completing_ms,
+                judged.completing_token,
             ):
                 raise Conflict(None, "the upload is being completed")
             box["upload"] = upload
@@ -2038,14 +2106,17 @@ class ObjectStore:
         self._check_upload_id(upload_id)
         upload = await self._read_upload(cfg, key, upload_id)
         max_parts = max(0, min(max_parts, 1000))
-        numbers = sorted(n for n in upload.parts if n > part_number_marker)
+        groups = UploadParts(self._store, self._upload_name(cfg, upload_id))
+        found: dict[int, PartRecord] = {}
+        for group in sorted(g for g in upload.groups if g >= group_of(part_number_marker + 1)):
+            found.update(await groups.read([group]))
+            if sum(n > part_number_marker for n in found) > max_parts:
+                break  # enough for this page and to tell it is truncated
+        numbers = sorted(n for n in found if n > part_number_marker)
         page = numbers[:max_parts]
         truncated = len(numbers) > len(page)
         parts = [
-            PartInfo(
-                n, upload.parts[n].etag, upload.parts[n].size, _datetime(upload.parts[n].mtime_ms)
-            )
-            for n in page
+            PartInfo(n, found[n].etag, found[n].size, _datetime(found[n].mtime_ms)) for n in page
         ]
         return PartsPage(
             bucket=bucket,

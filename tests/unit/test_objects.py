@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Iterable
 from dataclasses import replace
 from typing import Any
 
+import msgpack
 import pytest
 import trio
 
@@ -19,6 +20,7 @@ from storage.errors import (
     BucketAlreadyOwnedByYou,
     BucketNotEmpty,
     Conflict,
+    Corrupt,
     EntityTooSmall,
     InvalidArgument,
     InvalidPart,
@@ -1128,6 +1130,21 @@ def test_upload_record_keeps_its_claim_time() -> None:
     assert UploadRecord.unpack(replace(claimed, completing_ms=None).pack()).completing_ms is None
 
 
+def hold_commits(store: ObjectStore) -> tuple[trio.Event, trio.Event]:
+    """Make ``store``'s object commits wait: the first event is set when one is about to
+    commit, and it goes on once the second is set."""
+    committing, go_on = trio.Event(), trio.Event()
+    commit = store._commit_object
+
+    async def slow_commit(*args: Any, **kwargs: Any) -> Any:
+        committing.set()
+        await go_on.wait()
+        return await commit(*args, **kwargs)
+
+    store._commit_object = slow_commit  # type: ignore[method-assign]
+    return committing, go_on
+
+
 def _store_with_clock(now: list[float]) -> tuple[FakeBlockStore, ObjectStore]:
     fake = FakeBlockStore(replay_edits=True)
     store = ObjectStore(
@@ -1137,7 +1154,7 @@ def _store_with_clock(now: list[float]) -> tuple[FakeBlockStore, ObjectStore]:
 
 
 def _is_upload_register(name: bytes) -> bool:
-    return name.startswith(b"s3/up/")
+    return name.startswith(b"s3/up/") and b"/p/" not in name  # not a part group
 
 
 @pytest.mark.parametrize("committed", [True, False])
@@ -1192,15 +1209,7 @@ async def test_abort_leaves_a_retried_completion_alone() -> None:
     with pytest.raises(Unavailable):  # claimed, never committed: the first attempt "died"
         await store.complete_multipart_upload("bkt", "mp", upload, parts)
     now[0] += ABANDONED_CLAIM_SECONDS + 1
-    committing, go_on = trio.Event(), trio.Event()
-    commit = store._commit_object
-
-    async def slow_commit(*args: Any, **kwargs: Any) -> Any:
-        committing.set()
-        await go_on.wait()
-        return await commit(*args, **kwargs)
-
-    store._commit_object = slow_commit  # type: ignore[method-assign]
+    committing, go_on = hold_commits(store)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(store.complete_multipart_upload, "bkt", "mp", upload, parts)
         await committing.wait()
@@ -1278,3 +1287,66 @@ async def test_completion_retried_after_a_failed_commit(
     info = await store.complete_multipart_upload("bkt", "mp", upload, [(1, p1.etag), (2, p2.etag)])
     assert info.size == PART + 9
     assert await fetch(store, "bkt", "mp") == payload(PART, 1) + payload(9, 2)
+
+
+def test_object_record_part_sizes_round_trip() -> None:
+    base = ObjectRecord(size=0, etag="0" * 32 + "-1", mtime_ms=1, headers=ContentHeaders())
+    assert ObjectRecord.unpack(base.pack()).part_sizes is None
+    assert base.part_range(1) is None
+    sizes = (5 * 2**20,) * 9_999 + (7,)
+    record = replace(base, size=sum(sizes), parts_count=len(sizes), part_sizes=sizes)
+    packed = record.pack()
+    assert msgpack.unpackb(packed)["ps"] == [[5 * 2**20, 9_999], [7, 1]]
+    assert len(packed) < 200
+    assert ObjectRecord.unpack(packed) == record
+    assert record.part_range(1) == (0, 5 * 2**20 - 1)
+    assert record.part_range(10_000) == (9_999 * 5 * 2**20, record.size - 1)
+    assert record.part_range(0) is None
+    assert record.part_range(10_001) is None
+    uneven = replace(base, size=12, parts_count=4, part_sizes=(5, 0, 5, 2))
+    assert ObjectRecord.unpack(uneven.pack()) == uneven
+    assert [uneven.part_range(n) for n in (1, 2, 3, 4)] == [(0, 4), (5, 4), (5, 9), (10, 11)]
+
+
+@pytest.mark.parametrize(
+    "ps",
+    [
+        7,
+        "x",
+        [[5]],
+        [[5, 1, 1]],
+        [["a", 1]],
+        [[-1, 1]],
+        [[5, 0]],
+        [[5, 10_001]],
+        [[1, 9_999], [2, 2]],
+    ],
+)
+def test_object_record_with_malformed_part_sizes_is_corrupt(ps: object) -> None:
+    record = ObjectRecord(size=5, etag="e", mtime_ms=1, headers=ContentHeaders(), part_sizes=(5,))
+    raw = msgpack.unpackb(record.pack())
+    raw["ps"] = ps
+    with pytest.raises(Corrupt):
+        ObjectRecord.unpack(msgpack.packb(raw))
+
+
+async def test_completed_upload_records_its_part_sizes(
+    env: tuple[FakeBlockStore, ObjectStore],
+) -> None:
+    _fake, store = env
+    parts = [payload(PART + 1, 1), payload(PART, 2), payload(3 * CHUNK + 5, 3), payload(20, 4)]
+    upload = await store.create_multipart_upload("bkt", "mp")
+    listed = []
+    for number, data in enumerate(parts, start=1):
+        info = await store.upload_part("bkt", "mp", upload, number, body(data))
+        listed.append((number, info.etag))
+    await store.complete_multipart_upload("bkt", "mp", upload, listed)
+    reader = await store.open_object("bkt", "mp")
+    assert reader.record.part_sizes == tuple(len(p) for p in parts)
+    assert reader.info.parts_count == len(parts)
+    for number, data in enumerate(parts, start=1):
+        span = reader.record.part_range(number)
+        assert span is not None
+        assert await read_all(reader.stream(*span)) == data
+    await store.put_object("bkt", "plain", body(payload(PART + 1)))
+    assert (await store.open_object("bkt", "plain")).record.part_sizes is None

@@ -1,0 +1,261 @@
+"""The parts of a multipart upload, kept in registers of :data:`PARTS_PER_GROUP` parts each.
+
+Theory of operation
+-------------------
+An upload's register (:class:`~storage.object_records.UploadRecord`) says what the upload
+is (key, headers, owner), which *groups* of parts it uses, and whether a completion claimed
+it. Part ``n`` lives in the group register ``<upload register>/p/<(n - 1) // 100>``, so an
+UploadPart rewrites at most 100 part records. (With every part in the upload register, a
+10,000-part upload rewrote a register growing to ~4 MB 10,000 times.)
+
+A group is *open*, or *closed* by a token. Whoever is about to use or release the parts —
+a completion (its claim's token), an abort or a bucket deletion, the clean-up after a
+completion (both :data:`FINAL`) — first closes every group the upload register names, and
+the closing edit hands it the group's parts: from then on they cannot change under it.
+
+The rules, and why no part is lost or leaked:
+
+1. A part is written only into an open group, or creates its group register (open); a
+   closed group refuses the write (:class:`GroupClosed`), and the writer releases its data.
+2. Before its first part in a group, UploadPart names the group in the upload register, in
+   an edit that requires the upload to exist and be unclaimed. So the group list a claim, an
+   abort or a deletion takes from the upload register names every group that can hold a
+   part. A completion closes with ``create=True``: a group named but not written yet is
+   created closed, so no part can appear in it after the completion read it.
+3. After writing, UploadPart reads the upload register again. If the upload is gone
+   (aborted, completed, its bucket deleted), the write may have come after the clean-up
+   read and destroyed the group: the writer *withdraws* its part — only from a group that
+   is still open, and only if the part there is still its own — and releases it. A closed
+   group belongs to a clean-up, which releases what it read.
+4. The part a successful write replaced is released by the writer: whoever uses parts
+   closes the group first, so it reads the new part, never the replaced one.
+5. A completion refused for sure reopens the groups still closed by its own token (a retry
+   of it may have closed them with its own; a bucket deletion with :data:`FINAL`, and they
+   stay closed), then withdraws its claim from the upload register. Until it does, no abort
+   can start: the upload register is claimed.
+
+Group operations on many groups run :data:`GROUP_CONCURRENCY` at a time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+import trio
+
+from .api import BlockStore
+from .errors import Corrupt, NotFound
+from .object_records import FORMAT_VERSION, PartRecord
+
+#: Part numbers per group register (part ``n`` is in group ``(n - 1) // PARTS_PER_GROUP``).
+PARTS_PER_GROUP = 100
+#: Groups closed, read or destroyed at once.
+GROUP_CONCURRENCY = 8
+#: The token of clean-ups (abort, deletion, after a completion): nothing reopens it.
+FINAL = b"final"
+
+
+class GroupClosed(Exception):
+    """The part's group is closed: the upload is being completed, or is gone."""
+
+
+class _NoChange(Exception):
+    pass
+
+
+def group_of(part_number: int) -> int:
+    """The group holding part ``part_number`` (1..10000)."""
+    return (part_number - 1) // PARTS_PER_GROUP
+
+
+@dataclass(frozen=True)
+class PartGroup:
+    """One group register: its parts by number, and the token that closed it (if any)."""
+
+    parts: Mapping[int, PartRecord] = field(default_factory=dict)
+    closed_by: bytes | None = None
+
+    def pack(self) -> bytes:
+        """Encode for the group register."""
+        obj: dict[str, object] = {
+            "v": FORMAT_VERSION,
+            "p": {n: p.pack() for n, p in self.parts.items()},
+        }
+        if self.closed_by is not None:
+            obj["c"] = self.closed_by
+        return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
+
+    @classmethod
+    def unpack(cls, data: bytes) -> PartGroup:
+        """Decode a group register; raises ``Corrupt`` if malformed."""
+        try:
+            obj: Any = msgpack.unpackb(data, raw=False, strict_map_key=False)
+            if not isinstance(obj, dict) or obj.get("v") != FORMAT_VERSION:
+                raise ValueError
+            closed = obj.get("c")
+            return cls(
+                parts={int(n): PartRecord.unpack(p) for n, p in obj.get("p", {}).items()},
+                closed_by=None if closed is None else bytes(closed),
+            )
+        except (
+            ValueError,
+            TypeError,
+            AttributeError,
+            msgpack.ExtraData,
+            msgpack.FormatError,
+            msgpack.StackError,
+        ):
+            raise Corrupt("malformed part group") from None
+
+
+class UploadParts:
+    """The group registers of one upload (see the module docstring for the rules)."""
+
+    def __init__(self, store: BlockStore, upload_name: bytes) -> None:
+        self._store = store
+        self._upload_name = upload_name
+
+    def group_name(self, group: int) -> bytes:
+        """The register of ``group``."""
+        return self._upload_name + b"/p/" + str(group).encode()
+
+    async def write(self, number: int, part: PartRecord) -> PartRecord | None:
+        """Store ``part`` as part ``number``; return the part it replaced.
+
+        Raises:
+            GroupClosed: the group is closed (nothing was written).
+        """
+        replaced: list[PartRecord | None] = [None]
+
+        def put(current: bytes | None) -> bytes:
+            group = PartGroup() if current is None else PartGroup.unpack(current)
+            if group.closed_by is not None:
+                raise GroupClosed(f"part {number} cannot change: the upload is closed")
+            replaced[0] = group.parts.get(number)
+            return PartGroup({**group.parts, number: part}).pack()
+
+        await self._store.edit(self.group_name(group_of(number)), put)
+        return replaced[0]
+
+    async def withdraw(self, number: int, part: PartRecord) -> bool:
+        """Remove part ``number`` if its group is open and it is still ``part`` (the register
+        goes when it is left empty); return whether it was removed (then release it)."""
+
+        def remove(current: bytes | None) -> bytes | None:
+            if current is None:
+                raise _NoChange
+            group = PartGroup.unpack(current)
+            if group.closed_by is not None or group.parts.get(number) != part:
+                raise _NoChange
+            rest = {n: p for n, p in group.parts.items() if n != number}
+            return PartGroup(rest).pack() if rest else None
+
+        try:
+            await self._store.edit(self.group_name(group_of(number)), remove)
+        except _NoChange:
+            return False
+        return True
+
+    async def close(
+        self, groups: Iterable[int], token: bytes, *, create: bool
+    ) -> dict[int, PartRecord]:
+        """Close ``groups`` with ``token``; return the parts they hold (now frozen).
+
+        A group closed by another token is taken over, except one closed by :data:`FINAL`
+        (then ``GroupClosed``). With ``create``, a group register that does not exist is
+        created closed.
+        """
+        found: dict[int, PartRecord] = {}
+
+        async def close_one(group: int) -> None:
+            seen: dict[int, PartRecord] = {}
+
+            def shut(current: bytes | None) -> bytes:
+                seen.clear()
+                if current is None:
+                    if not create:
+                        raise _NoChange
+                    return PartGroup(closed_by=token).pack()
+                state = PartGroup.unpack(current)
+                if state.closed_by == FINAL and token != FINAL:
+                    raise GroupClosed("the upload was aborted or completed")
+                seen.update(state.parts)
+                if state.closed_by == token:
+                    raise _NoChange
+                return PartGroup(state.parts, token).pack()
+
+            with contextlib.suppress(_NoChange):
+                await self._store.edit(self.group_name(group), shut)
+            found.update(seen)
+
+        await self._each(groups, close_one)
+        return found
+
+    async def reopen(self, groups: Iterable[int], token: bytes) -> None:
+        """Open again the ``groups`` still closed by ``token``."""
+
+        async def reopen_one(group: int) -> None:
+            def open_(current: bytes | None) -> bytes:
+                if current is None:
+                    raise _NoChange
+                state = PartGroup.unpack(current)
+                if state.closed_by != token:
+                    raise _NoChange
+                return PartGroup(state.parts).pack()
+
+            with contextlib.suppress(_NoChange):
+                await self._store.edit(self.group_name(group), open_)
+
+        await self._each(groups, reopen_one)
+
+    async def read(self, groups: Iterable[int]) -> dict[int, PartRecord]:
+        """The parts ``groups`` hold now (they may change right after)."""
+        found: dict[int, PartRecord] = {}
+
+        async def read_one(group: int) -> None:
+            try:
+                versioned = await self._store.read(self.group_name(group))
+            except NotFound:
+                return
+            found.update(PartGroup.unpack(versioned.value).parts)
+
+        await self._each(groups, read_one)
+        return found
+
+    async def destroy(self, groups: Iterable[int]) -> None:
+        """Delete the ``groups`` registers (after a clean-up closed and released them)."""
+
+        async def destroy_one(group: int) -> None:
+            def gone(current: bytes | None) -> None:
+                if current is None:
+                    raise _NoChange
+                return None
+
+            with contextlib.suppress(_NoChange):
+                await self._store.edit(self.group_name(group), gone)
+
+        await self._each(groups, destroy_one)
+
+    @staticmethod
+    async def _each(groups: Iterable[int], op: Callable[[int], Awaitable[None]]) -> None:
+        """Run ``op`` on every group, a few at a time; raise the first error (unwrapped, so
+        callers see the store's typed errors) once all are done."""
+        limiter = trio.CapacityLimiter(GROUP_CONCURRENCY)
+        errors: list[Exception] = []
+
+        async def limited(group: int) -> None:
+            async with limiter:
+                try:
+                    await op(group)
+                except Exception as error:
+                    errors.append(error)
+
+        async with trio.open_nursery() as nursery:
+            for group in sorted(set(groups)):
+                nursery.start_soon(limited, group)
+        if errors:
+            raise errors[0]
