@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import hashlib
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import TypedDict
 from urllib.parse import quote
 
@@ -525,10 +526,58 @@ async def _open_readable(app: S3App, req: Request) -> ObjectReader:
     return reader
 
 
-def _read_plan(
-    req: Request, info: ObjectInfo
-) -> tuple[int, list[tuple[str, str]], ByteRange | None]:
+@dataclass(frozen=True)
+class _ReadPlan:
+    """What GetObject and HeadObject answer: status, headers and which bytes.
+
+    ``start..end`` (inclusive; ``end`` ``None``: to the end of the object) is what GetObject
+    streams and ``length`` how many bytes that is (0: an empty body).
+    """
+
+    status: int
+    headers: list[tuple[str, str]]
+    start: int
+    end: int | None
+    length: int
+
+
+def _part_span(reader: ObjectReader, part: int) -> tuple[int, int]:
+    """The inclusive byte offsets of part ``part`` of the object (``end == start - 1``: empty).
+
+    An object not written by a multipart upload is one part.
+
+    Raises:
+        S3Error: ``InvalidPartNumber`` beyond the last part; ``NotImplemented`` for a
+            multipart object of several parts whose sizes were not recorded.
+        Corrupt: the recorded part sizes do not add up to the object.
+    """
+    info, record = reader.info, reader.record
+    count = 1 if info.parts_count is None else info.parts_count
+    if part > count:
+        raise S3Error("InvalidPartNumber")
+    sizes = record.part_sizes
+    if info.parts_count is None or (sizes is None and count == 1):
+        return 0, info.size - 1
+    if sizes is None:
+        raise S3Error(
+            "NotImplemented",
+            "The part boundaries of this object were not recorded when it was written: "
+            "read it whole or by byte range",
+        )
+    span = record.part_range(part)
+    if span is None or len(sizes) != count or sum(sizes) != info.size:
+        raise storage_errors.Corrupt(f"the part sizes of {info.key!r} do not match the object")
+    return span
+
+
+def _read_plan(req: Request, reader: ObjectReader) -> _ReadPlan:
+    info = reader.info
     h = req.headers
+    part = req.endpoint.part_number
+    if part is not None and h.get("range") is not None:
+        raise S3Error(
+            "InvalidRequest", "Cannot specify both Range header and partNumber query parameter"
+        )
     try:
         check_read_preconditions(
             etag=info.etag,
@@ -543,9 +592,11 @@ def _read_plan(
             raise _NotModified(info) from None
         raise
     headers = _object_headers(info)
-    part = req.endpoint.part_number
-    if part is not None and (part != 1 or info.parts_count is not None):
-        raise S3Error("NotImplemented", "partNumber reads of multipart objects")
+    if part is None:
+        byte_range = parse_range(h.get("range"), info.size)
+    else:
+        start, end = _part_span(reader, part)
+        byte_range = ByteRange(start, end, info.size) if end >= start else None
     overrides = [(header, req.endpoint.param(param)) for param, header in _RESPONSE_OVERRIDES]
     if any(v is not None for _, v in overrides):
         if req.anonymous:
@@ -556,11 +607,12 @@ def _read_plan(
         names = {header for header, v in overrides if v is not None}
         headers = [(k, v) for k, v in headers if k not in names]
         headers.extend((k, v) for k, v in overrides if v is not None)
-    byte_range = parse_range(h.get("range"), info.size) if part is None else None
     if byte_range is None:
-        return 200, headers, None
+        if part is not None:  # an empty part: no Content-Range can describe it
+            return _ReadPlan(200, headers, 0, None, 0)
+        return _ReadPlan(200, headers, 0, None, info.size)
     headers.append(("content-range", byte_range.content_range))
-    return 206, headers, byte_range
+    return _ReadPlan(206, headers, byte_range.start, byte_range.end, byte_range.length)
 
 
 class _NotModified(Exception):
@@ -580,36 +632,33 @@ def _not_modified(info: ObjectInfo) -> Response:
 
 
 async def get_object(app: S3App, req: Request) -> Response:
-    """GetObject: ranges, conditions, response-* overrides; the body streams."""
+    """GetObject: ranges, parts, conditions, response-* overrides; the body streams."""
     reader = await _open_readable(app, req)
     try:
-        status, headers, byte_range = _read_plan(req, reader.info)
+        plan = _read_plan(req, reader)
     except _NotModified as nm:
         return _not_modified(nm.info)
-    if byte_range is None:
-        start, end, length = 0, None, reader.info.size
-    else:
-        start, end, length = byte_range.start, byte_range.end, byte_range.length
 
     async def stream(sink: Sink) -> int:
-        return await reader.send_to(sink, start, end)
+        if plan.length == 0:
+            return 0
+        return await reader.send_to(sink, plan.start, plan.end)
 
-    return Response(status, headers, stream=stream, length=length)
+    return Response(plan.status, plan.headers, stream=stream, length=plan.length)
 
 
 async def head_object(app: S3App, req: Request) -> Response:
-    """HeadObject."""
+    """HeadObject: the headers GetObject would answer, without the body."""
     reader = await _open_readable(app, req)
     try:
-        status, headers, byte_range = _read_plan(req, reader.info)
+        plan = _read_plan(req, reader)
     except _NotModified as nm:
         return _not_modified(nm.info)
-    length = reader.info.size if byte_range is None else byte_range.length
 
     async def nothing(_sink: Sink) -> int:
         return 0
 
-    return Response(status, headers, stream=nothing, length=length)
+    return Response(plan.status, plan.headers, stream=nothing, length=plan.length)
 
 
 async def delete_object(app: S3App, req: Request) -> Response:

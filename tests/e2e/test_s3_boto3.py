@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import time
 import zlib
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from interfaces.s3 import etag, handlers
 from storage import bucket_index, objects
 from storage.bucket_index import BucketIndex
 from storage.errors import Contention
+from storage.object_records import ObjectRecord
 from tests.e2e.conftest import S3Server, url_path
 from tests.e2e.s3_bodies import read_body
 from tests.fake_blockstore import FakeBlockStore
@@ -685,6 +687,140 @@ def test_managed_transfers(s3: Any, bucket: str) -> None:
     out = io.BytesIO()
     s3.download_fileobj(bucket, "managed", out)
     assert out.getvalue() == data
+
+
+def _multipart_object(s3: Any, bucket: str, key: str, parts: list[bytes]) -> str:
+    """Upload ``parts`` as a multipart object; return its quoted ETag."""
+    upload_id = s3.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+    done = []
+    for number, data in enumerate(parts, start=1):
+        out = s3.upload_part(
+            Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=data
+        )
+        done.append({"PartNumber": number, "ETag": out["ETag"]})
+    completed = s3.complete_multipart_upload(
+        Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": done}
+    )
+    return str(completed["ETag"])
+
+
+def test_get_and_head_by_part_number(s3: Any, bucket: str) -> None:
+    parts = [random.Random(7).randbytes(5 * MiB + 1), b"p" * (5 * MiB), b"last part: 20 bytes"]
+    etag = _multipart_object(s3, bucket, "mp", parts)
+    total = sum(len(p) for p in parts)
+    start = 0
+    for number, data in enumerate(parts, start=1):
+        end = start + len(data) - 1
+        got = s3.get_object(Bucket=bucket, Key="mp", PartNumber=number)
+        assert read_body(got) == data, number
+        assert got["ResponseMetadata"]["HTTPStatusCode"] == 206
+        assert got["ContentLength"] == len(data)
+        assert got["ContentRange"] == f"bytes {start}-{end}/{total}"
+        assert (got["PartsCount"], got["ETag"]) == (3, etag)
+        start = end + 1
+    head = s3.head_object(Bucket=bucket, Key="mp", PartNumber=2)
+    assert head["ResponseMetadata"]["HTTPStatusCode"] == 206
+    assert (head["ContentLength"], head["PartsCount"], head["ETag"]) == (5 * MiB, 3, etag)
+    assert head["ContentRange"] == f"bytes {5 * MiB + 1}-{10 * MiB}/{total}"
+    whole = s3.head_object(Bucket=bucket, Key="mp")
+    assert (whole["ContentLength"], whole["PartsCount"]) == (total, 3)
+    for call in (s3.get_object, s3.head_object):
+        with pytest.raises(ClientError) as info:
+            call(Bucket=bucket, Key="mp", PartNumber=4)
+        assert _status(info) == 416
+        if call is s3.get_object:
+            assert _code(info) == "InvalidPartNumber"
+            assert _error(info)["Message"] == "The requested partnumber is not satisfiable"
+        with pytest.raises(ClientError) as info:
+            call(Bucket=bucket, Key="mp", PartNumber=2, Range="bytes=0-9")
+        assert _status(info) == 400
+        if call is s3.get_object:
+            assert _code(info) == "InvalidRequest"
+            assert _error(info)["Message"] == (
+                "Cannot specify both Range header and partNumber query parameter"
+            )
+        with pytest.raises(ClientError) as info:
+            call(Bucket=bucket, Key="mp", PartNumber=3, IfNoneMatch=etag)
+        assert _status(info) == 304
+        with pytest.raises(ClientError) as info:
+            call(Bucket=bucket, Key="mp", PartNumber=4, IfMatch='"0000"')
+        assert _status(info) == 412
+    matched = s3.get_object(
+        Bucket=bucket, Key="mp", PartNumber=3, IfMatch=etag, ResponseContentType="text/plain"
+    )
+    assert read_body(matched) == parts[2]
+    assert (matched["ContentType"], matched["PartsCount"]) == ("text/plain", 3)
+
+
+def test_part_number_of_objects_of_one_part(s3: Any, bucket: str) -> None:
+    data = bytes(range(256)) * 4
+    s3.put_object(Bucket=bucket, Key="plain", Body=data)
+    got = s3.get_object(Bucket=bucket, Key="plain", PartNumber=1)
+    assert read_body(got) == data
+    assert got["ResponseMetadata"]["HTTPStatusCode"] == 206
+    assert got["ContentRange"] == "bytes 0-1023/1024"
+    assert "PartsCount" not in got
+    head = s3.head_object(Bucket=bucket, Key="plain", PartNumber=1)
+    assert (head["ContentLength"], head["ContentRange"]) == (1024, "bytes 0-1023/1024")
+    assert "PartsCount" not in head
+    with pytest.raises(ClientError) as info:
+        s3.get_object(Bucket=bucket, Key="plain", PartNumber=2)
+    assert (_code(info), _status(info)) == ("InvalidPartNumber", 416)
+    with pytest.raises(ClientError) as info:
+        s3.get_object(Bucket=bucket, Key="plain", PartNumber=1, Range="bytes=0-0")
+    assert _code(info) == "InvalidRequest"
+    s3.put_object(Bucket=bucket, Key="empty", Body=b"")
+    for key in ("empty", "empty-mp"):
+        if key == "empty-mp":
+            _multipart_object(s3, bucket, key, [b""])
+        got = s3.get_object(Bucket=bucket, Key=key, PartNumber=1)
+        assert read_body(got) == b""
+        assert got["ResponseMetadata"]["HTTPStatusCode"] == 200
+        assert "ContentRange" not in got
+        assert s3.head_object(Bucket=bucket, Key=key, PartNumber=1)["ContentLength"] == 0
+    single = b"s" * 1000
+    _multipart_object(s3, bucket, "single", [single])
+    got = s3.get_object(Bucket=bucket, Key="single", PartNumber=1)
+    assert read_body(got) == single
+    assert (got["ContentRange"], got["PartsCount"]) == ("bytes 0-999/1000", 1)
+
+
+def test_part_number_of_an_empty_last_part(s3: Any, bucket: str) -> None:
+    first = b"f" * (5 * MiB)
+    _multipart_object(s3, bucket, "mp", [first, b""])
+    assert read_body(s3.get_object(Bucket=bucket, Key="mp", PartNumber=1)) == first
+    got = s3.get_object(Bucket=bucket, Key="mp", PartNumber=2)
+    assert read_body(got) == b""
+    assert got["ResponseMetadata"]["HTTPStatusCode"] == 200
+    assert (got["ContentLength"], got["PartsCount"]) == (0, 2)
+    assert "ContentRange" not in got
+
+
+def test_part_number_without_recorded_part_sizes(s3_server: S3Server, s3: Any, bucket: str) -> None:
+    """Multipart objects completed before part sizes were recorded."""
+    index = s3_server.run(s3_server.objects.bucket_index, bucket)
+
+    def forget_part_sizes(current: bytes | None) -> bytes:
+        assert current is not None
+        return replace(ObjectRecord.unpack(current), part_sizes=None).pack()
+
+    parts = [b"a" * (5 * MiB), b"b" * 10]
+    _multipart_object(s3, bucket, "mp", parts)
+    _multipart_object(s3, bucket, "single", [b"one part"])
+    for key in (b"mp", b"single"):
+        s3_server.run(index.update, key, forget_part_sizes)
+    for number in (1, 2):
+        with pytest.raises(ClientError) as info:
+            s3.get_object(Bucket=bucket, Key="mp", PartNumber=number)
+        assert (_code(info), _status(info)) == ("NotImplemented", 501)
+        assert "part boundaries" in _error(info)["Message"]
+    with pytest.raises(ClientError) as info:
+        s3.get_object(Bucket=bucket, Key="mp", PartNumber=3)
+    assert (_code(info), _status(info)) == ("InvalidPartNumber", 416)
+    assert read_body(s3.get_object(Bucket=bucket, Key="mp")) == b"".join(parts)
+    got = s3.get_object(Bucket=bucket, Key="single", PartNumber=1)
+    assert read_body(got) == b"one part"
+    assert (got["ContentRange"], got["PartsCount"]) == ("bytes 0-7/8", 1)
 
 
 def _part(i: int, size: int) -> bytes:
