@@ -371,8 +371,10 @@ class UploadRecord:
     cannot change and the upload cannot be aborted; a retried completion with the same list
     proceeds (idempotent), another fails. ``completing_ms`` is when the claim was made (a
     claim far older than any completion takes was left by a completion that died: see
-    ``ObjectStore.abort_multipart_upload``); ``completing_token`` is the claim's own token,
-    with which it closes the groups.
+    ``ObjectStore.abort_multipart_upload``). ``claim_epoch`` counts the claims made (retries
+    too); a claim closes the groups at its epoch. ``legacy_parts`` are the parts of an upload
+    started before parts had registers of their own (kept in this register, never changed: a
+    part uploaded again goes to its group, which wins).
     """
 
     key: str
@@ -383,7 +385,8 @@ class UploadRecord:
     groups: frozenset[int] = frozenset()
     completing: tuple[tuple[int, str], ...] | None = None
     completing_ms: int | None = None
-    completing_token: bytes | None = None
+    claim_epoch: int = 0
+    legacy_parts: Mapping[int, PartRecord] = field(default_factory=dict)
 
     def pack(self) -> bytes:
         """Encode for the upload register."""
@@ -395,14 +398,16 @@ class UploadRecord:
             "g": sorted(self.groups),
             **self.headers.pack(),
         }
+        if self.legacy_parts:
+            obj["p"] = {n: p.pack() for n, p in self.legacy_parts.items()}
         if self.owner is not None:
             obj["ow"] = self.owner
         if self.completing is not None:
             obj["cmp"] = [list(x) for x in self.completing]
             if self.completing_ms is not None:
                 obj["cmt"] = self.completing_ms
-            if self.completing_token is not None:
-                obj["ctk"] = self.completing_token
+        if self.claim_epoch:
+            obj["cep"] = self.claim_epoch
         return _pack(obj)
 
     @classmethod
@@ -412,7 +417,6 @@ class UploadRecord:
         try:
             cmp = obj.get("cmp")
             cmt = obj.get("cmt")
-            ctk = obj.get("ctk")
             return cls(
                 key=str(obj["k"]),
                 upload_id=str(obj["u"]),
@@ -422,7 +426,8 @@ class UploadRecord:
                 groups=frozenset(int(g) for g in obj.get("g", ())),
                 completing=None if cmp is None else tuple((int(n), str(e)) for n, e in cmp),
                 completing_ms=None if cmp is None or cmt is None else int(cmt),
-                completing_token=None if cmp is None or ctk is None else bytes(ctk),
+                claim_epoch=int(obj.get("cep", 0)),
+                legacy_parts={int(n): PartRecord.unpack(p) for n, p in obj.get("p", {}).items()},
             )
         except (KeyError, TypeError, ValueError):
             raise Corrupt("malformed upload record") from None

@@ -1199,7 +1199,7 @@ class ObjectStore:
             try:
                 await self._store.edit(upload_name, take)
                 if "upload" in box:
-                    await self._collect_parts(upload_name, box["upload"].groups)
+                    await self._collect_parts(upload_name, box["upload"])
             except StorageError as exc:
                 logger.warning("upload %s of deleted bucket not collected: %s", upload_id, exc)
         try:
@@ -1729,13 +1729,15 @@ class ObjectStore:
             return False
         return True
 
-    async def _collect_parts(self, upload_name: bytes, groups: Iterable[int]) -> None:
+    async def _collect_parts(self, upload_name: bytes, upload: UploadRecord) -> None:
         """After the upload register is gone: close its groups for good, release every part
         and delete the groups."""
         parts = UploadParts(self._store, upload_name)
-        for part in (await parts.close(groups, FINAL, create=False)).values():
+        for part in (await parts.close(upload.groups, FINAL)).values():
             await self._release_part(part)
-        await parts.destroy(groups)
+        for part in upload.legacy_parts.values():
+            await self._release_part(part)
+        await parts.destroy(upload.groups)
 
     async def upload_part_copy(
         self,
@@ -1810,7 +1812,7 @@ class ObjectStore:
             raise InvalidPart(f"part numbers must be in 1..{MAX_PART_NUMBER}")
         box: dict[str, UploadRecord] = {}
         renewing: list[bool] = []
-        token = secrets.token_bytes(8)
+        await self._check_parts(cfg, key, upload_id, wanted)  # a wrong list claims nothing
 
         def claim(current: bytes | None) -> bytes:
             if current is None:
@@ -1825,7 +1827,10 @@ class ObjectStore:
             # the claim's time: an abort must not take it for abandoned while this runs.
             renewing.append(upload.completing == wanted)
             claimed = replace(
-                upload, completing=wanted, completing_ms=self._now_ms(), completing_token=token
+                upload,
+                completing=wanted,
+                completing_ms=self._now_ms(),
+                claim_epoch=upload.claim_epoch + 1,
             )
             return claimed.pack()
 
@@ -1837,7 +1842,7 @@ class ObjectStore:
         upload = box["upload"]
         data_chunks: list[StoredChunk] = []
         with trio.move_on_at(prepared_by) as reading:
-            chosen = await self._claimed_parts(cfg, upload, wanted, token)
+            chosen = await self._claimed_parts(cfg, upload, wanted, upload.claim_epoch + 1)
             for part in chosen:
                 data_chunks.extend(await _part_chunks(self._store, part))
         if reading.cancelled_caught:
@@ -1881,7 +1886,7 @@ class ObjectStore:
                     # unless someone else's attempt with this list committed meanwhile.
                     with trio.move_on_after(_CLEANUP_SECONDS, shield=True):
                         if await self._committed_by(cfg, raw_key, upload_id) is None:
-                            await self._unclaim(upload_name, upload, token)
+                            await self._unclaim(upload_name, upload, upload.claim_epoch + 1)
                 raise
         finally:
             if not keep:
@@ -1891,36 +1896,53 @@ class ObjectStore:
         )
         return _object_info(bucket, key, record)
 
+    async def _check_parts(
+        self, cfg: BucketConfig, key: str, upload_id: str, wanted: tuple[tuple[int, str], ...]
+    ) -> None:
+        """Check ``wanted`` against the parts as they are now (before claiming)."""
+        upload = await self._read_upload(cfg, key, upload_id)
+        parts = UploadParts(self._store, self._upload_name(cfg, upload_id))
+        self._validate(wanted, {**upload.legacy_parts, **await parts.read(upload.groups)})
+
+    def _validate(
+        self, wanted: tuple[tuple[int, str], ...], parts: Mapping[int, PartRecord]
+    ) -> list[PartRecord]:
+        """The ``wanted`` parts, or InvalidPart / EntityTooSmall."""
+        min_size = self.min_part_size
+        for i, (number, etag) in enumerate(wanted):
+            part = parts.get(number)
+            if part is None or part.etag != etag:
+                raise InvalidPart(f"part {number} was not uploaded or its ETag differs")
+            if i < len(wanted) - 1 and part.size < min_size:
+                raise EntityTooSmall(f"part {number} is smaller than {min_size} bytes")
+        return [parts[n] for n, _ in wanted]
+
     async def _claimed_parts(
         self,
         cfg: BucketConfig,
         upload: UploadRecord,
         wanted: tuple[tuple[int, str], ...],
-        token: bytes,
+        epoch: int,
     ) -> list[PartRecord]:
-        """Close the claimed upload's groups and return the ``wanted`` parts; if the list
-        does not match them, give the claim back and raise."""
+        """Close the claimed upload's groups at ``epoch`` and return the ``wanted`` parts; if
+        the list does not match them (they changed since it was checked), give the claim back
+        and raise."""
         upload_name = self._upload_name(cfg, upload.upload_id)
         try:
-            parts = await UploadParts(self._store, upload_name).close(
-                upload.groups, token, create=True
-            )
-        except GroupClosed:
-            raise NoSuchUpload(f"upload {upload.upload_id!r} was aborted") from None
-        min_size = self.min_part_size
+            closed = await UploadParts(self._store, upload_name).close(upload.groups, epoch)
+        except GroupClosed as refused:
+            if refused.final:
+                raise NoSuchUpload(f"upload {upload.upload_id!r} was aborted") from None
+            raise Conflict(None, "a retry of this completion took it over") from None
         try:
-            for i, (number, etag) in enumerate(wanted):
-                part = parts.get(number)
-                if part is None or part.etag != etag:
-                    raise InvalidPart(f"part {number} was not uploaded or its ETag differs")
-                if i < len(wanted) - 1 and part.size < min_size:
-                    raise EntityTooSmall(f"part {number} is smaller than {min_size} bytes")
+            return self._validate(wanted, {**upload.legacy_parts, **closed})
         except (InvalidPart, EntityTooSmall):
-            # No attempt with this list can commit: the groups it closed hold these parts.
             with trio.move_on_after(_CLEANUP_SECONDS, shield=True):
-                await self._unclaim(upload_name, upload, token)
+                await self._unclaim(upload_name, upload, epoch)
+                gone = not await self._upload_exists(upload_name)
+            if gone:  # aborted or its bucket deleted while claimed: the groups were collected
+                raise NoSuchUpload(f"upload {upload.upload_id!r} was aborted") from None
             raise
-        return [parts[n] for n, _ in wanted]
 
     async def _committed_by(
         self, cfg: BucketConfig, raw_key: bytes, upload_id: str
@@ -1959,31 +1981,32 @@ class ObjectStore:
         await self._drop_from_uploads(cfg, upload.upload_id)
         listed = {n for n, _ in wanted}
         parts = UploadParts(self._store, upload_name)
-        for number, part in (await parts.close(upload.groups, FINAL, create=False)).items():
+        grouped = await parts.close(upload.groups, FINAL)
+        for number, part in grouped.items():
             await self._release_part(part, data_too=number not in listed)
+        for number, part in upload.legacy_parts.items():  # a grouped part of its number won
+            await self._release_part(part, data_too=number not in listed or number in grouped)
         await parts.destroy(upload.groups)
         if old is not None:
             keep_addresses = {bytes(c.ref.address) for c in data_chunks}
             keep_addresses.update(bytes(c.ref.address) for c in extra)
             await self._release_record(old, frozenset(keep_addresses), later)
 
-    async def _unclaim(self, upload_name: bytes, claimed: UploadRecord, token: bytes) -> None:
-        """Reopen the groups ``token`` closed, then give back its claim if it is still there
-        (rule 5 of :mod:`storage.upload_parts`)."""
+    async def _unclaim(self, upload_name: bytes, claimed: UploadRecord, epoch: int) -> None:
+        """Give back the claim made at ``epoch`` if it is still there, then reopen the groups
+        it closed (rule 6 of :mod:`storage.upload_parts`)."""
 
         def unclaim(current: bytes | None) -> bytes | None:
             if current is None:
                 raise _NoChange
             upload = UploadRecord.unpack(current)
-            if upload.completing_token != token:
+            if upload.completing is None or upload.claim_epoch != epoch:
                 raise _NoChange
-            return replace(
-                upload, completing=None, completing_ms=None, completing_token=None
-            ).pack()
+            return replace(upload, completing=None, completing_ms=None).pack()
 
         try:
-            await UploadParts(self._store, upload_name).reopen(claimed.groups, token)
             await self._store.edit(upload_name, unclaim)
+            await UploadParts(self._store, upload_name).reopen(claimed.groups, epoch)
         except _NoChange:
             pass
         except StorageError as exc:
@@ -2045,7 +2068,7 @@ class ObjectStore:
         if "stamped" in box:
             raise being_completed
         await self._drop_from_uploads(cfg, upload_id)
-        await self._collect_parts(upload_name, box["upload"].groups)
+        await self._collect_parts(upload_name, box["upload"])
 
     async def _settle_abandoned(
         self,
@@ -2076,10 +2099,10 @@ class ObjectStore:
             if current is None:
                 raise NoSuchUpload(f"no upload {upload_id!r}")
             upload = UploadRecord.unpack(current)
-            if (upload.completing, upload.completing_ms, upload.completing_token) != (
+            if (upload.completing, upload.completing_ms, upload.claim_epoch) != (
                 judged.completing,
                 judged.completing_ms,
-                judged.completing_token,
+                judged.claim_epoch,
             ):
                 raise Conflict(None, "the upload is being completed")
             box["upload"] = upload
@@ -2107,7 +2130,7 @@ class ObjectStore:
         upload = await self._read_upload(cfg, key, upload_id)
         max_parts = max(0, min(max_parts, 1000))
         groups = UploadParts(self._store, self._upload_name(cfg, upload_id))
-        found: dict[int, PartRecord] = {}
+        found: dict[int, PartRecord] = dict(upload.legacy_parts)
         for group in sorted(g for g in upload.groups if g >= group_of(part_number_marker + 1)):
             found.update(await groups.read([group]))
             if sum(n > part_number_marker for n in found) > max_parts:

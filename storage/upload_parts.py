@@ -8,10 +8,12 @@ it. Part ``n`` lives in the group register ``<upload register>/p/<(n - 1) // 100
 UploadPart rewrites at most 100 part records. (With every part in the upload register, a
 10,000-part upload rewrote a register growing to ~4 MB 10,000 times.)
 
-A group is *open*, or *closed* by a token. Whoever is about to use or release the parts —
-a completion (its claim's token), an abort or a bucket deletion, the clean-up after a
-completion (both :data:`FINAL`) — first closes every group the upload register names, and
-the closing edit hands it the group's parts: from then on they cannot change under it.
+A group is *open*, or *closed at* a claim epoch. The upload register counts claims (its
+``claim_epoch`` goes up by one with every completion claim, retries included). Whoever is
+about to use or release the parts — a completion (at its claim's epoch), an abort, a bucket
+deletion or the clean-up after a completion (at :data:`FINAL`, above every epoch) — first
+closes every group the upload register names, and the closing edit hands it the group's
+parts: from then on they cannot change under it.
 
 The rules, and why no part is lost or leaked:
 
@@ -20,19 +22,23 @@ The rules, and why no part is lost or leaked:
 2. Before its first part in a group, UploadPart names the group in the upload register, in
    an edit that requires the upload to exist and be unclaimed. So the group list a claim, an
    abort or a deletion takes from the upload register names every group that can hold a
-   part. A completion closes with ``create=True``: a group named but not written yet is
-   created closed, so no part can appear in it after the completion read it.
-3. After writing, UploadPart reads the upload register again. If the upload is gone
+   part.
+3. Closing never goes down: a group closed at a later epoch (or ``FINAL``) refuses an
+   earlier closer, which stops (an attempt superseded by a retry, or a completion
+   overtaken by an abort). A closer creates no register: a group written only after a
+   completion read it holds parts the completion did not use, and the clean-up after it
+   releases them.
+4. After writing, UploadPart reads the upload register again. If the upload is gone
    (aborted, completed, its bucket deleted), the write may have come after the clean-up
-   read and destroyed the group: the writer *withdraws* its part — only from a group that
-   is still open, and only if the part there is still its own — and releases it. A closed
-   group belongs to a clean-up, which releases what it read.
-4. The part a successful write replaced is released by the writer: whoever uses parts
+   read the groups: the writer *withdraws* its part — only from a group that is still open,
+   and only if the part there is still its own — and releases it. A closed group belongs to
+   a clean-up, which releases what it read; the clean-up deletes only the groups it closed
+   (an open one is left to its writer's withdrawal).
+5. The part a successful write replaced is released by the writer: whoever uses parts
    closes the group first, so it reads the new part, never the replaced one.
-5. A completion refused for sure reopens the groups still closed by its own token (a retry
-   of it may have closed them with its own; a bucket deletion with :data:`FINAL`, and they
-   stay closed), then withdraws its claim from the upload register. Until it does, no abort
-   can start: the upload register is claimed.
+6. A completion refused for sure withdraws its claim from the upload register — only if the
+   claim there is still its own epoch — and only then reopens the groups closed at its epoch
+   or earlier. A later claim has a later epoch, so its groups stay closed.
 
 Group operations on many groups run :data:`GROUP_CONCURRENCY` at a time.
 """
@@ -55,12 +61,17 @@ from .object_records import FORMAT_VERSION, PartRecord
 PARTS_PER_GROUP = 100
 #: Groups closed, read or destroyed at once.
 GROUP_CONCURRENCY = 8
-#: The token of clean-ups (abort, deletion, after a completion): nothing reopens it.
-FINAL = b"final"
+#: The epoch of clean-ups (abort, deletion, after a completion): above every claim's, and
+#: nothing reopens it.
+FINAL = 1 << 62
 
 
 class GroupClosed(Exception):
-    """The part's group is closed: the upload is being completed, or is gone."""
+    """The group is closed: the upload is being completed (``final`` false), or is gone."""
+
+    def __init__(self, message: str, *, final: bool) -> None:
+        super().__init__(message)
+        self.final = final
 
 
 class _NoChange(Exception):
@@ -74,10 +85,10 @@ def group_of(part_number: int) -> int:
 
 @dataclass(frozen=True)
 class PartGroup:
-    """One group register: its parts by number, and the token that closed it (if any)."""
+    """One group register: its parts by number, and the epoch it was closed at (if any)."""
 
     parts: Mapping[int, PartRecord] = field(default_factory=dict)
-    closed_by: bytes | None = None
+    closed_at: int | None = None
 
     def pack(self) -> bytes:
         """Encode for the group register."""
@@ -85,8 +96,8 @@ class PartGroup:
             "v": FORMAT_VERSION,
             "p": {n: p.pack() for n, p in self.parts.items()},
         }
-        if self.closed_by is not None:
-            obj["c"] = self.closed_by
+        if self.closed_at is not None:
+            obj["c"] = self.closed_at
         return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
 
     @classmethod
@@ -99,7 +110,7 @@ class PartGroup:
             closed = obj.get("c")
             return cls(
                 parts={int(n): PartRecord.unpack(p) for n, p in obj.get("p", {}).items()},
-                closed_by=None if closed is None else bytes(closed),
+                closed_at=None if closed is None else int(closed),
             )
         except (
             ValueError,
@@ -133,8 +144,11 @@ class UploadParts:
 
         def put(current: bytes | None) -> bytes:
             group = PartGroup() if current is None else PartGroup.unpack(current)
-            if group.closed_by is not None:
-                raise GroupClosed(f"part {number} cannot change: the upload is closed")
+            if group.closed_at is not None:
+                raise GroupClosed(
+                    f"part {number} cannot change: the upload is completed or being completed",
+                    final=group.closed_at >= FINAL,
+                )
             replaced[0] = group.parts.get(number)
             return PartGroup({**group.parts, number: part}).pack()
 
@@ -149,7 +163,7 @@ class UploadParts:
             if current is None:
                 raise _NoChange
             group = PartGroup.unpack(current)
-            if group.closed_by is not None or group.parts.get(number) != part:
+            if group.closed_at is not None or group.parts.get(number) != part:
                 raise _NoChange
             rest = {n: p for n, p in group.parts.items() if n != number}
             return PartGroup(rest).pack() if rest else None
@@ -160,14 +174,11 @@ class UploadParts:
             return False
         return True
 
-    async def close(
-        self, groups: Iterable[int], token: bytes, *, create: bool
-    ) -> dict[int, PartRecord]:
-        """Close ``groups`` with ``token``; return the parts they hold (now frozen).
+    async def close(self, groups: Iterable[int], epoch: int) -> dict[int, PartRecord]:
+        """Close ``groups`` at ``epoch``; return the parts they hold (now frozen).
 
-        A group closed by another token is taken over, except one closed by :data:`FINAL`
-        (then ``GroupClosed``). With ``create``, a group register that does not exist is
-        created closed.
+        Raises:
+            GroupClosed: a group is closed at a later epoch (or ``FINAL``).
         """
         found: dict[int, PartRecord] = {}
 
@@ -177,16 +188,17 @@ class UploadParts:
             def shut(current: bytes | None) -> bytes:
                 seen.clear()
                 if current is None:
-                    if not create:
-                        raise _NoChange
-                    return PartGroup(closed_by=token).pack()
-                state = PartGroup.unpack(current)
-                if state.closed_by == FINAL and token != FINAL:
-                    raise GroupClosed("the upload was aborted or completed")
-                seen.update(state.parts)
-                if state.closed_by == token:
                     raise _NoChange
-                return PartGroup(state.parts, token).pack()
+                state = PartGroup.unpack(current)
+                if state.closed_at is not None and state.closed_at > epoch:
+                    raise GroupClosed(
+                        "a later completion or a clean-up holds the upload",
+                        final=state.closed_at >= FINAL,
+                    )
+                seen.update(state.parts)
+                if state.closed_at == epoch:
+                    raise _NoChange
+                return PartGroup(state.parts, epoch).pack()
 
             with contextlib.suppress(_NoChange):
                 await self._store.edit(self.group_name(group), shut)
@@ -195,15 +207,15 @@ class UploadParts:
         await self._each(groups, close_one)
         return found
 
-    async def reopen(self, groups: Iterable[int], token: bytes) -> None:
-        """Open again the ``groups`` still closed by ``token``."""
+    async def reopen(self, groups: Iterable[int], epoch: int) -> None:
+        """Open again the ``groups`` closed at ``epoch`` or earlier (never ``FINAL``)."""
 
         async def reopen_one(group: int) -> None:
             def open_(current: bytes | None) -> bytes:
                 if current is None:
                     raise _NoChange
                 state = PartGroup.unpack(current)
-                if state.closed_by != token:
+                if state.closed_at is None or state.closed_at > epoch or epoch >= FINAL:
                     raise _NoChange
                 return PartGroup(state.parts).pack()
 
@@ -227,11 +239,12 @@ class UploadParts:
         return found
 
     async def destroy(self, groups: Iterable[int]) -> None:
-        """Delete the ``groups`` registers (after a clean-up closed and released them)."""
+        """Delete the ``groups`` registers a clean-up closed (at ``FINAL``) and released; an
+        open one is left to the writer who will withdraw its part (rule 4)."""
 
         async def destroy_one(group: int) -> None:
             def gone(current: bytes | None) -> None:
-                if current is None:
+                if current is None or PartGroup.unpack(current).closed_at != FINAL:
                     raise _NoChange
                 return None
 

@@ -11,7 +11,7 @@ import pytest
 import trio
 
 from storage.errors import Corrupt, InvalidPart, NoSuchUpload, PreconditionFailed
-from storage.object_records import PartRecord, UploadRecord
+from storage.object_records import ContentHeaders, PartRecord, UploadRecord
 from storage.objects import ObjectStore
 from storage.upload_parts import (
     FINAL,
@@ -90,28 +90,42 @@ async def test_write_replace_close_reopen_withdraw_destroy() -> None:
     assert await parts.write(1, part(2)) == part(1)
     assert await parts.write(150, part(3)) is None
     assert sorted(fake.live_registers()) == [UPLOAD + b"/p/0", UPLOAD + b"/p/1"]
-    assert await parts.close([0, 1, 7], b"t1", create=True) == {1: part(2), 150: part(3)}
-    assert UPLOAD + b"/p/7" in fake.live_registers()  # named, never written: created closed
+    assert await parts.close([0, 1, 7], 2) == {1: part(2), 150: part(3)}
+    assert UPLOAD + b"/p/7" not in fake.live_registers()  # a closer creates nothing
     with pytest.raises(GroupClosed):
         await parts.write(2, part(4))
-    with pytest.raises(GroupClosed):
-        await parts.write(701, part(4))
+    with pytest.raises(GroupClosed) as closed:  # an earlier attempt, superseded
+        await parts.close([0], 1)
+    assert not closed.value.final
+    assert await parts.close([0], 3) == {1: part(2)}  # a later one takes over
     assert not await parts.withdraw(1, part(2))  # a closed group belongs to its closer
-    await parts.reopen([0, 1, 7], b"other")  # not this token's groups
+    await parts.reopen([0, 1], 2)  # group 0 is closed at 3 now: stays closed
     with pytest.raises(GroupClosed):
         await parts.write(2, part(4))
-    await parts.reopen([0, 1, 7], b"t1")
+    assert await parts.write(151, part(4)) is None  # group 1 reopened
+    await parts.reopen([0], 3)
     assert await parts.write(2, part(4)) is None
     assert not await parts.withdraw(2, part(5))  # not the part it wrote
     assert await parts.withdraw(2, part(4))
-    assert await parts.read([0, 1]) == {1: part(2), 150: part(3)}
-    await parts.close([0, 1, 7], FINAL, create=False)
-    with pytest.raises(GroupClosed):  # a completion cannot take over a clean-up
-        await parts.close([0], b"t2", create=True)
-    await parts.reopen([0, 1, 7], b"t1")  # FINAL is never reopened
+    assert await parts.read([0, 1]) == {1: part(2), 150: part(3), 151: part(4)}
+    await parts.close([0, 1, 7], FINAL)
+    with pytest.raises(GroupClosed) as closed:  # a completion cannot take over a clean-up
+        await parts.close([0], 4)
+    assert closed.value.final
+    await parts.reopen([0, 1, 7], 4)  # FINAL is never reopened
+    await parts.reopen([0, 1, 7], FINAL)
     with pytest.raises(GroupClosed):
         await parts.write(1, part(6))
     await parts.destroy([0, 1, 7])
+    assert not fake.live_registers()
+
+
+async def test_destroy_leaves_an_open_group_to_its_writer() -> None:
+    fake = FakeBlockStore(replay_edits=True)
+    parts = UploadParts(fake, UPLOAD)
+    await parts.write(101, part(1))  # came after the clean-up closed (nothing, then)
+    await parts.destroy([1])
+    assert await parts.withdraw(101, part(1))
     assert not fake.live_registers()
 
 
@@ -126,10 +140,10 @@ async def test_withdrawing_the_last_part_deletes_the_group() -> None:
     assert not fake.live_registers()
 
 
-async def test_a_closer_without_create_leaves_absent_groups_absent() -> None:
+async def test_a_closer_leaves_absent_groups_absent() -> None:
     fake = FakeBlockStore(replay_edits=True)
     parts = UploadParts(fake, UPLOAD)
-    assert await parts.close([3], FINAL, create=False) == {}
+    assert await parts.close([3], FINAL) == {}
     assert not fake.live_registers()
 
 
@@ -143,6 +157,7 @@ async def test_a_closer_without_create_leaves_absent_groups_absent() -> None:
         msgpack.packb({"v": 1, "p": {"x": []}}),
         msgpack.packb({"v": 1, "p": {1: [b"x"]}}),
         msgpack.packb({"v": 1, "p": [], "c": 5}),
+        msgpack.packb({"v": 1, "p": {}, "c": "x"}),
     ],
 )
 def test_a_malformed_group_is_corrupt(raw: bytes) -> None:
@@ -151,7 +166,7 @@ def test_a_malformed_group_is_corrupt(raw: bytes) -> None:
 
 
 def test_group_round_trip() -> None:
-    group = PartGroup({1: part(1), 99: part(2)}, b"tok")
+    group = PartGroup({1: part(1), 99: part(2)}, 7)
     assert PartGroup.unpack(group.pack()) == group
     assert PartGroup.unpack(PartGroup().pack()) == PartGroup()
 
@@ -293,3 +308,24 @@ async def test_deleting_a_bucket_collects_its_uploads_parts() -> None:
     await store.delete_bucket("gone")
     assert not fake.chunks
     assert not upload_registers(fake)
+
+
+async def test_a_wrong_part_list_claims_nothing(env: tuple[FakeBlockStore, ObjectStore]) -> None:
+    """The list is checked before the claim: a wrong one leaves the upload as it was, so a
+    right one (or an abort) is never blocked by it."""
+    fake, store = env
+    upload = await store.create_multipart_upload("bkt", "mp")
+    p1 = await store.upload_part("bkt", "mp", upload, 1, body(payload(PART, 1)))
+    before = dict(fake.live_registers())
+    with pytest.raises(InvalidPart):
+        await store.complete_multipart_upload("bkt", "mp", upload, [(1, "0" * 32)])
+    assert fake.live_registers() == before
+    await store.complete_multipart_upload("bkt", "mp", upload, [(1, p1.etag)])
+    assert await fetch(store, "bkt", "mp") == payload(PART, 1)
+
+
+def test_the_claim_epoch_does_not_clobber_a_header() -> None:
+    record = UploadRecord(
+        "k", "u", 5, ContentHeaders(content_encoding="gzip"), claim_epoch=3, groups=frozenset({2})
+    )
+    assert UploadRecord.unpack(record.pack()) == record

@@ -1,0 +1,254 @@
+"""Interleavings of part uploads, completions, retries, aborts and bucket deletions around
+the part groups (storage.upload_parts), and uploads started before parts had groups."""
+
+from __future__ import annotations
+
+import contextvars
+import hashlib
+from collections.abc import Callable
+from typing import Any
+
+import msgpack
+import pytest
+import trio
+import trio.lowlevel
+
+from storage.errors import (
+    Conflict,
+    NoSuchUpload,
+    NotFound,
+    PreconditionFailed,
+    StorageError,
+)
+from storage.object_records import PartRecord, StoredChunk
+from storage.objects import ObjectStore
+from tests.fake_blockstore import FakeBlockStore
+from tests.unit.test_objects import PART, body, make_store, payload, referenced
+
+WHO: contextvars.ContextVar[str] = contextvars.ContextVar("who", default="")
+
+
+class Hold:
+    def __init__(self, who: str, match: Callable[[bytes], bool], skip: int) -> None:
+        self.who, self.match, self.skip = who, match, skip
+        self.armed = True
+        self.reached, self.go = trio.Event(), trio.Event()
+
+    def release(self) -> None:
+        self.go.set()
+
+
+class Holds:
+    """Pause the n-th edit (or commit) a named task makes on a matching register."""
+
+    def __init__(self, fake: FakeBlockStore, store: ObjectStore) -> None:
+        self.rules: list[Hold] = []
+        real_edit = fake.edit
+        real_commit = store._commit_object
+
+        async def edit(name: bytes, fn: Any, **kw: Any) -> Any:
+            await self._maybe_wait(name)
+            return await real_edit(name, fn, **kw)
+
+        async def commit(*args: Any, **kw: Any) -> Any:
+            await self._maybe_wait(b"<commit>")
+            return await real_commit(*args, **kw)
+
+        fake.edit = edit  # type: ignore[method-assign,assignment]
+        store._commit_object = commit  # type: ignore[method-assign]
+
+    async def _maybe_wait(self, name: bytes) -> None:
+        for r in self.rules:
+            if r.armed and r.who == WHO.get() and r.match(name):
+                if r.skip:
+                    r.skip -= 1
+                    return
+                r.armed = False
+                r.reached.set()
+                await r.go.wait()
+                return
+
+    def edit(self, who: str, match: Callable[[bytes], bool], skip: int = 0) -> Hold:
+        rule = Hold(who, match, skip)
+        self.rules.append(rule)
+        return rule
+
+    def commit(self, who: str) -> Hold:
+        return self.edit(who, lambda n: n == b"<commit>")
+
+
+async def run_as(who: str, results: dict[str, Any], fn: Any, *args: Any, **kw: Any) -> None:
+    WHO.set(who)
+    try:
+        results[who] = await fn(*args, **kw)
+    except (StorageError, NotFound) as exc:
+        results[who] = exc
+    finally:
+        results.setdefault("done", set()).add(who)
+
+
+async def until_done(results: dict[str, Any], who: str) -> None:
+    while who not in results.get("done", set()):
+        await trio.lowlevel.checkpoint()
+
+
+def group_regs(fake: FakeBlockStore) -> list[bytes]:
+    return sorted(n for n in fake.live_registers() if b"/p/" in n)
+
+
+# ---------------------------------------------------------------------------------------------
+# F1: a refused first attempt (A) takes over the groups a retry (B) closed, then reopens them;
+# a slow duplicate UploadPart replaces part 2 and releases its chunks; B commits the old part.
+
+
+async def test_F1_refused_attempt_reopens_groups_a_retry_is_using() -> None:
+    fake, store = make_store()
+    await store.create_bucket("bkt", owner="alice")
+    await store.put_object("bkt", "mp", body(b"existing"))
+    upload = await store.create_multipart_upload("bkt", "mp")
+    p1 = await store.upload_part("bkt", "mp", upload, 1, body(payload(PART, 1)))
+    p2 = await store.upload_part("bkt", "mp", upload, 2, body(payload(100, 2)))
+    wanted = [(1, p1.etag), (2, p2.etag)]
+    holds = Holds(fake, store)
+    w_write = holds.edit("W", lambda n: n.endswith(b"/p/0"))
+    a_close = holds.edit("A", lambda n: n.endswith(b"/p/0"))
+    b_commit = holds.commit("B")
+    res: dict[str, Any] = {}
+    async with trio.open_nursery() as nursery:
+        # W: the client's duplicate (SDK-retried) UploadPart of part 2, same bytes, still in
+        # flight at the server; it checked the upload before any claim.
+        nursery.start_soon(
+            run_as, "W", res, store.upload_part, "bkt", "mp", upload, 2, body(payload(100, 2))
+        )
+        await w_write.reached.wait()
+        nursery.start_soon(
+            lambda: run_as(
+                "A",
+                res,
+                store.complete_multipart_upload,
+                "bkt",
+                "mp",
+                upload,
+                wanted,
+                if_none_match="*",
+            )
+        )
+        await a_close.reached.wait()  # A claimed (tA), about to close group 0
+        nursery.start_soon(
+            lambda: run_as(
+                "B",
+                res,
+                store.complete_multipart_upload,
+                "bkt",
+                "mp",
+                upload,
+                wanted,
+                if_none_match="*",
+            )
+        )
+        await b_commit.reached.wait()  # B claimed (tB, retry), closed group 0, read parts
+        a_close.release()  # A takes group 0 over (tA), is refused, reopens it
+        await until_done(res, "A")
+        w_write.release()  # W replaces part 2 in the reopened group, releases the old one
+        await until_done(res, "W")
+        await store.delete_object("bkt", "mp")
+        b_commit.release()
+    print({k: v for k, v in res.items() if k != "done"})
+    assert isinstance(res["A"], (PreconditionFailed, Conflict))
+    assert isinstance(res["W"], NoSuchUpload) or res["W"].etag == p2.etag
+    assert res["B"].etag.endswith("-2")  # B: committed
+    chunks = await (await store.open_object("bkt", "mp")).chunks()
+    missing = [c for c in chunks if c.ref.address not in fake.chunks]
+    assert not missing, f"committed object references {len(missing)} released chunk(s)"
+
+
+# ---------------------------------------------------------------------------------------------
+# F2: destroy() deletes a group that a late first write created open between the clean-up's
+# close (group absent, create=False) and its destroy; the writer's withdraw then finds nothing.
+
+
+@pytest.mark.parametrize("cleanup", ["abort", "delete_bucket"])
+async def test_F2_destroy_drops_a_part_written_between_close_and_destroy(cleanup: str) -> None:
+    fake, store = make_store()
+    await store.create_bucket("bkt", owner="alice")
+    upload = await store.create_multipart_upload("bkt", "mp")
+    await store.upload_part("bkt", "mp", upload, 1, body(payload(PART, 1)))
+    holds = Holds(fake, store)
+    is_g1 = lambda n: n.endswith(b"/p/1")  # noqa: E731
+    w_write = holds.edit("W", is_g1)
+    w_withdraw = holds.edit("W", is_g1)
+    x_destroy = holds.edit("X", is_g1, skip=1)  # X's 1st edit of group 1 is its close
+    res: dict[str, Any] = {}
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(
+            run_as, "W", res, store.upload_part, "bkt", "mp", upload, 101, body(payload(PART, 101))
+        )
+        await w_write.reached.wait()  # W named group 1 in the upload, about to write it
+        if cleanup == "abort":
+            nursery.start_soon(run_as, "X", res, store.abort_multipart_upload, "bkt", "mp", upload)
+        else:
+            nursery.start_soon(run_as, "X", res, store.delete_bucket, "bkt")
+        await x_destroy.reached.wait()  # closed group 1 (absent: nothing), about to destroy
+        w_write.release()
+        await w_withdraw.reached.wait()  # W wrote (created group 1 open), saw upload gone
+        x_destroy.release()
+        await until_done(res, "X")
+        w_withdraw.release()
+    print({k: v for k, v in res.items() if k != "done"})
+    assert isinstance(res["W"], NoSuchUpload)
+    assert not [n for n in fake.live_registers() if n.startswith(b"s3/up/")]
+    buckets = ["bkt"] if cleanup == "abort" else []
+    leaked = set(fake.chunks) - await referenced(store, buckets)
+    assert not leaked, f"{len(leaked)} chunk(s) of the withdrawn part leaked"
+
+
+# ---------------------------------------------------------------------------------------------
+# F3: a completion whose close runs after a bucket deletion collected the upload recreates the
+# group registers (create=True), then reopens them: registers leaked, and the client is told
+# InvalidPart for an upload that no longer exists.
+
+
+async def test_F3_completion_after_bucket_deletion_recreates_groups() -> None:
+    fake, store = make_store()
+    await store.create_bucket("bkt", owner="alice")
+    upload = await store.create_multipart_upload("bkt", "mp")
+    p1 = await store.upload_part("bkt", "mp", upload, 1, body(payload(PART, 1)))
+    holds = Holds(fake, store)
+    a_close = holds.edit("A", lambda n: n.endswith(b"/p/0"))
+    res: dict[str, Any] = {}
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(
+            lambda: run_as(
+                "A", res, store.complete_multipart_upload, "bkt", "mp", upload, [(1, p1.etag)]
+            )
+        )
+        await a_close.reached.wait()
+        await store.delete_bucket("bkt")
+        assert not group_regs(fake)
+        a_close.release()
+    print({k: v for k, v in res.items() if k != "done"}, group_regs(fake))
+    assert isinstance(res["A"], NoSuchUpload), f"completion answered {res['A']!r}"
+    assert not group_regs(fake), "group registers left behind"
+
+
+# ---------------------------------------------------------------------------------------------
+# F5: an upload register written by the previous code (parts inline under "p", same format
+# version) loses its parts: completion says InvalidPart, abort leaks the chunks.
+
+
+async def test_F5_upload_in_progress_across_the_upgrade() -> None:
+    fake, store = make_store()
+    await store.create_bucket("bkt", owner="alice")
+    upload = await store.create_multipart_upload("bkt", "mp")
+    (name,) = [n for n in fake.live_registers() if n.startswith(b"s3/up/")]
+    data = payload(PART, 1)
+    ref = await fake.put_chunk(data)
+    part = PartRecord(hashlib.md5(data).digest(), len(data), 1, (StoredChunk(ref, len(data)),))
+    obj = msgpack.unpackb(fake.registers[name].value, raw=False, strict_map_key=False)
+    obj.pop("g", None)
+    obj["p"] = {1: part.pack()}  # what the previous UploadPart wrote
+    fake.registers[name].value = msgpack.packb(obj, use_bin_type=True)
+    page = await store.list_parts("bkt", "mp", upload)
+    print("list_parts:", page.parts)
+    await store.abort_multipart_upload("bkt", "mp", upload)
+    assert not fake.chunks, "the pre-upgrade part's chunks leaked"
