@@ -103,6 +103,10 @@ ANONYMOUS_READS = frozenset(
     {Op.GET_OBJECT, Op.HEAD_OBJECT, Op.HEAD_BUCKET, Op.LIST_OBJECTS, Op.LIST_OBJECTS_V2}
 )
 PUBLIC_READ_ACLS = frozenset({"public-read", "public-read-write"})
+#: The ``NotImplemented`` message of unsupported sub-resources that need more than a name.
+UNSUPPORTED_MESSAGES = {
+    "versioning": "Bucket versioning is not implemented by Ballast: it keeps one version per key",
+}
 
 _CREDENTIAL_RE = re.compile(r"Credential=([^/,\s]+)/")
 #: Query parameters never written to logs (a logged presigned URL could be replayed).
@@ -326,11 +330,8 @@ class RequestBody:
         """Read and drop the rest of the raw body if it is small; return whether it ended."""
         if self.raw_done:
             return True
-        remaining = None
-        if self.content_length is not None:
-            remaining = self.content_length - self._raw_total
-        if remaining is None or remaining > limit:
-            return False
+        if self.content_length is not None and self.content_length - self._raw_total > limit:
+            return False  # a body without a declared size is read up to ``limit``
         dropped = 0
         with trio.move_on_after(_DRAIN_SECONDS):
             while not self.raw_done and dropped <= limit:
@@ -634,9 +635,12 @@ class S3App:
         else:
             await self._authorize_anonymous(request)
         if endpoint.op is Op.UNSUPPORTED:
+            subresource = endpoint.subresource or "This operation"
             raise S3Error(
                 "NotImplemented",
-                f"{endpoint.subresource or 'This operation'} is not implemented by Ballast",
+                UNSUPPORTED_MESSAGES.get(
+                    subresource, f"{subresource} is not implemented by Ballast"
+                ),
                 resource=request.resource,
             )
         from .handlers import HANDLERS

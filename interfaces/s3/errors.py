@@ -83,6 +83,11 @@ ERROR_TABLE: Mapping[str, tuple[int, str]] = MappingProxyType(
         "InvalidURI": (400, "Couldn't parse the specified URI."),
         "InvalidStorageClass": (400, "The storage class you specified is not valid"),
         "KeyTooLongError": (400, "Your key is too long"),
+        "MalformedACLError": (
+            400,
+            "The XML you provided was not well-formed or did not validate against our "
+            "published schema",
+        ),
         "MalformedXML": (
             400,
             "The XML you provided was not well-formed or did not validate against our "

@@ -749,6 +749,89 @@ async def copy_object(app: S3App, req: Request) -> Response:
     return xml_response(xml.copy_object_result(quote_etag(info.etag), info.last_modified))
 
 
+# -- access control lists and versioning ----------------------------------------------------
+
+
+async def _put_acl_request(req: Request) -> str | list[xml.Grant]:
+    """What a PutBucketAcl or PutObjectAcl asks for: a canned ACL (``x-amz-acl``) or the
+    grants of its AccessControlPolicy body.
+
+    Raises:
+        S3Error: ``InvalidRequest`` (header and grants, or header and body),
+            ``NotImplemented`` (``x-amz-grant-*``), ``MissingSecurityHeader`` (neither),
+            ``MalformedACLError``, ``InvalidArgument`` (unknown canned ACL).
+    """
+    canned = req.headers.get("x-amz-acl")
+    if any(name.startswith("x-amz-grant-") for name, _ in req.headers):
+        if canned is not None:
+            raise S3Error(
+                "InvalidRequest", "Specifying both Canned ACLs and Header Grants is not allowed"
+            )
+        raise S3Error("NotImplemented", "Only grants equal to a canned ACL are supported")
+    md5 = _content_md5(req)
+    body = await req.body.read_all(xml.MAX_ACL_XML_BYTES)
+    if md5 is not None:
+        check_content_md5(md5, hashlib.md5(body, usedforsecurity=False).digest())
+    if canned is not None:
+        if body.strip():
+            raise S3Error(
+                "InvalidRequest",
+                "This request does not support content with the x-amz-acl header: specify "
+                "a canned ACL or an AccessControlPolicy, not both",
+            )
+        return _acl(req)
+    if not body.strip():
+        raise S3Error("MissingSecurityHeader", extra={"MissingHeaderName": "x-amz-acl"})
+    return xml.parse_access_control_policy(body)
+
+
+def _canned_from_grants(req: Request, grants: list[xml.Grant], owner_id: str | None) -> str:
+    acl = xml.canned_acl(grants, {req.owner, _owner(req, owner_id).id})
+    if acl is None:
+        raise S3Error("NotImplemented", "Only grants equal to a canned ACL are supported")
+    return acl
+
+
+async def get_bucket_acl(app: S3App, req: Request) -> Response:
+    """GetBucketAcl: the bucket's canned ACL as an access control policy."""
+    info = await app.objects.head_bucket(req.bucket)
+    return xml_response(xml.access_control_policy(_owner(req, info.owner), info.acl))
+
+
+async def put_bucket_acl(app: S3App, req: Request) -> Response:
+    """PutBucketAcl: a canned ACL, or a policy whose grants equal one."""
+    request = await _put_acl_request(req)
+    if not isinstance(request, str):
+        info = await app.objects.head_bucket(req.bucket)
+        request = _canned_from_grants(req, request, info.owner)
+    await app.objects.set_bucket_acl(req.bucket, request)
+    return Response(200)
+
+
+async def get_object_acl(app: S3App, req: Request) -> Response:
+    """GetObjectAcl: the object's canned ACL as an access control policy."""
+    _check_version(req.endpoint.version_id)
+    info = await app.objects.head_object(req.bucket, req.key)
+    return xml_response(xml.access_control_policy(_owner(req, info.owner), info.acl))
+
+
+async def put_object_acl(app: S3App, req: Request) -> Response:
+    """PutObjectAcl: a canned ACL, or a policy whose grants equal one."""
+    _check_version(req.endpoint.version_id)
+    request = await _put_acl_request(req)
+    if not isinstance(request, str):
+        info = await app.objects.head_object(req.bucket, req.key)
+        request = _canned_from_grants(req, request, info.owner)
+    await app.objects.set_object_acl(req.bucket, req.key, request)
+    return Response(200)
+
+
+async def get_bucket_versioning(app: S3App, req: Request) -> Response:
+    """GetBucketVersioning: never enabled (Ballast keeps one version per key)."""
+    await app.objects.head_bucket(req.bucket)
+    return xml_response(xml.versioning_configuration())
+
+
 # -- multipart ------------------------------------------------------------------------------
 
 
@@ -933,6 +1016,9 @@ _OPERATIONS: Mapping[Op, Handler] = {
     Op.HEAD_BUCKET: head_bucket,
     Op.DELETE_BUCKET: delete_bucket,
     Op.GET_BUCKET_LOCATION: get_bucket_location,
+    Op.GET_BUCKET_ACL: get_bucket_acl,
+    Op.PUT_BUCKET_ACL: put_bucket_acl,
+    Op.GET_BUCKET_VERSIONING: get_bucket_versioning,
     Op.LIST_OBJECTS: list_objects,
     Op.LIST_OBJECTS_V2: list_objects_v2,
     Op.LIST_OBJECT_VERSIONS: list_object_versions,
@@ -943,6 +1029,8 @@ _OPERATIONS: Mapping[Op, Handler] = {
     Op.HEAD_OBJECT: head_object,
     Op.DELETE_OBJECT: delete_object,
     Op.COPY_OBJECT: copy_object,
+    Op.GET_OBJECT_ACL: get_object_acl,
+    Op.PUT_OBJECT_ACL: put_object_acl,
     Op.CREATE_MULTIPART_UPLOAD: create_multipart_upload,
     Op.UPLOAD_PART: upload_part,
     Op.UPLOAD_PART_COPY: upload_part_copy,

@@ -14,9 +14,12 @@ against the S3 API reference's request syntax for every supported operation.
 2. **Level.** No bucket: service level. A bucket and an empty key: bucket level. Otherwise
    object level. ``/bucket/`` is bucket level.
 3. **Sub-resources.** Query parameters that select an operation (``uploads``, ``uploadId``,
-   ``location``, ``versions``, ``list-type``, ``delete``, ``partNumber`` for PUT) decide the
-   endpoint together with the method. Sub-resources we know but do not implement (``acl``,
-   ``tagging``, ``versioning``, ``policy``, …) yield :attr:`Op.UNSUPPORTED`, answered
+   ``location``, ``versions``, ``list-type``, ``delete``, ``acl``, ``versioning`` for GET,
+   ``partNumber`` for PUT) decide the endpoint together with the method: ``acl`` is GET or
+   PUT only (``DELETE /bucket?acl`` is ``MethodNotAllowed``, never a deletion). Sub-resources
+   we know but do not implement (``tagging``, ``policy``, PUT ``versioning``, …: the sets
+   :data:`BUCKET_UNSUPPORTED` and :data:`OBJECT_UNSUPPORTED`, less
+   :data:`BUCKET_GET_IMPLEMENTED` for GET) yield :attr:`Op.UNSUPPORTED`, answered
    ``NotImplemented`` by the server. Every other query parameter (``prefix``, ``max-keys``,
    ``x-id``, ``response-*``, ``X-Amz-*``, …) is an argument, kept in :attr:`Endpoint.query`.
 4. **Headers** matter only for ``x-amz-copy-source``, which turns PutObject into CopyObject
@@ -47,6 +50,9 @@ class Op(enum.Enum):
     HEAD_BUCKET = "HeadBucket"
     DELETE_BUCKET = "DeleteBucket"
     GET_BUCKET_LOCATION = "GetBucketLocation"
+    GET_BUCKET_ACL = "GetBucketAcl"
+    PUT_BUCKET_ACL = "PutBucketAcl"
+    GET_BUCKET_VERSIONING = "GetBucketVersioning"
     LIST_OBJECTS = "ListObjects"
     LIST_OBJECTS_V2 = "ListObjectsV2"
     LIST_OBJECT_VERSIONS = "ListObjectVersions"
@@ -57,6 +63,8 @@ class Op(enum.Enum):
     HEAD_OBJECT = "HeadObject"
     DELETE_OBJECT = "DeleteObject"
     COPY_OBJECT = "CopyObject"
+    GET_OBJECT_ACL = "GetObjectAcl"
+    PUT_OBJECT_ACL = "PutObjectAcl"
     CREATE_MULTIPART_UPLOAD = "CreateMultipartUpload"
     UPLOAD_PART = "UploadPart"
     UPLOAD_PART_COPY = "UploadPartCopy"
@@ -146,7 +154,6 @@ class Endpoint:
 BUCKET_UNSUPPORTED = frozenset(
     {
         "accelerate",
-        "acl",
         "analytics",
         "cors",
         "encryption",
@@ -171,10 +178,12 @@ BUCKET_UNSUPPORTED = frozenset(
         "website",
     }
 )
+#: Sub-resources of :data:`BUCKET_UNSUPPORTED` implemented for GET (``versioning``: a bucket
+#: never versioned; PutBucketVersioning stays unsupported).
+BUCKET_GET_IMPLEMENTED = frozenset({"versioning"})
 #: Object sub-resources S3 defines that we do not implement.
 OBJECT_UNSUPPORTED = frozenset(
     {
-        "acl",
         "attributes",
         "legal-hold",
         "renameObject",
@@ -244,10 +253,18 @@ def _bucket_endpoint(method: str, params: dict[str, str], base: Endpoint) -> End
     def make(op: Op, **more: Any) -> Endpoint:
         return replace(base, op=op, **more)
 
-    unsupported = sorted(BUCKET_UNSUPPORTED & params.keys())
-    if unsupported and method in ("GET", "PUT", "DELETE", "POST", "HEAD"):
-        return make(Op.UNSUPPORTED, subresource=unsupported[0])
+    unsupported = BUCKET_UNSUPPORTED & params.keys()
     if method == "GET":
+        unsupported -= BUCKET_GET_IMPLEMENTED
+    if unsupported and method in ("GET", "PUT", "DELETE", "POST", "HEAD"):
+        return make(Op.UNSUPPORTED, subresource=sorted(unsupported)[0])
+    if "acl" in params and method in ("DELETE", "POST", "HEAD"):
+        raise S3Error("MethodNotAllowed")
+    if method == "GET":
+        if "acl" in params:
+            return make(Op.GET_BUCKET_ACL)
+        if "versioning" in params:
+            return make(Op.GET_BUCKET_VERSIONING)
         if "location" in params:
             return make(Op.GET_BUCKET_LOCATION)
         if "uploads" in params:
@@ -266,7 +283,7 @@ def _bucket_endpoint(method: str, params: dict[str, str], base: Endpoint) -> End
     if method == "HEAD":
         return make(Op.HEAD_BUCKET)
     if method == "PUT":
-        return make(Op.CREATE_BUCKET)
+        return make(Op.PUT_BUCKET_ACL if "acl" in params else Op.CREATE_BUCKET)
     if method == "DELETE":
         return make(Op.DELETE_BUCKET)
     if method == "POST":
@@ -291,6 +308,13 @@ def _object_endpoint(
     unsupported = sorted(OBJECT_UNSUPPORTED & params.keys())
     if unsupported and method in ("GET", "PUT", "DELETE", "POST", "HEAD"):
         return make(Op.UNSUPPORTED, subresource=unsupported[0])
+    if "acl" in params:
+        if method == "GET":
+            return make(Op.GET_OBJECT_ACL)
+        if method == "PUT":
+            return make(Op.PUT_OBJECT_ACL)
+        if method in ("DELETE", "POST", "HEAD"):
+            raise S3Error("MethodNotAllowed")
     upload_id = params.get("uploadId")
     if upload_id is not None and not upload_id:
         raise S3Error(

@@ -16,9 +16,10 @@ elements. They run expat directly (``xml.parsers.expat``) and raise only
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from types import MappingProxyType
 from urllib.parse import quote
 from xml.parsers import expat
 
@@ -34,6 +35,7 @@ MAX_XML_BYTES = 2 * 1024 * 1024
 MAX_DELETE_XML_BYTES = 8 * 1024 * 1024
 MAX_DELETE_OBJECTS = 1000
 MAX_PARTS = 10000
+MAX_ACL_XML_BYTES = 64 * 1024
 _MAX_DEPTH = 8
 _MAX_ELEMENTS = 100_000
 
@@ -453,6 +455,100 @@ def location_constraint(region: str | None) -> bytes:
     ).encode("utf-8")
 
 
+def versioning_configuration() -> bytes:
+    """The VersioningConfiguration body of a bucket that was never versioned (no Status)."""
+    return (_DECLARATION + f'<VersioningConfiguration xmlns="{S3_NAMESPACE}"/>').encode("utf-8")
+
+
+# -- access control lists --------------------------------------------------------------------
+
+XSI_NAMESPACE = "http://www.w3.org/2001/XMLSchema-instance"
+ALL_USERS = "http://acs.amazonaws.com/groups/global/AllUsers"
+AUTHENTICATED_USERS = "http://acs.amazonaws.com/groups/global/AuthenticatedUsers"
+LOG_DELIVERY = "http://acs.amazonaws.com/groups/s3/LogDelivery"
+PERMISSIONS = frozenset({"FULL_CONTROL", "WRITE", "WRITE_ACP", "READ", "READ_ACP"})
+#: Grantee ``xsi:type`` -> the element that identifies such a grantee.
+GRANTEE_TYPES: Mapping[str, str] = MappingProxyType(
+    {"CanonicalUser": "ID", "Group": "URI", "AmazonCustomerByEmail": "EmailAddress"}
+)
+
+
+@dataclass(frozen=True)
+class Grant:
+    """One grant of an access control list.
+
+    Attributes:
+        grantee_type: the grantee's ``xsi:type``: ``CanonicalUser``, ``Group`` or
+            ``AmazonCustomerByEmail``.
+        grantee: its ``ID``, ``URI`` or ``EmailAddress``.
+        permission: ``FULL_CONTROL``, ``WRITE``, ``WRITE_ACP``, ``READ`` or ``READ_ACP``.
+    """
+
+    grantee_type: str
+    grantee: str
+    permission: str
+
+
+#: Canned ACL -> the grants it adds to the owner's ``FULL_CONTROL``, in S3's order. The
+#: bucket owner of ``bucket-owner-*`` is the object owner (one account owns everything).
+CANNED_GRANTS: Mapping[str, tuple[Grant, ...]] = MappingProxyType(
+    {
+        "private": (),
+        "public-read": (Grant("Group", ALL_USERS, "READ"),),
+        "public-read-write": (
+            Grant("Group", ALL_USERS, "READ"),
+            Grant("Group", ALL_USERS, "WRITE"),
+        ),
+        "authenticated-read": (Grant("Group", AUTHENTICATED_USERS, "READ"),),
+        "aws-exec-read": (),
+        "bucket-owner-read": (),
+        "bucket-owner-full-control": (),
+        "log-delivery-write": (
+            Grant("Group", LOG_DELIVERY, "WRITE"),
+            Grant("Group", LOG_DELIVERY, "READ_ACP"),
+        ),
+    }
+)
+
+
+def _grant(grant: Grant, display_name: str | None = None) -> str:
+    identifier = GRANTEE_TYPES[grant.grantee_type]
+    return (
+        f'<Grant><Grantee xmlns:xsi="{XSI_NAMESPACE}" xsi:type="{grant.grantee_type}">'
+        f"{_tag(identifier, grant.grantee)}{_tag('DisplayName', display_name)}</Grantee>"
+        f"{_tag('Permission', grant.permission)}</Grant>"
+    )
+
+
+def access_control_policy(owner: Owner, acl: str) -> bytes:
+    """The AccessControlPolicy body (GetBucketAcl, GetObjectAcl) of canned ACL ``acl``: the
+    owner's ``FULL_CONTROL`` then the grants the canned ACL adds."""
+    grants = [_grant(Grant("CanonicalUser", owner.id, "FULL_CONTROL"), owner.display_name)]
+    grants.extend(_grant(g) for g in CANNED_GRANTS[acl])
+    return _doc(
+        "AccessControlPolicy",
+        [owner.xml(), f"<AccessControlList>{''.join(grants)}</AccessControlList>"],
+    )
+
+
+def canned_acl(grants: Iterable[Grant], owners: Collection[str]) -> str | None:
+    """The canned ACL whose grants are exactly ``grants``, or ``None`` if there is none.
+
+    A ``FULL_CONTROL`` grant to a canonical user in ``owners`` is the owner's own and does
+    not count; no other grant is the owner's (``private`` when none is left).
+    """
+    rest = frozenset(
+        g
+        for g in grants
+        if not (
+            g.grantee_type == "CanonicalUser"
+            and g.grantee in owners
+            and g.permission == "FULL_CONTROL"
+        )
+    )
+    return next((name for name, canned in CANNED_GRANTS.items() if frozenset(canned) == rest), None)
+
+
 def error(
     err: S3Error,
     *,
@@ -481,11 +577,13 @@ def error(
 
 @dataclass
 class XmlNode:
-    """A parsed element: local tag name (prefix dropped), text pieces and children."""
+    """A parsed element: local tag name (prefix dropped), text pieces, children and
+    attributes (by local name: ``xsi:type`` is ``type``)."""
 
     tag: str
     text: list[str] = field(default_factory=list)
     children: list[XmlNode] = field(default_factory=list)
+    attributes: dict[str, str] = field(default_factory=dict)
 
     def value(self) -> str:
         """The element's text."""
@@ -529,12 +627,15 @@ def parse_xml(body: bytes, *, max_bytes: int = MAX_XML_BYTES) -> XmlNode:
     roots: list[XmlNode] = []
     count = 0
 
-    def start(name: str, _attrs: object) -> None:
+    def start(name: str, attrs: dict[str, str]) -> None:
         nonlocal count
         count += 1
         if count > _MAX_ELEMENTS or len(stack) >= _MAX_DEPTH:
             raise _Refused
-        node = XmlNode(name.rpartition(":")[2])
+        node = XmlNode(
+            name.rpartition(":")[2],
+            attributes={k.rpartition(":")[2]: v for k, v in attrs.items()},
+        )
         (stack[-1].children if stack else roots).append(node)
         stack.append(node)
 
@@ -674,3 +775,69 @@ def parse_create_bucket(body: bytes) -> str | None:
         raise S3Error("MalformedXML")
     node = root.find("LocationConstraint")
     return node.value().strip() or None if node is not None else None
+
+
+def _malformed_acl() -> S3Error:
+    return S3Error("MalformedACLError")
+
+
+def _only_child(node: XmlNode, tag: str) -> XmlNode | None:
+    found = node.find_all(tag)
+    if len(found) > 1:
+        raise _malformed_acl()
+    return found[0] if found else None
+
+
+def _parse_grant(node: XmlNode) -> Grant:
+    if node.tag != "Grant" or {c.tag for c in node.children} - {"Grantee", "Permission"}:
+        raise _malformed_acl()
+    grantee, permission = _only_child(node, "Grantee"), _only_child(node, "Permission")
+    if grantee is None or permission is None:
+        raise _malformed_acl()
+    names = {c.tag for c in grantee.children}
+    if len(names) != len(grantee.children) or names - {"DisplayName", *GRANTEE_TYPES.values()}:
+        raise _malformed_acl()
+    identifiers = [t for t, element in GRANTEE_TYPES.items() if element in names]
+    kind = grantee.attributes.get("type", identifiers[0] if len(identifiers) == 1 else "")
+    if identifiers != [kind] or ("DisplayName" in names and kind != "CanonicalUser"):
+        raise _malformed_acl()
+    identifier = _only_child(grantee, GRANTEE_TYPES[kind])
+    assert identifier is not None
+    value, right = identifier.value().strip(), permission.value().strip()
+    if not value or right not in PERMISSIONS:
+        raise _malformed_acl()
+    return Grant(kind, value, right)
+
+
+def parse_access_control_policy(body: bytes) -> list[Grant]:
+    """The grants of an AccessControlPolicy body (PutBucketAcl, PutObjectAcl).
+
+    The ``Owner`` element is checked for form only. A grantee's type is its ``xsi:type``, or
+    else the one its identifying element (``ID``, ``URI``, ``EmailAddress``) implies.
+
+    Raises:
+        S3Error: ``MalformedACLError`` unless it is a well-formed policy;
+            ``InvalidRequest`` above :data:`MAX_ACL_XML_BYTES`.
+    """
+    try:
+        root = parse_xml(body, max_bytes=MAX_ACL_XML_BYTES)
+    except S3Error as err:
+        if err.code == "MalformedXML":
+            raise _malformed_acl() from None
+        raise
+    if root.tag != "AccessControlPolicy" or {c.tag for c in root.children} - {
+        "Owner",
+        "AccessControlList",
+    }:
+        raise _malformed_acl()
+    owner = _only_child(root, "Owner")
+    if owner is not None and (
+        {c.tag for c in owner.children} - {"ID", "DisplayName"}
+        or len(owner.children) > 2
+        or _only_child(owner, "ID") is None
+    ):
+        raise _malformed_acl()
+    acl = _only_child(root, "AccessControlList")
+    if acl is None:
+        raise _malformed_acl()
+    return [_parse_grant(node) for node in acl.children]

@@ -1403,8 +1403,6 @@ def test_awscli(s3_server: S3Server, bucket: str, tmp_path: Path) -> None:
 
 def test_unsupported_operations(s3: Any, bucket: str) -> None:
     for call, kwargs in (
-        (s3.get_bucket_acl, {"Bucket": bucket}),
-        (s3.get_bucket_versioning, {"Bucket": bucket}),
         (s3.get_bucket_policy, {"Bucket": bucket}),
         (s3.get_object_tagging, {"Bucket": bucket, "Key": "k"}),
     ):
@@ -1449,3 +1447,185 @@ def test_unavailable_cluster_is_503(s3_server: S3Server, s3: Any, bucket: str) -
     with pytest.raises(botocore.exceptions.BotoCoreError):
         read_body(response)
     assert read_body(s3.get_object(Bucket=bucket, Key="big")) == big
+
+
+# -- access control lists and versioning -------------------------------------------------------
+
+ALL_USERS = "http://acs.amazonaws.com/groups/global/AllUsers"
+ALL_USERS_READ = {"Grantee": {"Type": "Group", "URI": ALL_USERS}, "Permission": "READ"}
+
+
+def _owner_grant(owner: dict[str, str]) -> dict[str, Any]:
+    return {"Grantee": {"Type": "CanonicalUser", **owner}, "Permission": "FULL_CONTROL"}
+
+
+def test_bucket_acl(s3_server: S3Server, s3: Any, bucket: str) -> None:
+    acl = s3.get_bucket_acl(Bucket=bucket)
+    owner = acl["Owner"]
+    assert owner["ID"] == s3_server.access_key
+    assert acl["Grants"] == [_owner_grant(owner)]
+    s3.put_object(Bucket=bucket, Key="k", Body=b"bucket-wide")
+    anonymous = s3_server.client(signature_version=UNSIGNED, s3={"addressing_style": "path"})
+    with pytest.raises(ClientError) as info:
+        anonymous.get_object(Bucket=bucket, Key="k")
+    assert _code(info) == "AccessDenied"
+    s3.put_bucket_acl(Bucket=bucket, ACL="public-read")
+    acl = s3.get_bucket_acl(Bucket=bucket)
+    assert acl["Grants"] == [_owner_grant(owner), ALL_USERS_READ]
+    assert s3_server.run(s3_server.objects.head_bucket, bucket).acl == "public-read"
+    assert read_body(anonymous.get_object(Bucket=bucket, Key="k")) == b"bucket-wide"
+    # The same, as an access control policy; then back to private.
+    s3.put_bucket_acl(
+        Bucket=bucket, AccessControlPolicy={"Owner": owner, "Grants": [_owner_grant(owner)]}
+    )
+    assert s3.get_bucket_acl(Bucket=bucket)["Grants"] == [_owner_grant(owner)]
+    with pytest.raises(ClientError) as info:
+        anonymous.get_object(Bucket=bucket, Key="k")
+    assert _code(info) == "AccessDenied"
+    for call in (anonymous.get_bucket_acl, anonymous.get_bucket_versioning):
+        with pytest.raises(ClientError) as info:
+            call(Bucket=bucket)
+        assert _code(info) == "AccessDenied"
+    with pytest.raises(ClientError) as info:
+        anonymous.put_bucket_acl(Bucket=bucket, ACL="public-read")
+    assert _code(info) == "AccessDenied"
+    assert s3.get_bucket_acl(Bucket=bucket)["Grants"] == [_owner_grant(owner)]
+
+
+def test_object_acl(s3_server: S3Server, s3: Any, bucket: str) -> None:
+    s3.put_object(Bucket=bucket, Key="dir/obj", Body=b"object")
+    acl = s3.get_object_acl(Bucket=bucket, Key="dir/obj")
+    owner = acl["Owner"]
+    assert owner["ID"] == s3_server.access_key
+    assert acl["Grants"] == [_owner_grant(owner)]
+    assert s3.get_object_acl(Bucket=bucket, Key="dir/obj", VersionId="null")["Owner"] == owner
+    s3.put_object_acl(
+        Bucket=bucket,
+        Key="dir/obj",
+        AccessControlPolicy={"Owner": owner, "Grants": [_owner_grant(owner), ALL_USERS_READ]},
+    )
+    acl = s3.get_object_acl(Bucket=bucket, Key="dir/obj")
+    assert acl["Grants"] == [_owner_grant(owner), ALL_USERS_READ]
+    anonymous = s3_server.client(signature_version=UNSIGNED, s3={"addressing_style": "path"})
+    assert read_body(anonymous.get_object(Bucket=bucket, Key="dir/obj")) == b"object"
+    s3.put_object_acl(Bucket=bucket, Key="dir/obj", ACL="private")
+    assert s3.get_object_acl(Bucket=bucket, Key="dir/obj")["Grants"] == [_owner_grant(owner)]
+    with pytest.raises(ClientError) as info:
+        anonymous.get_object(Bucket=bucket, Key="dir/obj")
+    assert _code(info) == "AccessDenied"
+    with pytest.raises(ClientError) as info:
+        anonymous.get_object_acl(Bucket=bucket, Key="dir/obj")
+    assert _code(info) == "AccessDenied"
+    assert read_body(s3.get_object(Bucket=bucket, Key="dir/obj")) == b"object"
+
+
+def test_acl_refusals(s3_server: S3Server, s3: Any, bucket: str) -> None:
+    s3.put_object(Bucket=bucket, Key="k", Body=b"x")
+    owner = s3.get_bucket_acl(Bucket=bucket)["Owner"]
+    someone = {"Grantee": {"Type": "CanonicalUser", "ID": "someone-else"}, "Permission": "READ"}
+    email = {"Grantee": {"Type": "AmazonCustomerByEmail", "EmailAddress": "a@example.com"}}
+    for grants in ([_owner_grant(owner), someone], [{**email, "Permission": "READ"}]):
+        policy = {"Owner": owner, "Grants": grants}
+        with pytest.raises(ClientError) as info:
+            s3.put_bucket_acl(Bucket=bucket, AccessControlPolicy=policy)
+        assert (_code(info), _status(info)) == ("NotImplemented", 501)
+        assert "canned ACL" in info.value.response["Error"]["Message"]
+        with pytest.raises(ClientError) as info:
+            s3.put_object_acl(Bucket=bucket, Key="k", AccessControlPolicy=policy)
+        assert (_code(info), _status(info)) == ("NotImplemented", 501)
+    with pytest.raises(ClientError) as info:
+        s3.put_object_acl(Bucket=bucket, Key="k", GrantRead=f'uri="{ALL_USERS}"')
+    assert (_code(info), _status(info)) == ("NotImplemented", 501)
+    with pytest.raises(ClientError) as info:
+        s3.put_bucket_acl(Bucket=bucket, ACL="public-read", GrantRead=f'uri="{ALL_USERS}"')
+    assert (_code(info), _status(info)) == ("InvalidRequest", 400)
+    with pytest.raises(ClientError) as info:
+        s3.put_bucket_acl(Bucket=bucket, ACL="world-writable")
+    assert _code(info) == "InvalidArgument"
+    with pytest.raises(ClientError) as info:
+        s3.get_object_acl(Bucket=bucket, Key="k", VersionId="v1")
+    assert _code(info) == "NoSuchVersion"
+    with pytest.raises(ClientError) as info:
+        s3.get_object_acl(Bucket=bucket, Key="missing")
+    assert _code(info) == "NoSuchKey"
+    with pytest.raises(ClientError) as info:
+        s3.put_object_acl(Bucket=bucket, Key="missing", ACL="public-read")
+    assert _code(info) == "NoSuchKey"
+    with pytest.raises(ClientError) as info:
+        s3.put_object_acl(
+            Bucket=bucket, Key="missing", AccessControlPolicy={"Owner": owner, "Grants": []}
+        )
+    assert _code(info) == "NoSuchKey"
+    # Neither header nor body; both; DELETE of the sub-resource (never of the bucket).
+    status, _, body = s3_server.request("PUT", f"/{bucket}?acl")
+    assert (status, b"<Code>MissingSecurityHeader</Code>" in body) == (400, True)
+    owner_only = b"<AccessControlPolicy><AccessControlList/></AccessControlPolicy>"
+    status, _, body = s3_server.request(
+        "PUT", f"/{bucket}?acl", headers={"x-amz-acl": "private"}, body=owner_only
+    )
+    assert (status, b"<Code>InvalidRequest</Code>" in body) == (400, True)
+    status, _, body = s3_server.request("PUT", f"/{bucket}/k?acl", body=owner_only)
+    assert status == 200
+    status, _, body = s3_server.request("DELETE", f"/{bucket}?acl")
+    assert (status, b"<Code>MethodNotAllowed</Code>" in body) == (405, True)
+    status, _, body = s3_server.request("DELETE", f"/{bucket}/k?acl")
+    assert status == 405
+    assert read_body(s3.get_object(Bucket=bucket, Key="k")) == b"x"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"not xml at all",
+        b"<AccessControlPolicy>",
+        b"<AccessControlPolicy/>",
+        b"<Policy><AccessControlList/></Policy>",
+        b"<AccessControlPolicy><AccessControlList><Grant><Grantee><URI>"
+        + ALL_USERS.encode()
+        + b"</URI></Grantee><Permission>EVERYTHING</Permission></Grant>"
+        b"</AccessControlList></AccessControlPolicy>",
+        b"<AccessControlPolicy><AccessControlList><Grant><Grantee><Who>me</Who></Grantee>"
+        b"<Permission>READ</Permission></Grant></AccessControlList></AccessControlPolicy>",
+        b'<!DOCTYPE x [<!ENTITY e SYSTEM "file:///etc/passwd">]><AccessControlPolicy>'
+        b"<AccessControlList/><Owner><ID>&e;</ID></Owner></AccessControlPolicy>",
+        b"\xff\xfe<\x00A\x00",
+        bytes(range(256)),
+    ],
+)
+def test_garbage_acl_bodies_are_malformed(s3_server: S3Server, bucket: str, body: bytes) -> None:
+    for path in (f"/{bucket}?acl", f"/{bucket}/k?acl"):
+        status, _, answer = s3_server.request("PUT", path, body=body)
+        assert (status, b"<Code>MalformedACLError</Code>" in answer) == (400, True), answer
+
+
+def test_bucket_versioning(s3_server: S3Server, s3: Any, bucket: str) -> None:
+    versioning = s3.get_bucket_versioning(Bucket=bucket)
+    assert "Status" not in versioning
+    assert "MFADelete" not in versioning
+    status, headers, body = s3_server.request("GET", f"/{bucket}?versioning")
+    assert status == 200
+    assert headers["content-type"] == "application/xml"
+    assert body.endswith(
+        b'<VersioningConfiguration xmlns="http://s3.amazonaws.com/doc/2006-03-01/"/>'
+    )
+    with pytest.raises(ClientError) as info:
+        s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    assert (_code(info), _status(info)) == ("NotImplemented", 501)
+    assert "one version per key" in info.value.response["Error"]["Message"]
+    assert "Status" not in s3.get_bucket_versioning(Bucket=bucket)
+
+
+def test_acl_and_versioning_of_a_missing_bucket(s3: Any) -> None:
+    missing = "e2e-no-such-bucket-acl"
+    for call, kwargs in (
+        (s3.get_bucket_acl, {}),
+        (s3.put_bucket_acl, {"ACL": "public-read"}),
+        (s3.put_bucket_acl, {"AccessControlPolicy": {"Owner": {"ID": "x"}, "Grants": []}}),
+        (s3.get_object_acl, {"Key": "k"}),
+        (s3.put_object_acl, {"Key": "k", "ACL": "private"}),
+        (s3.get_bucket_versioning, {}),
+    ):
+        with pytest.raises(ClientError) as info:
+            call(Bucket=missing, **kwargs)
+        assert (_code(info), _status(info)) == ("NoSuchBucket", 404)
+        assert info.value.response["Error"]["BucketName"] == missing

@@ -756,3 +756,27 @@ def test_fuzz_app_never_500(
         assert len(answer) == int(response_headers["content-length"])
     if status >= 400 and method.upper() != "HEAD":
         _error_code(answer)
+
+
+def test_a_refused_chunked_body_is_read_before_the_answer(s3_server: S3Server, bucket: str) -> None:
+    """A body without a declared size (``Transfer-Encoding: chunked``) that is refused before
+    it is read is still read (up to a limit) before the answer: the client, still sending,
+    gets the error instead of a reset, and the connection stays usable."""
+    head = (
+        f"PUT /{bucket}/k HTTP/1.1\r\nHost: {s3_server.host}\r\nTransfer-Encoding: chunked\r\n\r\n"
+    ).encode()
+    with socket.create_connection((s3_server.host, s3_server.port), timeout=10) as sock:
+        sock.sendall(head + b"5\r\nhello\r\n")
+        time.sleep(0.3)  # the refusal is decided by now; the body is not over yet
+        sock.sendall(b"0\r\n\r\n")
+        sock.sendall(f"HEAD /{bucket} HTTP/1.1\r\nHost: {s3_server.host}\r\n\r\n".encode())
+        sock.settimeout(5)
+        answers = b""
+        while answers.count(b"HTTP/1.1 ") < 2:
+            data = sock.recv(65536)
+            if not data:
+                break
+            answers += data
+    assert answers.startswith(b"HTTP/1.1 403"), answers[:200]
+    assert b"<Code>AccessDenied</Code>" in answers
+    assert answers.count(b"HTTP/1.1 ") == 2, answers  # the next request was answered too

@@ -108,8 +108,27 @@ OPERATIONS: list[tuple[str, dict[str, Any], Op]] = [
     ),
     ("list_parts", {"Bucket": "bucket", "Key": "big", "UploadId": "u"}, Op.LIST_PARTS),
     ("list_multipart_uploads", {"Bucket": "bucket"}, Op.LIST_MULTIPART_UPLOADS),
-    ("get_bucket_acl", {"Bucket": "bucket"}, Op.UNSUPPORTED),
-    ("get_bucket_versioning", {"Bucket": "bucket"}, Op.UNSUPPORTED),
+    ("get_bucket_acl", {"Bucket": "bucket"}, Op.GET_BUCKET_ACL),
+    ("put_bucket_acl", {"Bucket": "bucket", "ACL": "public-read"}, Op.PUT_BUCKET_ACL),
+    ("get_object_acl", {"Bucket": "bucket", "Key": "k"}, Op.GET_OBJECT_ACL),
+    (
+        "put_object_acl",
+        {
+            "Bucket": "bucket",
+            "Key": "k",
+            "AccessControlPolicy": {
+                "Owner": {"ID": "o"},
+                "Grants": [{"Grantee": {"Type": "CanonicalUser", "ID": "o"}, "Permission": "READ"}],
+            },
+        },
+        Op.PUT_OBJECT_ACL,
+    ),
+    ("get_bucket_versioning", {"Bucket": "bucket"}, Op.GET_BUCKET_VERSIONING),
+    (
+        "put_bucket_versioning",
+        {"Bucket": "bucket", "VersioningConfiguration": {"Status": "Enabled"}},
+        Op.UNSUPPORTED,
+    ),
     (
         "put_object_tagging",
         {"Bucket": "bucket", "Key": "k", "Tagging": {"TagSet": [{"Key": "a", "Value": "b"}]}},

@@ -11,9 +11,13 @@ from xml.etree import ElementTree
 import botocore.session  # type: ignore[import-untyped]
 import pytest
 from botocore.parsers import create_parser  # type: ignore[import-untyped]
+from botocore.serialize import create_serializer  # type: ignore[import-untyped]
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from interfaces.s3 import xml
 from interfaces.s3.errors import ERROR_TABLE, S3Error
+from storage.object_records import CANNED_ACLS
 
 WHEN = datetime(2009, 10, 12, 17, 50, 30, 123456, tzinfo=UTC)
 OWNER = xml.Owner("75aa57f09aa0c8caeab4f8c24e99d10f8e7faeebf76c078efc7c6caea54ba06a", "me")
@@ -251,6 +255,8 @@ def test_error_table_statuses() -> None:
         "InvalidRequest": 400,
         "AuthorizationHeaderMalformed": 400,
         "IllegalLocationConstraintException": 400,
+        "MalformedACLError": 400,
+        "MissingSecurityHeader": 400,
     }
     assert {code: ERROR_TABLE[code][0] for code in expected} == expected
     assert S3Error("Unheard").status == 500
@@ -360,3 +366,229 @@ def test_oversized_xml_refused() -> None:
     with pytest.raises(S3Error) as info:
         xml.parse_xml(b"<a>" + b" " * (xml.MAX_XML_BYTES + 1) + b"</a>")
     assert info.value.code == "InvalidRequest"
+
+
+# -- access control lists and versioning ------------------------------------------------------
+
+XSI_TYPE = "{http://www.w3.org/2001/XMLSchema-instance}type"
+ALL = "http://acs.amazonaws.com/groups/global/AllUsers"
+AUTHENTICATED = "http://acs.amazonaws.com/groups/global/AuthenticatedUsers"
+LOGS = "http://acs.amazonaws.com/groups/s3/LogDelivery"
+OWNER_GRANT = {
+    "Grantee": {"Type": "CanonicalUser", "ID": OWNER.id, "DisplayName": "me"},
+    "Permission": "FULL_CONTROL",
+}
+
+
+def _group(uri: str, permission: str) -> dict[str, Any]:
+    return {"Grantee": {"Type": "Group", "URI": uri}, "Permission": permission}
+
+
+#: What S3 answers for each canned ACL, after the owner's FULL_CONTROL.
+CANNED = {
+    "private": [],
+    "public-read": [_group(ALL, "READ")],
+    "public-read-write": [_group(ALL, "READ"), _group(ALL, "WRITE")],
+    "authenticated-read": [_group(AUTHENTICATED, "READ")],
+    "aws-exec-read": [],
+    "bucket-owner-read": [],
+    "bucket-owner-full-control": [],
+    "log-delivery-write": [_group(LOGS, "WRITE"), _group(LOGS, "READ_ACP")],
+}
+
+
+def _put_acl_body(policy: dict[str, Any]) -> bytes:
+    """The PutBucketAcl body boto3 sends for ``AccessControlPolicy=policy``."""
+    operation = _model().operation_model("PutBucketAcl")
+    request = create_serializer("rest-xml").serialize_to_request(
+        {"Bucket": "b", "AccessControlPolicy": policy}, operation
+    )
+    body: bytes = request["body"]
+    return body
+
+
+def test_canned_acls_are_those_the_store_knows() -> None:
+    assert set(xml.CANNED_GRANTS) == set(CANNED_ACLS) == set(CANNED)
+
+
+@pytest.mark.parametrize("acl", sorted(CANNED))
+def test_access_control_policy(acl: str) -> None:
+    body = xml.access_control_policy(OWNER, acl)
+    for operation in ("GetBucketAcl", "GetObjectAcl"):
+        parsed = boto_parse(operation, body)
+        assert parsed["Owner"] == {"ID": OWNER.id, "DisplayName": "me"}
+        assert parsed["Grants"] == [OWNER_GRANT, *CANNED[acl]]
+    root = ElementTree.fromstring(body)
+    assert root.tag == "{http://s3.amazonaws.com/doc/2006-03-01/}AccessControlPolicy"
+    grantees = root.iter("{http://s3.amazonaws.com/doc/2006-03-01/}Grantee")
+    assert [g.get(XSI_TYPE) for g in grantees] == ["CanonicalUser"] + ["Group"] * len(CANNED[acl])
+
+
+@pytest.mark.parametrize("acl", sorted(CANNED))
+def test_policies_read_back_as_their_canned_acl(acl: str) -> None:
+    expected = acl if CANNED[acl] else "private"  # owner-only ACLs all read back as private
+    grants = xml.parse_access_control_policy(xml.access_control_policy(OWNER, acl))
+    assert xml.canned_acl(grants, {OWNER.id}) == expected
+    sent = _put_acl_body({"Owner": {"ID": OWNER.id}, "Grants": [OWNER_GRANT, *CANNED[acl]]})
+    assert xml.canned_acl(xml.parse_access_control_policy(sent), {OWNER.id}) == expected
+
+
+@pytest.mark.parametrize(
+    ("grants", "expected"),
+    [
+        ([], "private"),
+        ([OWNER_GRANT], "private"),
+        ([_group(ALL, "READ")], "public-read"),
+        ([_group(ALL, "WRITE"), OWNER_GRANT, _group(ALL, "READ")], "public-read-write"),
+        ([_group(AUTHENTICATED, "READ"), OWNER_GRANT], "authenticated-read"),
+        ([_group(LOGS, "READ_ACP"), _group(LOGS, "WRITE")], "log-delivery-write"),
+        ([_group(ALL, "READ"), _group(ALL, "READ")], "public-read"),
+        # not canned
+        ([{"Grantee": {"Type": "CanonicalUser", "ID": "someone"}, "Permission": "READ"}], None),
+        (
+            [{"Grantee": {"Type": "CanonicalUser", "ID": "someone"}, "Permission": "FULL_CONTROL"}],
+            None,
+        ),
+        ([{"Grantee": {"Type": "CanonicalUser", "ID": OWNER.id}, "Permission": "READ"}], None),
+        (
+            [
+                {
+                    "Grantee": {"Type": "AmazonCustomerByEmail", "EmailAddress": "a@b.c"},
+                    "Permission": "READ",
+                }
+            ],
+            None,
+        ),
+        ([_group(ALL, "READ"), _group(ALL, "WRITE_ACP")], None),
+        ([_group(ALL, "WRITE")], None),
+        ([_group(AUTHENTICATED, "READ"), _group(ALL, "READ")], None),
+        ([_group(LOGS, "WRITE")], None),
+        ([_group("http://acs.amazonaws.com/groups/global/Nobody", "READ")], None),
+    ],
+)
+def test_grants_to_canned_acl(grants: list[dict[str, Any]], expected: str | None) -> None:
+    body = _put_acl_body({"Owner": {"ID": OWNER.id, "DisplayName": "me"}, "Grants": grants})
+    assert xml.canned_acl(xml.parse_access_control_policy(body), {OWNER.id}) == expected
+
+
+def test_grantee_type_from_its_element_and_whitespace() -> None:
+    body = (
+        b"<AccessControlPolicy><AccessControlList>\n"
+        b"  <Grant><Grantee><URI> " + ALL.encode() + b" </URI></Grantee>"
+        b"<Permission> READ </Permission></Grant>\n"
+        b"  <Grant><Grantee><ID>me</ID><DisplayName>x</DisplayName></Grantee>"
+        b"<Permission>FULL_CONTROL</Permission></Grant>\n"
+        b"</AccessControlList></AccessControlPolicy>"
+    )
+    assert xml.parse_access_control_policy(body) == [
+        xml.Grant("Group", ALL, "READ"),
+        xml.Grant("CanonicalUser", "me", "FULL_CONTROL"),
+    ]
+
+
+_GRANT = (
+    '<Grant><Grantee xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" xsi:type="{type}">'
+    "{grantee}</Grantee><Permission>{permission}</Permission></Grant>"
+)
+
+
+def _policy(*grants: str, owner: str = "<Owner><ID>me</ID></Owner>") -> bytes:
+    return (
+        f"<AccessControlPolicy>{owner}<AccessControlList>{''.join(grants)}"
+        "</AccessControlList></AccessControlPolicy>"
+    ).encode()
+
+
+def _g(kind: str = "Group", grantee: str = f"<URI>{ALL}</URI>", permission: str = "READ") -> str:
+    return _GRANT.format(type=kind, grantee=grantee, permission=permission)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"",
+        b"   ",
+        b"not xml",
+        b"<AccessControlPolicy>",
+        b"<AccessControlPolicy/>",
+        b"<Other><AccessControlList/></Other>",
+        b"<AccessControlPolicy><AccessControlList/><AccessControlList/></AccessControlPolicy>",
+        b"<AccessControlPolicy><AccessControlList/><Extra/></AccessControlPolicy>",
+        _policy(owner="<Owner><DisplayName>x</DisplayName></Owner>"),
+        _policy(owner="<Owner><ID>a</ID><ID>b</ID></Owner>"),
+        _policy(owner="<Owner><ID>a</ID><Nope/></Owner>"),
+        _policy("<NotAGrant/>"),
+        _policy("<Grant><Permission>READ</Permission></Grant>"),
+        _policy(f"<Grant><Grantee><URI>{ALL}</URI></Grantee></Grant>"),
+        _policy(_g(permission="EVERYTHING")),
+        _policy(_g(permission="")),
+        _policy(_g(kind="Robot")),
+        _policy(_g(kind="CanonicalUser")),
+        _policy(_g(grantee="<URI></URI>")),
+        _policy(_g(grantee=f"<URI>{ALL}</URI><URI>{ALL}</URI>")),
+        _policy(_g(grantee=f"<URI>{ALL}</URI><ID>me</ID>")),
+        _policy(_g(grantee=f"<URI>{ALL}</URI><DisplayName>all</DisplayName>")),
+        _policy(_g(grantee=f"<URI>{ALL}</URI><Extra/>")),
+        _policy("<Grant><Grantee><Nothing/></Grantee><Permission>READ</Permission></Grant>"),
+        _policy(_g() + "<Grant><Grantee><ID>a</ID></Grantee><Permission>READ</Permission>"),
+        _policy(
+            f"<Grant><Grantee><URI>{ALL}</URI></Grantee><Permission>READ</Permission>"
+            "<Permission>WRITE</Permission></Grant>"
+        ),
+        b'<!DOCTYPE a [<!ENTITY e "x">]><AccessControlPolicy><AccessControlList/>'
+        b"</AccessControlPolicy>",
+        _policy(_g()).replace(b"READ", b"R\xffEAD"),
+    ],
+)
+def test_malformed_acl(body: bytes) -> None:
+    with pytest.raises(S3Error) as info:
+        xml.parse_access_control_policy(body)
+    assert (info.value.code, info.value.status) == ("MalformedACLError", 400)
+    assert info.value.message == ERROR_TABLE["MalformedXML"][1]
+
+
+_ACL_PIECES = [
+    "<AccessControlPolicy>", "</AccessControlPolicy>", "<AccessControlList>",
+    "</AccessControlList>", "<Grant>", "</Grant>", "<Grantee>", "</Grantee>",
+    '<Grantee xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" xsi:type="Group">',
+    '<Grantee xsi:type="CanonicalUser">', "<ID>", "</ID>", "<URI>", "</URI>", ALL,
+    "<Permission>", "</Permission>", "READ", "WRITE", "FULL_CONTROL", "<Owner>", "</Owner>",
+    "<DisplayName>", "</DisplayName>", "&amp;", "&bad;", "<!DOCTYPE x>", "<?xml version='1.0'?>",
+    "<a/>", " ", "\x00", "é", "<", ">", '"',
+]  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.one_of(
+        st.binary(max_size=300),
+        st.lists(st.sampled_from(_ACL_PIECES), max_size=40).map(lambda p: "".join(p).encode()),
+    )
+)
+def test_garbage_acl_bodies_are_malformed_never_a_crash(body: bytes) -> None:
+    code = None
+    try:
+        grants = xml.parse_access_control_policy(body)
+    except S3Error as err:
+        code = err.code
+    else:
+        assert all(isinstance(g, xml.Grant) for g in grants)
+        xml.canned_acl(grants, {"me"})
+    assert code in (None, "MalformedACLError")
+
+
+def test_oversized_acl_refused() -> None:
+    body = _policy(_g() * (xml.MAX_ACL_XML_BYTES // len(_g()) + 1))
+    with pytest.raises(S3Error) as info:
+        xml.parse_access_control_policy(body)
+    assert info.value.code == "InvalidRequest"
+
+
+def test_versioning_configuration() -> None:
+    body = xml.versioning_configuration()
+    parsed = boto_parse("GetBucketVersioning", body)
+    assert parsed.keys() == {"ResponseMetadata"}
+    root = ElementTree.fromstring(body)
+    assert root.tag == "{http://s3.amazonaws.com/doc/2006-03-01/}VersioningConfiguration"
+    assert list(root) == []
+    assert not (root.text or "").strip()
