@@ -596,29 +596,50 @@ async def _part_chunks(store: BlockStore, part: PartRecord) -> list[StoredChunk]
 # -- the object store ------------------------------------------------------------------------
 
 
-class ReleaseLater:
-    """Dropped objects whose chunks are to be released after the caller answered its client.
+@dataclass(frozen=True)
+class DroppedUpload:
+    """An upload whose register is gone: its parts are to be collected (all of them, but
+    only the chunk list of a part in ``listed``, which a completed object now owns)."""
 
-    Pass one to the operations that replace or delete objects, answer, then hand it to
-    :meth:`ObjectStore.release`. What a process dies before releasing is leaked, exactly
-    as a release cut short (see the module docstring).
+    name: bytes
+    upload: UploadRecord
+    listed: frozenset[int] = frozenset()
+
+
+class ReleaseLater:
+    """Dropped objects and uploads whose chunks are to be released after the caller answered
+    its client.
+
+    Pass one to the operations that replace or delete objects or end uploads, answer, then
+    hand it to :meth:`ObjectStore.release`. What a process dies before releasing is leaked,
+    exactly as a release cut short (see the module docstring).
     """
 
     def __init__(self) -> None:
         """Start empty."""
         self._records: list[tuple[ObjectRecord, frozenset[bytes]]] = []
+        self._uploads: list[DroppedUpload] = []
 
     def add(self, record: ObjectRecord, keep: frozenset[bytes]) -> None:
         """Remember to release ``record``'s chunks except those whose address is in ``keep``."""
         self._records.append((record, keep))
 
+    def add_upload(self, dropped: DroppedUpload) -> None:
+        """Remember to collect the parts of a dropped upload."""
+        self._uploads.append(dropped)
+
     def take(self) -> list[tuple[ObjectRecord, frozenset[bytes]]]:
-        """Return what was added and forget it."""
+        """Return the objects added and forget them."""
         records, self._records = self._records, []
         return records
 
+    def take_uploads(self) -> list[DroppedUpload]:
+        """Return the uploads added and forget them."""
+        uploads, self._uploads = self._uploads, []
+        return uploads
+
     def __len__(self) -> int:
-        return len(self._records)
+        return len(self._records) + len(self._uploads)
 
 
 class ObjectStore:
@@ -839,6 +860,7 @@ class ObjectStore:
         that goes on unshielded, and only a cancellation leaves it (logged) unreleased.
         """
         pending = deque(later.take())
+        uploads = deque(later.take_uploads())
         limiter = trio.CapacityLimiter(RELEASE_CONCURRENCY)
 
         async def release_next() -> None:
@@ -850,20 +872,31 @@ class ObjectStore:
                     pending.appendleft((record, keep))
                     raise
 
+        async def collect_uploads() -> None:
+            while uploads:
+                try:
+                    await self._collect_parts(uploads[0])
+                except StorageError as exc:
+                    logger.warning("parts of upload %r not collected: %s", uploads[0].name, exc)
+                uploads.popleft()  # a cancelled collection stays: collecting again is harmless
+
         async def drain() -> None:
             async with trio.open_nursery() as nursery:
                 for _ in range(min(RELEASE_CONCURRENCY, len(pending))):
                     nursery.start_soon(release_next)
+                nursery.start_soon(collect_uploads)
 
         with trio.move_on_after(_CLEANUP_SECONDS, shield=True):
             await drain()
         try:
             await drain()
         finally:
-            if pending:
+            if pending or uploads:
                 logger.warning(
-                    "release of %d dropped object(s) cancelled: their chunks are leaked",
+                    "release of %d dropped object(s) and %d upload(s) cancelled: their chunks"
+                    " are leaked",
                     len(pending),
+                    len(uploads),
                 )
 
     async def _release_part(self, part: PartRecord, *, data_too: bool = True) -> None:
@@ -1199,7 +1232,7 @@ class ObjectStore:
             try:
                 await self._store.edit(upload_name, take)
                 if "upload" in box:
-                    await self._collect_parts(upload_name, box["upload"])
+                    await self._collect_parts(DroppedUpload(upload_name, box["upload"]))
             except StorageError as exc:
                 logger.warning("upload %s of deleted bucket not collected: %s", upload_id, exc)
         try:
@@ -1729,15 +1762,25 @@ class ObjectStore:
             return False
         return True
 
-    async def _collect_parts(self, upload_name: bytes, upload: UploadRecord) -> None:
-        """After the upload register is gone: close its groups for good, release every part
-        and delete the groups."""
-        parts = UploadParts(self._store, upload_name)
-        for part in (await parts.close(upload.groups, FINAL)).values():
-            await self._release_part(part)
-        for part in upload.legacy_parts.values():
-            await self._release_part(part)
+    async def _collect_parts(self, dropped: DroppedUpload) -> None:
+        """After the upload register is gone: close its groups for good, release its parts
+        (of a listed part only its chunk list: a completed object owns its data) and delete
+        the groups."""
+        upload, listed = dropped.upload, dropped.listed
+        parts = UploadParts(self._store, dropped.name)
+        grouped = await parts.close(upload.groups, FINAL)
+        for number, part in grouped.items():
+            await self._release_part(part, data_too=number not in listed)
+        for number, part in upload.legacy_parts.items():  # a grouped part of its number won
+            await self._release_part(part, data_too=number not in listed or number in grouped)
         await parts.destroy(upload.groups)
+
+    async def _drop_parts(self, dropped: DroppedUpload, later: ReleaseLater | None) -> None:
+        """Collect a dropped upload's parts now, or through ``later``."""
+        if later is not None:
+            later.add_upload(dropped)
+        else:
+            await self._collect_parts(dropped)
 
     async def upload_part_copy(
         self,
@@ -1979,14 +2022,8 @@ class ObjectStore:
         with contextlib.suppress(_NoChange):
             await self._store.edit(upload_name, finish)
         await self._drop_from_uploads(cfg, upload.upload_id)
-        listed = {n for n, _ in wanted}
-        parts = UploadParts(self._store, upload_name)
-        grouped = await parts.close(upload.groups, FINAL)
-        for number, part in grouped.items():
-            await self._release_part(part, data_too=number not in listed)
-        for number, part in upload.legacy_parts.items():  # a grouped part of its number won
-            await self._release_part(part, data_too=number not in listed or number in grouped)
-        await parts.destroy(upload.groups)
+        listed = frozenset(n for n, _ in wanted)
+        await self._drop_parts(DroppedUpload(upload_name, upload, listed), later)
         if old is not None:
             keep_addresses = {bytes(c.ref.address) for c in data_chunks}
             keep_addresses.update(bytes(c.ref.address) for c in extra)
@@ -2023,8 +2060,10 @@ class ObjectStore:
         with contextlib.suppress(_NoChange):
             await self._store.edit(self._uploads_name(cfg), drop)
 
-    async def abort_multipart_upload(self, bucket: str, key: str, upload_id: str) -> None:
-        """Abort an upload and release its parts.
+    async def abort_multipart_upload(
+        self, bucket: str, key: str, upload_id: str, *, release_later: ReleaseLater | None = None
+    ) -> None:
+        """Abort an upload and release its parts (through ``release_later`` if given).
 
         An upload claimed by a completion more than :data:`ABANDONED_CLAIM_SECONDS` ago was
         left so by a completion that died part-way: if that completion committed the object,
@@ -2068,7 +2107,7 @@ class ObjectStore:
         if "stamped" in box:
             raise being_completed
         await self._drop_from_uploads(cfg, upload_id)
-        await self._collect_parts(upload_name, box["upload"])
+        await self._drop_parts(DroppedUpload(upload_name, box["upload"]), release_later)
 
     async def _settle_abandoned(
         self,

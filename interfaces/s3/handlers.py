@@ -926,7 +926,9 @@ async def complete_multipart_upload(app: S3App, req: Request) -> Response:
 
 async def abort_multipart_upload(app: S3App, req: Request) -> Response:
     """AbortMultipartUpload."""
-    await app.objects.abort_multipart_upload(req.bucket, req.key, _upload_id(req))
+    await app.objects.abort_multipart_upload(
+        req.bucket, req.key, _upload_id(req), release_later=req.release_later
+    )
     return Response(204)
 
 

@@ -12,7 +12,7 @@ import trio
 
 from storage.errors import Corrupt, InvalidPart, NoSuchUpload, PreconditionFailed
 from storage.object_records import ContentHeaders, PartRecord, UploadRecord
-from storage.objects import ObjectStore
+from storage.objects import ObjectStore, ReleaseLater
 from storage.upload_parts import (
     FINAL,
     PARTS_PER_GROUP,
@@ -329,3 +329,28 @@ def test_the_claim_epoch_does_not_clobber_a_header() -> None:
         "k", "u", 5, ContentHeaders(content_encoding="gzip"), claim_epoch=3, groups=frozenset({2})
     )
     assert UploadRecord.unpack(record.pack()) == record
+
+
+async def test_abort_and_completion_leave_the_parts_to_release_later(
+    env: tuple[FakeBlockStore, ObjectStore],
+) -> None:
+    """With a ReleaseLater, abort and completion answer once the upload register is gone;
+    the parts (and groups) are collected by ``release``."""
+    fake, store = env
+    aborted = await store.create_multipart_upload("bkt", "a")
+    for n in (1, 150):
+        await store.upload_part("bkt", "a", aborted, n, body(payload(PART, n)))
+    completed = await store.create_multipart_upload("bkt", "c")
+    p1 = await store.upload_part("bkt", "c", completed, 1, body(payload(PART, 1)))
+    await store.upload_part("bkt", "c", completed, 2, body(payload(PART, 2)))  # not listed
+    later = ReleaseLater()
+    await store.abort_multipart_upload("bkt", "a", aborted, release_later=later)
+    await store.complete_multipart_upload(
+        "bkt", "c", completed, [(1, p1.etag)], release_later=later
+    )
+    assert len(later) == 2
+    assert len(part_registers(fake)) == 3  # nothing collected yet
+    await store.release(later)
+    assert not upload_registers(fake)
+    assert set(fake.chunks) == await referenced(store, ["bkt"])
+    assert await fetch(store, "bkt", "c") == payload(PART, 1)
