@@ -23,11 +23,12 @@ The rules, and why no part is lost or leaked:
    an edit that requires the upload to exist and be unclaimed. So the group list a claim, an
    abort or a deletion takes from the upload register names every group that can hold a
    part.
-3. Closing never goes down: a group closed at a later epoch (or ``FINAL``) refuses an
-   earlier closer, which stops (an attempt superseded by a retry, or a completion
-   overtaken by an abort). A closer creates no register: a group written only after a
-   completion read it holds parts the completion did not use, and the clean-up after it
-   releases them.
+3. A group closed at a later epoch (or ``FINAL``) refuses an earlier closer, which stops
+   (an attempt superseded by a retry, or a completion overtaken by an abort). A group
+   closed at an earlier epoch stays as it is: the later closer reads it and relies on it
+   (only ``FINAL`` takes a group over). A closer creates no register: a group written only
+   after a completion read it holds parts the completion did not use, and the clean-up
+   after it releases them.
 4. After writing, UploadPart reads the upload register again. If the upload is gone
    (aborted, completed, its bucket deleted), the write may have come after the clean-up
    read the groups: the writer *withdraws* its part — only from a group that is still open,
@@ -37,8 +38,11 @@ The rules, and why no part is lost or leaked:
 5. The part a successful write replaced is released by the writer: whoever uses parts
    closes the group first, so it reads the new part, never the replaced one.
 6. A completion refused for sure withdraws its claim from the upload register — only if the
-   claim there is still its own epoch — and only then reopens the groups closed at its epoch
-   or earlier. A later claim has a later epoch, so its groups stay closed.
+   claim there is still its own epoch — and only then reopens the groups closed at exactly
+   its epoch. So a group another attempt relies on is never reopened under it: an earlier
+   attempt's groups stay closed (a later attempt may be using them; the next completion or
+   abort takes them over), and a later attempt holds the claim, so this one cannot withdraw
+   it.
 
 Group operations on many groups run :data:`GROUP_CONCURRENCY` at a time.
 """
@@ -175,7 +179,8 @@ class UploadParts:
         return True
 
     async def close(self, groups: Iterable[int], epoch: int) -> dict[int, PartRecord]:
-        """Close ``groups`` at ``epoch``; return the parts they hold (now frozen).
+        """Close ``groups`` at ``epoch`` (a group closed at an earlier one stays so, except
+        for ``FINAL``); return the parts they hold (now frozen).
 
         Raises:
             GroupClosed: a group is closed at a later epoch (or ``FINAL``).
@@ -196,8 +201,8 @@ class UploadParts:
                         final=state.closed_at >= FINAL,
                     )
                 seen.update(state.parts)
-                if state.closed_at == epoch:
-                    raise _NoChange
+                if state.closed_at is not None and (state.closed_at == epoch or epoch < FINAL):
+                    raise _NoChange  # closed already: frozen for this closer too
                 return PartGroup(state.parts, epoch).pack()
 
             with contextlib.suppress(_NoChange):
@@ -208,14 +213,14 @@ class UploadParts:
         return found
 
     async def reopen(self, groups: Iterable[int], epoch: int) -> None:
-        """Open again the ``groups`` closed at ``epoch`` or earlier (never ``FINAL``)."""
+        """Open again the ``groups`` closed at exactly ``epoch`` (never ``FINAL``)."""
 
         async def reopen_one(group: int) -> None:
             def open_(current: bytes | None) -> bytes:
                 if current is None:
                     raise _NoChange
                 state = PartGroup.unpack(current)
-                if state.closed_at is None or state.closed_at > epoch or epoch >= FINAL:
+                if state.closed_at != epoch or epoch >= FINAL:
                     raise _NoChange
                 return PartGroup(state.parts).pack()
 

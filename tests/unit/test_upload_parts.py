@@ -97,13 +97,16 @@ async def test_write_replace_close_reopen_withdraw_destroy() -> None:
     with pytest.raises(GroupClosed) as closed:  # an earlier attempt, superseded
         await parts.close([0], 1)
     assert not closed.value.final
-    assert await parts.close([0], 3) == {1: part(2)}  # a later one takes over
+    assert await parts.close([0], 3) == {1: part(2)}  # a later one reads it as it is
     assert not await parts.withdraw(1, part(2))  # a closed group belongs to its closer
-    await parts.reopen([0, 1], 2)  # group 0 is closed at 3 now: stays closed
+    await parts.reopen([0, 1], 3)  # not closed at 3: stays closed (attempt 2 may use it)
     with pytest.raises(GroupClosed):
-        await parts.write(2, part(4))
-    assert await parts.write(151, part(4)) is None  # group 1 reopened
-    await parts.reopen([0], 3)
+        await parts.write(151, part(4))
+    await parts.reopen([0, 1], 1)
+    with pytest.raises(GroupClosed):
+        await parts.write(151, part(4))
+    await parts.reopen([0, 1], 2)
+    assert await parts.write(151, part(4)) is None
     assert await parts.write(2, part(4)) is None
     assert not await parts.withdraw(2, part(5))  # not the part it wrote
     assert await parts.withdraw(2, part(4))

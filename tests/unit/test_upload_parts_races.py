@@ -13,6 +13,7 @@ import pytest
 import trio
 import trio.lowlevel
 
+from storage import objects
 from storage.errors import (
     Conflict,
     NoSuchUpload,
@@ -23,7 +24,7 @@ from storage.errors import (
 from storage.object_records import PartRecord, StoredChunk
 from storage.objects import ObjectStore
 from tests.fake_blockstore import FakeBlockStore
-from tests.unit.test_objects import PART, body, make_store, payload, referenced
+from tests.unit.test_objects import PART, body, fetch, make_store, payload, referenced
 
 WHO: contextvars.ContextVar[str] = contextvars.ContextVar("who", default="")
 
@@ -160,6 +161,47 @@ async def test_F1_refused_attempt_reopens_groups_a_retry_is_using() -> None:
     chunks = await (await store.open_object("bkt", "mp")).chunks()
     missing = [c for c in chunks if c.ref.address not in fake.chunks]
     assert not missing, f"committed object references {len(missing)} released chunk(s)"
+
+
+# ---------------------------------------------------------------------------------------------
+# A retry (B) refused while the first attempt (A) is about to commit: B must not reopen the
+# groups A closed, or a part upload replaces (and releases) a part A's object is made of.
+
+
+async def test_a_refused_retry_leaves_the_first_attempts_groups_closed() -> None:
+    fake, store = make_store()
+    await store.create_bucket("bkt", owner="alice")
+    upload = await store.create_multipart_upload("bkt", "mp")
+    p1 = await store.upload_part("bkt", "mp", upload, 1, body(payload(PART, 1)))
+    p2 = await store.upload_part("bkt", "mp", upload, 2, body(payload(100, 2)))
+    wanted = [(1, p1.etag), (2, p2.etag)]
+    holds = Holds(fake, store)
+    a_commit = holds.commit("A")
+    res: dict[str, Any] = {}
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(
+            lambda: run_as(
+                "A",
+                res,
+                store.complete_multipart_upload,
+                "bkt",
+                "mp",
+                upload,
+                wanted,
+                if_none_match="*",
+            )
+        )
+        await a_commit.reached.wait()  # A claimed (epoch 1), closed group 0, read the parts
+        await store.put_object("bkt", "mp", body(b"someone else's"))
+        with pytest.raises(PreconditionFailed):  # B: a retry of A, refused for sure
+            await store.complete_multipart_upload("bkt", "mp", upload, wanted, if_none_match="*")
+        with pytest.raises(NoSuchUpload):  # group 0 is still A's
+            await store.upload_part("bkt", "mp", upload, 2, body(payload(100, 9)))
+        await store.delete_object("bkt", "mp")
+        a_commit.release()
+    assert isinstance(res["A"], objects.ObjectInfo), res["A"]
+    assert await fetch(store, "bkt", "mp") == payload(PART, 1) + payload(100, 2)
+    assert set(fake.chunks) == await referenced(store, ["bkt"])
 
 
 # ---------------------------------------------------------------------------------------------
