@@ -173,9 +173,20 @@ def _from_run_lengths(raw: Any) -> tuple[int, ...]:
     return tuple(values)
 
 
+def _checksum(raw: Any) -> tuple[str, bytes]:
+    """Decode a stored ``[algorithm, digest]``; raises ``ValueError`` if malformed."""
+    algorithm, digest = raw
+    if not isinstance(algorithm, str) or not isinstance(digest, bytes) or len(digest) > 64:
+        raise ValueError("malformed checksum")
+    return algorithm, digest
+
+
 @dataclass(frozen=True)
 class ObjectRecord:
     """An object's index entry: size, ETag, headers and where its bytes are.
+
+    ``checksum`` is the whole object's ``(algorithm, digest)`` (``"CRC32"``...) the client
+    sent with it and the server verified, if any.
 
     Exactly one of ``chunks`` (inline) and ``chunk_list`` (a chunk-list chunk holding
     ``chunk_count`` references) describes the data; an empty object has neither.
@@ -192,6 +203,7 @@ class ObjectRecord:
     parts_count: int | None = None
     upload_id: str | None = None
     part_sizes: tuple[int, ...] | None = None
+    checksum: tuple[str, bytes] | None = None
 
     def pack(self) -> bytes:
         """Encode for the bucket index."""
@@ -215,6 +227,8 @@ class ObjectRecord:
             obj["up"] = self.upload_id
         if self.part_sizes is not None:
             obj["ps"] = _run_lengths(self.part_sizes)
+        if self.checksum is not None:
+            obj["ck"] = list(self.checksum)
         return _pack(obj)
 
     @classmethod
@@ -235,6 +249,7 @@ class ObjectRecord:
                 parts_count=obj.get("np"),
                 upload_id=obj.get("up"),
                 part_sizes=_from_run_lengths(obj["ps"]) if "ps" in obj else None,
+                checksum=_checksum(obj["ck"]) if "ck" in obj else None,
             )
         except (KeyError, TypeError, ValueError):
             raise Corrupt("malformed object record") from None

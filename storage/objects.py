@@ -222,6 +222,7 @@ class ObjectInfo:
     owner: str | None = None
     parts_count: int | None = None
     storage_class: str = "STANDARD"
+    checksum: tuple[str, bytes] | None = None
 
 
 @dataclass(frozen=True)
@@ -440,6 +441,7 @@ def _object_info(bucket: str, key: str, record: ObjectRecord) -> ObjectInfo:
         acl=h.acl,
         owner=record.owner,
         parts_count=record.parts_count,
+        checksum=record.checksum,
     )
 
 
@@ -1047,9 +1049,11 @@ class ObjectStore:
         *,
         fresh: bool = True,
         release_later: ReleaseLater | None = None,
+        checksum: Callable[[], tuple[str, bytes] | None] | None = None,
     ) -> ObjectInfo:
         """Store ``body`` and commit its record at ``key`` in ``cfg``'s bucket.
 
+        ``checksum``, called once the body is read, gives the verified checksum to keep.
         With ``fresh=False`` (``cfg`` came from the cache) a commit refused because the
         bucket incarnation is gone is retried on the current one, if the bucket was
         re-created with the same redundancy as the stored chunks (or the object is empty).
@@ -1074,6 +1078,7 @@ class ObjectStore:
                 chunks=inline,
                 chunk_list=listing,
                 chunk_count=len(data_chunks),
+                checksum=None if checksum is None else checksum(),
             )
             keep_data = True  # from here an error may leave the record committed
             try:
@@ -1264,6 +1269,7 @@ class ObjectStore:
         if_none_match: str | None = None,
         content_md5: bytes | None = None,
         release_later: ReleaseLater | None = None,
+        checksum: Callable[[], tuple[str, bytes] | None] | None = None,
     ) -> ObjectInfo:
         """Store an object from a stream of bytes, replacing any object at ``key``.
 
@@ -1277,6 +1283,8 @@ class ObjectStore:
             if_none_match: ``"*"``: commit only if the key does not exist.
             content_md5: the 16-byte MD5 the client claims (``Content-MD5``).
             release_later: where to leave the replaced object's chunks (else released now).
+            checksum: called once the body is read: the ``(algorithm, digest)`` the client
+                sent and the caller verified against the body, kept with the object.
 
         Raises:
             NoSuchBucket, PreconditionFailed, NoSuchKey (``If-Match`` on an absent key),
@@ -1304,6 +1312,7 @@ class ObjectStore:
             content_md5,
             fresh=fresh,
             release_later=release_later,
+            checksum=checksum,
         )
 
     async def open_object(self, bucket: str, key: str) -> ObjectReader:
@@ -1489,6 +1498,7 @@ class ObjectStore:
             None,
             fresh=fresh,
             release_later=release_later,
+            checksum=lambda: reader.record.checksum,  # the same bytes
         )
 
     # -- listing -------------------------------------------------------------------------------

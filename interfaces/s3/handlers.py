@@ -26,7 +26,7 @@ from .app import PUBLIC_READ_ACLS, Request, Response, S3App, Sink, s3_error_for,
 from .chunked import stored_content_encoding
 from .conditions import check_read_preconditions, format_http_date
 from .errors import S3Error
-from .etag import check_content_md5, parse_content_md5, quote_etag
+from .etag import ChecksumClaim, check_content_md5, parse_content_md5, quote_etag
 from .names import validate_bucket_name
 from .ranges import ByteRange, parse_copy_source_range, parse_range
 from .router import CopySource, Op
@@ -200,6 +200,21 @@ def _check_version(version_id: str | None) -> None:
 def _checksum_headers(req: Request) -> list[tuple[str, str]]:
     claim = req.body.checksum
     return [] if claim is None else [(claim.header, claim.b64)]
+
+
+def _verified_checksum(req: Request) -> tuple[str, bytes] | None:
+    """The checksum the client sent with the body (verified once the body was read)."""
+    claim = req.body.checksum
+    return None if claim is None else (claim.algorithm, claim.digest)
+
+
+def _stored_checksum_headers(req: Request, info: ObjectInfo) -> list[tuple[str, str]]:
+    """The whole object's stored checksum, when the client asks (``x-amz-checksum-mode``)."""
+    mode = (req.headers.get("x-amz-checksum-mode") or "").strip().upper()
+    if mode != "ENABLED" or info.checksum is None:
+        return []
+    claim = ChecksumClaim(*info.checksum)
+    return [(claim.header, claim.b64), ("x-amz-checksum-type", "FULL_OBJECT")]
 
 
 def _object_headers(info: ObjectInfo) -> list[tuple[str, str]]:
@@ -508,6 +523,7 @@ async def put_object(app: S3App, req: Request) -> Response:
         if_none_match=if_none_match,
         content_md5=_content_md5(req),
         release_later=req.release_later,
+        checksum=functools.partial(_verified_checksum, req),
         **content,
     )
     return Response(200, [("etag", quote_etag(info.etag)), *_checksum_headers(req)])
@@ -610,6 +626,7 @@ def _read_plan(req: Request, reader: ObjectReader) -> _ReadPlan:
     if byte_range is None:
         if part is not None:  # an empty part: no Content-Range can describe it
             return _ReadPlan(200, headers, 0, None, 0)
+        headers.extend(_stored_checksum_headers(req, info))
         return _ReadPlan(200, headers, 0, None, info.size)
     headers.append(("content-range", byte_range.content_range))
     return _ReadPlan(206, headers, byte_range.start, byte_range.end, byte_range.length)

@@ -256,6 +256,28 @@ def test_content_md5_and_checksums(s3: Any, bucket: str) -> None:
     assert keys == ["md5", "sha"]
 
 
+def test_checksums_are_kept_and_returned_when_asked(s3: Any, bucket: str) -> None:
+    """The checksum a PUT carried (and that was verified) is stored with the object and
+    returned by GET and HEAD with ``x-amz-checksum-mode: ENABLED`` (botocore then checks
+    the body against it); a copy keeps it, a ranged read does not carry it."""
+    data = random.Random(3).randbytes(300_000)
+    sha = base64.b64encode(hashlib.sha256(data).digest()).decode()
+    crc = base64.b64encode(zlib.crc32(data).to_bytes(4, "big")).decode()
+    s3.put_object(Bucket=bucket, Key="sha", Body=data, ChecksumAlgorithm="SHA256")
+    s3.put_object(Bucket=bucket, Key="crc", Body=data, ChecksumCRC32=crc)
+    got = s3.get_object(Bucket=bucket, Key="sha", ChecksumMode="ENABLED")
+    assert read_body(got) == data
+    assert (got["ChecksumSHA256"], got["ChecksumType"]) == (sha, "FULL_OBJECT")
+    head = s3.head_object(Bucket=bucket, Key="crc", ChecksumMode="ENABLED")
+    assert head["ChecksumCRC32"] == crc
+    ranged = s3.get_object(Bucket=bucket, Key="crc", Range="bytes=0-9", ChecksumMode="ENABLED")
+    assert read_body(ranged) == data[:10]
+    assert "ChecksumCRC32" not in ranged
+    s3.copy_object(Bucket=bucket, Key="copy", CopySource={"Bucket": bucket, "Key": "crc"})
+    copied = s3.head_object(Bucket=bucket, Key="copy", ChecksumMode="ENABLED")
+    assert copied["ChecksumCRC32"] == crc
+
+
 def test_large_bodies_with_every_crc_claim(s3: Any, bucket: str) -> None:
     """6 MiB bodies (hashed off the event loop, in several batches) with CRC32, CRC32C and
     CRC64NVME claims: right ones are stored and echoed, a wrong one is BadDigest and nothing

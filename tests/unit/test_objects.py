@@ -1350,3 +1350,28 @@ async def test_completed_upload_records_its_part_sizes(
         assert await read_all(reader.stream(*span)) == data
     await store.put_object("bkt", "plain", body(payload(PART + 1)))
     assert (await store.open_object("bkt", "plain")).record.part_sizes is None
+
+
+@pytest.mark.parametrize(
+    "raw", [["CRC32"], ["CRC32", "x"], [5, b"\x00" * 4], ["SHA256", b"\x00" * 65], "x"]
+)
+def test_object_record_with_a_malformed_checksum_is_corrupt(raw: object) -> None:
+    good = ObjectRecord(4, "e", 1, ContentHeaders(), checksum=("CRC32", b"\x01\x02\x03\x04"))
+    assert ObjectRecord.unpack(good.pack()) == good
+    obj = msgpack.unpackb(good.pack(), raw=False)
+    obj["ck"] = raw
+    with pytest.raises(Corrupt):
+        ObjectRecord.unpack(msgpack.packb(obj, use_bin_type=True))
+
+
+async def test_the_checksum_of_a_put_is_kept_and_copied(
+    env: tuple[FakeBlockStore, ObjectStore],
+) -> None:
+    _, store = env
+    digest = ("CRC32", b"\x01\x02\x03\x04")
+    info = await store.put_object("bkt", "k", body(b"data"), checksum=lambda: digest)
+    assert info.checksum == digest
+    await store.copy_object("bkt", "k", "bkt", "copy")
+    assert (await store.head_object("bkt", "copy")).checksum == digest
+    await store.put_object("bkt", "k", body(b"other"))
+    assert (await store.head_object("bkt", "k")).checksum is None
