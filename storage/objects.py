@@ -53,7 +53,8 @@ Rules that keep it correct:
 * **Multipart completion** first *claims* the upload register (records the part list it
   completes with; from then on the upload cannot be aborted), then closes the upload's part
   groups (no part can change any more) and checks the list against what they hold, then
-  commits the object, then retires the upload and releases unlisted parts. An abort drops
+  commits the object, then retires the upload and releases what of the parts the object
+  does not own. An abort drops
   the upload register first, then closes the groups and releases every part; an UploadPart
   that lands after either withdraws its own part (:mod:`storage.upload_parts`). A completion
   that failed part-way is finished by retrying it with the same list: the retry sees
@@ -600,12 +601,12 @@ async def _part_chunks(store: BlockStore, part: PartRecord) -> list[StoredChunk]
 
 @dataclass(frozen=True)
 class DroppedUpload:
-    """An upload whose register is gone: its parts are to be collected (all of them, but
-    only the chunk list of a part in ``listed``, which a completed object now owns)."""
+    """An upload whose register is gone: its parts are to be collected, all but the data
+    chunks whose address is in ``keep`` (a completed object owns them)."""
 
     name: bytes
     upload: UploadRecord
-    listed: frozenset[int] = frozenset()
+    keep: frozenset[bytes] = frozenset()
 
 
 class ReleaseLater:
@@ -901,16 +902,16 @@ class ObjectStore:
                     len(uploads),
                 )
 
-    async def _release_part(self, part: PartRecord, *, data_too: bool = True) -> None:
-        if data_too:
-            try:
-                data = await _part_chunks(self._store, part)
-            except StorageError as exc:
-                logger.warning("could not read the chunk list of a dropped part: %s", exc)
-                return
-            await self._release(data)
-        if part.chunk_list is not None:
-            await self._release([part.chunk_list])
+    async def _release_part(self, part: PartRecord, keep: frozenset[bytes] = frozenset()) -> None:
+        """Release a part's chunks (its chunk list too), but not the data chunks whose
+        address is in ``keep``."""
+        try:
+            data = await _part_chunks(self._store, part)
+        except StorageError as exc:
+            logger.warning("could not read the chunk list of a dropped part: %s", exc)
+            return
+        owned = [c for c in data if bytes(c.ref.address) not in keep]
+        await self._release(owned + ([part.chunk_list] if part.chunk_list is not None else []))
 
     async def _store_body(
         self,
@@ -1774,16 +1775,17 @@ class ObjectStore:
 
     async def _collect_parts(self, dropped: DroppedUpload) -> None:
         """After the upload register is gone: close its groups for good, release its parts
-        (of a listed part only its chunk list: a completed object owns its data) and delete
-        the groups."""
-        upload, listed = dropped.upload, dropped.listed
+        (but the data chunks a completed object owns: ``dropped.keep``) and delete the
+        groups. Failures are logged: what they leave is leaked."""
         parts = UploadParts(self._store, dropped.name)
-        grouped = await parts.close(upload.groups, FINAL)
-        for number, part in grouped.items():
-            await self._release_part(part, data_too=number not in listed)
-        for number, part in upload.legacy_parts.items():  # a grouped part of its number won
-            await self._release_part(part, data_too=number not in listed or number in grouped)
-        await parts.destroy(upload.groups)
+        groups = dropped.upload.groups
+        try:
+            grouped = await parts.close(groups, FINAL)
+            for part in [*grouped.values(), *dropped.upload.legacy_parts.values()]:
+                await self._release_part(part, dropped.keep)
+            await parts.destroy(groups)
+        except StorageError as exc:
+            logger.warning("parts of upload %r not all collected: %s", dropped.name, exc)
 
     async def _drop_parts(self, dropped: DroppedUpload, later: ReleaseLater | None) -> None:
         """Collect a dropped upload's parts now, or through ``later``."""
@@ -1893,6 +1895,13 @@ class ObjectStore:
         prepared_by = trio.current_time() + COMPLETION_PREPARE_SECONDS
         retry = renewing[-1]  # the edit function's last run is the one that was applied
         upload = box["upload"]
+        if retry:
+            committed = await self._committed_by(cfg, raw_key, upload_id)
+            if committed is not None:
+                # The earlier attempt did commit: only its clean-up is left to do.
+                owned = await _chunk_list(self._store, committed)
+                await self._retire_upload(cfg, upload, upload_name, wanted, owned, None, [], None)
+                return _object_info(bucket, key, committed)
         data_chunks: list[StoredChunk] = []
         with trio.move_on_at(prepared_by) as reading:
             chosen = await self._claimed_parts(cfg, upload, wanted, upload.claim_epoch + 1)
@@ -1900,14 +1909,6 @@ class ObjectStore:
                 data_chunks.extend(await _part_chunks(self._store, part))
         if reading.cancelled_caught:
             raise Unavailable(0, 0, "reading the parts took too long; retry the completion")
-        if retry:
-            committed = await self._committed_by(cfg, raw_key, upload_id)
-            if committed is not None:
-                # The earlier attempt did commit: only its clean-up is left to do.
-                await self._retire_upload(
-                    cfg, upload, upload_name, wanted, data_chunks, None, [], None
-                )
-                return _object_info(bucket, key, committed)
         digest = hashlib.md5(b"".join(p.md5 for p in chosen), usedforsecurity=False)
         extra: list[StoredChunk] = []
         keep = False
@@ -2032,8 +2033,8 @@ class ObjectStore:
         with contextlib.suppress(_NoChange):
             await self._store.edit(upload_name, finish)
         await self._drop_from_uploads(cfg, upload.upload_id)
-        listed = frozenset(n for n, _ in wanted)
-        await self._drop_parts(DroppedUpload(upload_name, upload, listed), later)
+        owned = frozenset(bytes(c.ref.address) for c in data_chunks)
+        await self._drop_parts(DroppedUpload(upload_name, upload, owned), later)
         if old is not None:
             keep_addresses = {bytes(c.ref.address) for c in data_chunks}
             keep_addresses.update(bytes(c.ref.address) for c in extra)
@@ -2137,9 +2138,11 @@ class ObjectStore:
         """
         upload_id = judged.upload_id
         assert judged.completing is not None
-        if await self._committed_by(cfg, _key_bytes(key), upload_id) is not None:
+        committed = await self._committed_by(cfg, _key_bytes(key), upload_id)
+        if committed is not None:
+            owned = await _chunk_list(self._store, committed)
             await self._retire_upload(
-                cfg, judged, upload_name, judged.completing, [], None, [], None
+                cfg, judged, upload_name, judged.completing, owned, None, [], None
             )
             logger.info("finished the clean-up of upload %s, completed earlier", upload_id)
             raise NoSuchUpload(f"upload {upload_id!r} was completed")

@@ -23,12 +23,13 @@ The rules, and why no part is lost or leaked:
    an edit that requires the upload to exist and be unclaimed. So the group list a claim, an
    abort or a deletion takes from the upload register names every group that can hold a
    part.
-3. A group closed at a later epoch (or ``FINAL``) refuses an earlier closer, which stops
-   (an attempt superseded by a retry, or a completion overtaken by an abort). A group
-   closed at an earlier epoch stays as it is: the later closer reads it and relies on it
-   (only ``FINAL`` takes a group over). A closer creates no register: a group written only
-   after a completion read it holds parts the completion did not use, and the clean-up
-   after it releases them.
+3. A group remembers the highest epoch that closed (or reopened) it, its *floor*: a closer
+   at or below the floor, or below the epoch the group is closed at, is refused and stops
+   (an attempt superseded by a retry, or a completion overtaken by an abort) — also after
+   the group was reopened. A group closed at an earlier epoch stays as it is: the later
+   closer reads it and relies on it (only ``FINAL`` takes a group over). A closer creates
+   no register: a group written only after a completion read it holds parts the completion
+   did not use, and the clean-up after it releases them.
 4. After writing, UploadPart reads the upload register again. If the upload is gone
    (aborted, completed, its bucket deleted), the write may have come after the clean-up
    read the groups: the writer *withdraws* its part — only from a group that is still open,
@@ -40,9 +41,10 @@ The rules, and why no part is lost or leaked:
 6. A completion refused for sure withdraws its claim from the upload register — only if the
    claim there is still its own epoch — and only then reopens the groups closed at exactly
    its epoch. So a group another attempt relies on is never reopened under it: an earlier
-   attempt's groups stay closed (a later attempt may be using them; the next completion or
-   abort takes them over), and a later attempt holds the claim, so this one cannot withdraw
-   it.
+   attempt's groups stay closed (a later attempt may be using them), and a later attempt
+   holds the claim, so this one cannot withdraw it. The price: when two attempts overlap
+   and both are refused, the earlier one's groups stay closed, and part uploads into them
+   are refused until a completion or an abort ends the upload.
 
 Group operations on many groups run :data:`GROUP_CONCURRENCY` at a time.
 """
@@ -89,10 +91,12 @@ def group_of(part_number: int) -> int:
 
 @dataclass(frozen=True)
 class PartGroup:
-    """One group register: its parts by number, and the epoch it was closed at (if any)."""
+    """One group register: its parts by number, the epoch it was closed at (if any), and
+    the highest epoch that closed or reopened it (rule 3)."""
 
     parts: Mapping[int, PartRecord] = field(default_factory=dict)
     closed_at: int | None = None
+    floor: int = 0
 
     def pack(self) -> bytes:
         """Encode for the group register."""
@@ -102,6 +106,8 @@ class PartGroup:
         }
         if self.closed_at is not None:
             obj["c"] = self.closed_at
+        if self.floor:
+            obj["f"] = self.floor
         return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
 
     @classmethod
@@ -115,6 +121,7 @@ class PartGroup:
             return cls(
                 parts={int(n): PartRecord.unpack(p) for n, p in obj.get("p", {}).items()},
                 closed_at=None if closed is None else int(closed),
+                floor=int(obj.get("f", 0)),
             )
         except (
             ValueError,
@@ -154,7 +161,7 @@ class UploadParts:
                     final=group.closed_at >= FINAL,
                 )
             replaced[0] = group.parts.get(number)
-            return PartGroup({**group.parts, number: part}).pack()
+            return PartGroup({**group.parts, number: part}, floor=group.floor).pack()
 
         await self._store.edit(self.group_name(group_of(number)), put)
         return replaced[0]
@@ -170,7 +177,7 @@ class UploadParts:
             if group.closed_at is not None or group.parts.get(number) != part:
                 raise _NoChange
             rest = {n: p for n, p in group.parts.items() if n != number}
-            return PartGroup(rest).pack() if rest else None
+            return PartGroup(rest, floor=group.floor).pack() if rest else None
 
         try:
             await self._store.edit(self.group_name(group_of(number)), remove)
@@ -195,15 +202,26 @@ class UploadParts:
                 if current is None:
                     raise _NoChange
                 state = PartGroup.unpack(current)
-                if state.closed_at is not None and state.closed_at > epoch:
+                if epoch >= FINAL:  # a clean-up takes every group over
+                    seen.update(state.parts)
+                    if state.closed_at == FINAL:
+                        raise _NoChange
+                    return PartGroup(state.parts, FINAL, FINAL).pack()
+                if state.closed_at != epoch and (
+                    state.floor >= epoch
+                    or (state.closed_at is not None and state.closed_at > epoch)
+                ):
                     raise GroupClosed(
                         "a later completion or a clean-up holds the upload",
-                        final=state.closed_at >= FINAL,
+                        final=state.floor >= FINAL,
                     )
                 seen.update(state.parts)
-                if state.closed_at is not None and (state.closed_at == epoch or epoch < FINAL):
-                    raise _NoChange  # closed already: frozen for this closer too
-                return PartGroup(state.parts, epoch).pack()
+                if state.closed_at is None:
+                    return PartGroup(state.parts, epoch, epoch).pack()
+                if state.floor >= epoch:
+                    raise _NoChange  # closed by this very epoch already
+                # Closed at an earlier epoch, which may rely on it: it stays so.
+                return PartGroup(state.parts, state.closed_at, epoch).pack()
 
             with contextlib.suppress(_NoChange):
                 await self._store.edit(self.group_name(group), shut)
@@ -222,7 +240,7 @@ class UploadParts:
                 state = PartGroup.unpack(current)
                 if state.closed_at != epoch or epoch >= FINAL:
                     raise _NoChange
-                return PartGroup(state.parts).pack()
+                return PartGroup(state.parts, floor=state.floor).pack()
 
             with contextlib.suppress(_NoChange):
                 await self._store.edit(self.group_name(group), open_)

@@ -108,6 +108,9 @@ async def test_write_replace_close_reopen_withdraw_destroy() -> None:
     await parts.reopen([0, 1], 2)
     assert await parts.write(151, part(4)) is None
     assert await parts.write(2, part(4)) is None
+    for group, epoch in ((0, 3), (0, 2), (1, 2)):  # at or below the floor: overtaken
+        with pytest.raises(GroupClosed):
+            await parts.close([group], epoch)
     assert not await parts.withdraw(2, part(5))  # not the part it wrote
     assert await parts.withdraw(2, part(4))
     assert await parts.read([0, 1]) == {1: part(2), 150: part(3), 151: part(4)}

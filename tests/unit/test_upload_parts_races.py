@@ -16,6 +16,7 @@ import trio.lowlevel
 from storage import objects
 from storage.errors import (
     Conflict,
+    InvalidPart,
     NoSuchUpload,
     NotFound,
     PreconditionFailed,
@@ -294,3 +295,99 @@ async def test_F5_upload_in_progress_across_the_upgrade() -> None:
     print("list_parts:", page.parts)
     await store.abort_multipart_upload("bkt", "mp", upload)
     assert not fake.chunks, "the pre-upgrade part's chunks leaked"
+
+
+# ---------------------------------------------------------------------------------------------
+# A legacy part N completed while a re-upload of N lands in a group absent at the completion's
+# close: the clean-up keeps what the object owns (by address, not by part number) and
+# releases the rest, the late part included.
+
+
+def _with_legacy_part(fake: FakeBlockStore, data: bytes, ref: Any) -> None:
+    (name,) = [n for n in fake.live_registers() if n.startswith(b"s3/up/")]
+    part = PartRecord(hashlib.md5(data).digest(), len(data), 1, (StoredChunk(ref, len(data)),))
+    obj = msgpack.unpackb(fake.registers[name].value, raw=False, strict_map_key=False)
+    obj.pop("g", None)
+    obj["p"] = {1: part.pack()}  # as written before parts had groups
+    fake.registers[name].value = msgpack.packb(obj, use_bin_type=True)
+
+
+async def test_a_late_reupload_of_a_completed_legacy_part() -> None:
+    fake, store = make_store()
+    await store.create_bucket("bkt", owner="alice")
+    upload = await store.create_multipart_upload("bkt", "mp")
+    data = payload(PART, 1)
+    _with_legacy_part(fake, data, await fake.put_chunk(data))
+    etag = hashlib.md5(data).hexdigest()
+    holds = Holds(fake, store)
+    w_write = holds.edit("W", lambda n: n.endswith(b"/p/0"))
+    c_commit = holds.commit("C")
+    res: dict[str, Any] = {}
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run_as, "W", res, store.upload_part, "bkt", "mp", upload, 1, body(data))
+        await w_write.reached.wait()  # W named group 0, is slow to write it
+        nursery.start_soon(
+            lambda: run_as(
+                "C", res, store.complete_multipart_upload, "bkt", "mp", upload, [(1, etag)]
+            )
+        )
+        await c_commit.reached.wait()  # C closed {0} (absent) and chose the legacy part
+        w_write.release()
+        await until_done(res, "W")
+        c_commit.release()
+    assert res["C"].etag.endswith("-1"), res
+    assert await fetch(store, "bkt", "mp") == data
+    assert set(fake.chunks) == await referenced(store, ["bkt"])  # nothing lost, nothing leaked
+    assert not [n for n in fake.live_registers() if n.startswith(b"s3/up/")]
+
+
+# ---------------------------------------------------------------------------------------------
+# A retry (epoch 2) whose list no longer matches gives its claim back and reopens the group
+# it closed; the first attempt (epoch 1), slower, must not close that group afterwards (it
+# would commit with nothing holding its parts): the group's floor refuses it.
+
+
+@pytest.mark.parametrize("reupload", [True, False])
+async def test_an_attempt_overtaken_by_a_refused_retry_stops(reupload: bool) -> None:
+    fake, store = make_store()
+    await store.create_bucket("bkt", owner="alice")
+    up = await store.create_multipart_upload("bkt", "mp")
+    p1 = await store.upload_part("bkt", "mp", up, 1, body(payload(PART, 1)))
+    p2 = await store.upload_part("bkt", "mp", up, 2, body(payload(100, 2)))
+    wanted = [(1, p1.etag), (2, p2.etag)]
+    holds = Holds(fake, store)
+
+    def group_0(name: bytes) -> bool:
+        return name.endswith(b"/p/0")
+
+    w1_write = holds.edit("W1", group_0)
+    a0_close = holds.edit("A0", group_0)
+    a1_close = holds.edit("A1", group_0)
+    res: dict[str, Any] = {}
+    complete = store.complete_multipart_upload
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(
+            run_as, "W1", res, store.upload_part, "bkt", "mp", up, 2, body(payload(100, 9))
+        )
+        await w1_write.reached.wait()  # W1 checked the upload (unclaimed)
+        nursery.start_soon(lambda: run_as("A0", res, complete, "bkt", "mp", up, wanted))
+        await a0_close.reached.wait()  # A0 claimed (epoch 1)
+        nursery.start_soon(lambda: run_as("A1", res, complete, "bkt", "mp", up, wanted))
+        await a1_close.reached.wait()  # the client's retry A1 claimed (epoch 2)
+        w1_write.release()
+        await until_done(res, "W1")  # part 2 replaced (other bytes)
+        a1_close.release()
+        await until_done(res, "A1")  # InvalidPart: gives the claim back, reopens group 0
+        if reupload:  # the client uploads part 2 again, with its first bytes
+            await store.upload_part("bkt", "mp", up, 2, body(payload(100, 2)))
+        a0_close.release()
+        await until_done(res, "A0")
+    assert isinstance(res["A1"], InvalidPart)
+    assert isinstance(res["A0"], Conflict), res["A0"]
+    await store.upload_part("bkt", "mp", up, 3, body(payload(10, 3)))  # the upload goes on
+    p2 = await store.upload_part("bkt", "mp", up, 2, body(payload(PART, 2)))
+    p3 = await store.upload_part("bkt", "mp", up, 3, body(payload(10, 3)))
+    await complete("bkt", "mp", up, [(1, p1.etag), (2, p2.etag), (3, p3.etag)])
+    assert await fetch(store, "bkt", "mp") == payload(PART, 1) + payload(PART, 2) + payload(10, 3)
+    assert set(fake.chunks) == await referenced(store, ["bkt"])
+    assert not [n for n in fake.live_registers() if n.startswith(b"s3/up/")]
