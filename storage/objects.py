@@ -599,6 +599,10 @@ async def _part_chunks(store: BlockStore, part: PartRecord) -> list[StoredChunk]
 # -- the object store ------------------------------------------------------------------------
 
 
+#: A dropped object record, the addresses to keep, and the register of its upload (if any).
+_Dropped = tuple[ObjectRecord, frozenset[bytes], bytes | None]
+
+
 @dataclass(frozen=True)
 class DroppedUpload:
     """An upload whose register is gone: its parts are to be collected, all but the data
@@ -620,18 +624,21 @@ class ReleaseLater:
 
     def __init__(self) -> None:
         """Start empty."""
-        self._records: list[tuple[ObjectRecord, frozenset[bytes]]] = []
+        self._records: list[_Dropped] = []
         self._uploads: list[DroppedUpload] = []
 
-    def add(self, record: ObjectRecord, keep: frozenset[bytes]) -> None:
-        """Remember to release ``record``'s chunks except those whose address is in ``keep``."""
-        self._records.append((record, keep))
+    def add(
+        self, record: ObjectRecord, keep: frozenset[bytes], upload_name: bytes | None = None
+    ) -> None:
+        """Remember to release ``record``'s chunks except those whose address is in ``keep``
+        (``upload_name``: the register of the upload that made it, see ``_owned_chunks``)."""
+        self._records.append((record, keep, upload_name))
 
     def add_upload(self, dropped: DroppedUpload) -> None:
         """Remember to collect the parts of a dropped upload."""
         self._uploads.append(dropped)
 
-    def take(self) -> list[tuple[ObjectRecord, frozenset[bytes]]]:
+    def take(self) -> list[_Dropped]:
         """Return the objects added and forget them."""
         records, self._records = self._records, []
         return records
@@ -832,26 +839,44 @@ class ObjectStore:
                 await self._release(chunks)
 
     async def _release_record(
-        self, record: ObjectRecord, keep: frozenset[bytes], later: ReleaseLater | None
+        self,
+        cfg: BucketConfig,
+        record: ObjectRecord,
+        keep: frozenset[bytes],
+        later: ReleaseLater | None,
     ) -> None:
         """Release a dropped record's chunks, except those whose address is in ``keep``
         (now, or through ``later``)."""
+        upload = None if record.upload_id is None else self._upload_name(cfg, record.upload_id)
         if later is not None:
-            later.add(record, keep)
+            later.add(record, keep, upload)
         else:
-            await self._release(await self._owned_chunks(record, keep))
+            await self._release(await self._owned_chunks(record, keep, upload))
 
     async def _owned_chunks(
-        self, record: ObjectRecord, keep: frozenset[bytes]
+        self, record: ObjectRecord, keep: frozenset[bytes], upload_name: bytes | None = None
     ) -> list[StoredChunk]:
-        """A dropped record's chunks (its chunk list too) whose address is not in ``keep``."""
+        """A dropped record's chunks (its chunk list too) whose address is not in ``keep``.
+
+        The data of an object a multipart upload made stays while that upload's register is
+        there: the completion that committed it has not cleaned up yet, and a retry of it
+        may commit the same parts again; the clean-up releases them if no object holds them.
+        """
+        own_list = [record.chunk_list] if record.chunk_list is not None else []
+        if upload_name is not None:
+            try:
+                upload_left = await self._upload_exists(upload_name)
+            except StorageError as exc:
+                logger.warning("kept the data of a dropped object (upload unknown): %s", exc)
+                upload_left = True
+            if upload_left:
+                return [c for c in own_list if bytes(c.ref.address) not in keep]
         try:
             data = await _chunk_list(self._store, record)
         except StorageError as exc:
             logger.warning("could not read the chunk list of a dropped object: %s", exc)
             return []
-        owned = data + ([record.chunk_list] if record.chunk_list is not None else [])
-        return [c for c in owned if bytes(c.ref.address) not in keep]
+        return [c for c in data + own_list if bytes(c.ref.address) not in keep]
 
     async def release(self, later: ReleaseLater) -> None:
         """Release the chunks of the objects ``later`` holds, :data:`RELEASE_CONCURRENCY`
@@ -868,11 +893,11 @@ class ObjectStore:
 
         async def release_next() -> None:
             while pending:
-                record, keep = pending.popleft()
+                dropped = pending.popleft()
                 try:
-                    await self._release(await self._owned_chunks(record, keep), limiter)
+                    await self._release(await self._owned_chunks(*dropped), limiter)
                 except BaseException:  # cancelled part-way: releasing it again is harmless
-                    pending.appendleft((record, keep))
+                    pending.appendleft(dropped)
                     raise
 
         async def collect_uploads() -> None:
@@ -1108,7 +1133,7 @@ class ObjectStore:
                 await self._release_shielded(stored)
         if old is not None:
             keep = frozenset(bytes(c.ref.address) for c in stored)
-            await self._release_record(old, keep, release_later)
+            await self._release_record(cfg, old, keep, release_later)
         return _object_info(cfg.name, key, record)
 
     # -- buckets -------------------------------------------------------------------------------
@@ -1396,7 +1421,7 @@ class ObjectStore:
         if old is None:
             return False
         self._counts["objects_deleted"] += 1
-        await self._release_record(ObjectRecord.unpack(old), frozenset(), later)
+        await self._release_record(cfg, ObjectRecord.unpack(old), frozenset(), later)
         return True
 
     async def delete_objects(
@@ -1900,7 +1925,9 @@ class ObjectStore:
             if committed is not None:
                 # The earlier attempt did commit: only its clean-up is left to do.
                 owned = await _chunk_list(self._store, committed)
-                await self._retire_upload(cfg, upload, upload_name, wanted, owned, None, [], None)
+                await self._retire_upload(
+                    cfg, upload, upload_name, raw_key, wanted, owned, None, [], None
+                )
                 return _object_info(bucket, key, committed)
         data_chunks: list[StoredChunk] = []
         with trio.move_on_at(prepared_by) as reading:
@@ -1946,7 +1973,7 @@ class ObjectStore:
             if not keep:
                 await self._release_shielded(extra)
         await self._retire_upload(
-            cfg, upload, upload_name, wanted, data_chunks, old, extra, release_later
+            cfg, upload, upload_name, raw_key, wanted, data_chunks, old, extra, release_later
         )
         return _object_info(bucket, key, record)
 
@@ -1956,7 +1983,11 @@ class ObjectStore:
         """Check ``wanted`` against the parts as they are now (before claiming)."""
         upload = await self._read_upload(cfg, key, upload_id)
         parts = UploadParts(self._store, self._upload_name(cfg, upload_id))
-        self._validate(wanted, {**upload.legacy_parts, **await parts.read(upload.groups)})
+        try:
+            self._validate(wanted, {**upload.legacy_parts, **await parts.read(upload.groups)})
+        except (InvalidPart, EntityTooSmall):
+            await self._read_upload(cfg, key, upload_id)  # completed or aborted meanwhile?
+            raise
 
     def _validate(
         self, wanted: tuple[tuple[int, str], ...], parts: Mapping[int, PartRecord]
@@ -2014,6 +2045,7 @@ class ObjectStore:
         cfg: BucketConfig,
         upload: UploadRecord,
         upload_name: bytes,
+        raw_key: bytes,
         wanted: tuple[tuple[int, str], ...],
         data_chunks: Sequence[StoredChunk],
         old: ObjectRecord | None,
@@ -2032,13 +2064,21 @@ class ObjectStore:
 
         with contextlib.suppress(_NoChange):
             await self._store.edit(upload_name, finish)
-        await self._drop_from_uploads(cfg, upload.upload_id)
+        # Keep what the object at the key owns if it is still this upload's: it may have been
+        # replaced or deleted meanwhile, and that release left the data to this clean-up.
         owned = frozenset(bytes(c.ref.address) for c in data_chunks)
+        try:
+            current = await self._committed_by(cfg, raw_key, upload.upload_id)
+            chunks = [] if current is None else await _chunk_list(self._store, current)
+            owned = frozenset(bytes(c.ref.address) for c in chunks)
+        except StorageError as exc:
+            logger.warning("kept the parts of upload %s (object unknown): %s", upload_name, exc)
         await self._drop_parts(DroppedUpload(upload_name, upload, owned), later)
+        await self._drop_from_uploads(cfg, upload.upload_id)
         if old is not None:
             keep_addresses = {bytes(c.ref.address) for c in data_chunks}
             keep_addresses.update(bytes(c.ref.address) for c in extra)
-            await self._release_record(old, frozenset(keep_addresses), later)
+            await self._release_record(cfg, old, frozenset(keep_addresses), later)
 
     async def _unclaim(self, upload_name: bytes, claimed: UploadRecord, epoch: int) -> None:
         """Give back the claim made at ``epoch`` if it is still there, then reopen the groups
@@ -2117,8 +2157,8 @@ class ObjectStore:
             await self._settle_abandoned(cfg, key, upload_name, box["abandoned"], box)
         if "stamped" in box:
             raise being_completed
-        await self._drop_from_uploads(cfg, upload_id)
         await self._drop_parts(DroppedUpload(upload_name, box["upload"]), release_later)
+        await self._drop_from_uploads(cfg, upload_id)
 
     async def _settle_abandoned(
         self,
@@ -2142,7 +2182,7 @@ class ObjectStore:
         if committed is not None:
             owned = await _chunk_list(self._store, committed)
             await self._retire_upload(
-                cfg, judged, upload_name, judged.completing, owned, None, [], None
+                cfg, judged, upload_name, _key_bytes(key), judged.completing, owned, None, [], None
             )
             logger.info("finished the clean-up of upload %s, completed earlier", upload_id)
             raise NoSuchUpload(f"upload {upload_id!r} was completed")
@@ -2183,10 +2223,14 @@ class ObjectStore:
         max_parts = max(0, min(max_parts, 1000))
         groups = UploadParts(self._store, self._upload_name(cfg, upload_id))
         found: dict[int, PartRecord] = dict(upload.legacy_parts)
-        for group in sorted(g for g in upload.groups if g >= group_of(part_number_marker + 1)):
-            found.update(await groups.read([group]))
-            if sum(n > part_number_marker for n in found) > max_parts:
-                break  # enough for this page and to tell it is truncated
+        if upload.legacy_parts:  # (from before groups) any group may override one: read all
+            found.update(await groups.read(upload.groups))
+        else:
+            first = group_of(part_number_marker + 1)
+            for group in sorted(g for g in upload.groups if g >= first):
+                found.update(await groups.read([group]))
+                if sum(n > part_number_marker for n in found) > max_parts:
+                    break  # enough for this page and to tell it is truncated
         numbers = sorted(n for n in found if n > part_number_marker)
         page = numbers[:max_parts]
         truncated = len(numbers) > len(page)

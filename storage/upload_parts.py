@@ -40,9 +40,11 @@ The rules, and why no part is lost or leaked:
    closes the group first, so it reads the new part, never the replaced one.
 6. A completion refused for sure withdraws its claim from the upload register — only if the
    claim there is still its own epoch — and only then reopens the groups closed at exactly
-   its epoch. So a group another attempt relies on is never reopened under it: an earlier
-   attempt's groups stay closed (a later attempt may be using them), and a later attempt
-   holds the claim, so this one cannot withdraw it. The price: when two attempts overlap
+   its epoch and not read by a later closer since (the floor is still its epoch). So a group
+   another attempt relies on is never reopened under it: an earlier attempt's groups stay
+   closed (a later attempt may be using them), a later attempt holds the claim (so this one
+   cannot withdraw it), and a completion that claims between the withdrawal and the reopen
+   raised the floor of every group it read. The price: when two attempts overlap
    and both are refused, the earlier one's groups stay closed, and part uploads into them
    are refused until a completion or an abort ends the upload.
 
@@ -231,15 +233,16 @@ class UploadParts:
         return found
 
     async def reopen(self, groups: Iterable[int], epoch: int) -> None:
-        """Open again the ``groups`` closed at exactly ``epoch`` (never ``FINAL``)."""
+        """Open again the ``groups`` closed at exactly ``epoch`` that no later closer read
+        (never ``FINAL``)."""
 
         async def reopen_one(group: int) -> None:
             def open_(current: bytes | None) -> bytes:
                 if current is None:
                     raise _NoChange
                 state = PartGroup.unpack(current)
-                if state.closed_at != epoch or epoch >= FINAL:
-                    raise _NoChange
+                if state.closed_at != epoch or state.floor != epoch or epoch >= FINAL:
+                    raise _NoChange  # not its own, or a later closer relies on it
                 return PartGroup(state.parts, floor=state.floor).pack()
 
             with contextlib.suppress(_NoChange):

@@ -105,14 +105,14 @@ async def test_write_replace_close_reopen_withdraw_destroy() -> None:
     await parts.reopen([0, 1], 1)
     with pytest.raises(GroupClosed):
         await parts.write(151, part(4))
-    await parts.reopen([0, 1], 2)
+    await parts.reopen([0, 1], 2)  # group 0 was read at 3 since: stays closed
     assert await parts.write(151, part(4)) is None
-    assert await parts.write(2, part(4)) is None
-    for group, epoch in ((0, 3), (0, 2), (1, 2)):  # at or below the floor: overtaken
+    with pytest.raises(GroupClosed):
+        await parts.write(2, part(4))
+    for group, epoch in ((1, 2), (1, 1)):  # at or below the floor: overtaken
         with pytest.raises(GroupClosed):
             await parts.close([group], epoch)
-    assert not await parts.withdraw(2, part(5))  # not the part it wrote
-    assert await parts.withdraw(2, part(4))
+    assert await parts.close([0], 2) == {1: part(2)}  # its own closure, read again
     assert await parts.read([0, 1]) == {1: part(2), 150: part(3), 151: part(4)}
     await parts.close([0, 1, 7], FINAL)
     with pytest.raises(GroupClosed) as closed:  # a completion cannot take over a clean-up
@@ -123,6 +123,10 @@ async def test_write_replace_close_reopen_withdraw_destroy() -> None:
     with pytest.raises(GroupClosed):
         await parts.write(1, part(6))
     await parts.destroy([0, 1, 7])
+    assert not fake.live_registers()
+    assert await parts.write(2, part(4)) is None  # a late write recreates its group, open
+    assert not await parts.withdraw(2, part(5))  # not the part it wrote
+    assert await parts.withdraw(2, part(4))
     assert not fake.live_registers()
 
 

@@ -391,3 +391,168 @@ async def test_an_attempt_overtaken_by_a_refused_retry_stops(reupload: bool) -> 
     assert await fetch(store, "bkt", "mp") == payload(PART, 1) + payload(PART, 2) + payload(10, 3)
     assert set(fake.chunks) == await referenced(store, ["bkt"])
     assert not [n for n in fake.live_registers() if n.startswith(b"s3/up/")]
+
+
+# ---------------------------------------------------------------------------------------------
+# A refused completion gives its claim back, then reopens its groups; a new completion that
+# claimed in between read those groups (raising their floor): they must stay closed.
+
+
+async def test_a_reopen_never_opens_a_group_a_newer_claim_read() -> None:
+    fake, store = make_store()
+    await store.create_bucket("bkt", owner="alice")
+    await store.put_object("bkt", "mp", body(b"existing"))
+    up = await store.create_multipart_upload("bkt", "mp")
+    p1 = await store.upload_part("bkt", "mp", up, 1, body(payload(PART, 1)))
+    p2 = await store.upload_part("bkt", "mp", up, 2, body(payload(100, 2)))
+    wanted = [(1, p1.etag), (2, p2.etag)]
+    holds = Holds(fake, store)
+
+    def group_0(name: bytes) -> bool:
+        return name.endswith(b"/p/0")
+
+    w_write = holds.edit("W", group_0)  # a slow UploadPart of part 2
+    a_reopen = holds.edit("A", group_0, skip=1)  # A's first edit of group 0 closes it
+    c_commit = holds.commit("C")
+    res: dict[str, Any] = {}
+    complete = store.complete_multipart_upload
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(
+            run_as, "W", res, store.upload_part, "bkt", "mp", up, 2, body(payload(100, 9))
+        )
+        await w_write.reached.wait()  # W read the upload unclaimed
+        nursery.start_soon(
+            lambda: run_as("A", res, complete, "bkt", "mp", up, wanted, if_none_match="*")
+        )
+        await a_reopen.reached.wait()  # A: closed at 1, refused, gave the claim back
+        nursery.start_soon(lambda: run_as("C", res, complete, "bkt", "mp", up, wanted))
+        await c_commit.reached.wait()  # C: claimed (epoch 2), read group 0 (closed at 1)
+        a_reopen.release()
+        await until_done(res, "A")
+        w_write.release()
+        await until_done(res, "W")  # group 0 is still closed: refused
+        c_commit.release()
+        await until_done(res, "C")
+    assert isinstance(res["A"], PreconditionFailed)
+    assert isinstance(res["W"], NoSuchUpload), res["W"]
+    assert not isinstance(res["C"], Exception), res["C"]
+    assert await fetch(store, "bkt", "mp") == payload(PART, 1) + payload(100, 2)
+    assert set(fake.chunks) == await referenced(store, ["bkt"])
+
+
+# ---------------------------------------------------------------------------------------------
+# ListParts of an upload with legacy parts pages right (no part skipped, the grouped version
+# of a re-uploaded legacy part shown).
+
+
+async def _legacy_parts(fake: FakeBlockStore, numbers: list[int]) -> None:
+    (name,) = [n for n in fake.live_registers() if n.startswith(b"s3/up/")]
+    obj = msgpack.unpackb(fake.registers[name].value, raw=False, strict_map_key=False)
+    obj.pop("g", None)
+    parts = {}
+    for n in numbers:
+        data = payload(10, n)
+        ref = await fake.put_chunk(data)
+        parts[n] = PartRecord(
+            hashlib.md5(data).digest(), len(data), 1, (StoredChunk(ref, len(data)),)
+        ).pack()
+    obj["p"] = parts
+    fake.registers[name].value = msgpack.packb(obj, use_bin_type=True)
+
+
+async def _all_pages(store: ObjectStore, up: str, max_parts: int) -> list[tuple[int, str]]:
+    seen: list[tuple[int, str]] = []
+    marker = 0
+    for _ in range(50):
+        page = await store.list_parts(
+            "bkt", "mp", up, part_number_marker=marker, max_parts=max_parts
+        )
+        seen += [(p.part_number, p.etag) for p in page.parts]
+        if not page.is_truncated:
+            return seen
+        assert page.next_part_number_marker is not None
+        marker = page.next_part_number_marker
+    raise AssertionError("no end")
+
+
+async def test_list_parts_pages_over_legacy_and_grouped_parts() -> None:
+    fake, store = make_store()
+    await store.create_bucket("bkt", owner="alice")
+    up = await store.create_multipart_upload("bkt", "mp")
+    await _legacy_parts(fake, [150, 250, 350])
+    await store.upload_part("bkt", "mp", up, 1, body(payload(10, 1)))
+    await store.upload_part("bkt", "mp", up, 101, body(payload(10, 101)))
+    new = await store.upload_part("bkt", "mp", up, 150, body(payload(20, 150)))  # re-upload
+    full = await _all_pages(store, up, 1000)
+    assert [n for n, _ in full] == [1, 101, 150, 250, 350]
+    assert (150, new.etag) in full
+    assert await _all_pages(store, up, 3) == full
+    assert await _all_pages(store, up, 1) == full
+
+
+# ---------------------------------------------------------------------------------------------
+# A retried completion that checks the parts while the first attempt completes and cleans up
+# answers NoSuchUpload (the upload is completed), not InvalidPart.
+
+
+async def test_a_retry_racing_the_first_attempts_clean_up_is_no_such_upload() -> None:
+    fake, store = make_store()
+    await store.create_bucket("bkt", owner="alice")
+    up = await store.create_multipart_upload("bkt", "mp")
+    p1 = await store.upload_part("bkt", "mp", up, 1, body(payload(PART, 1)))
+    wanted = [(1, p1.etag)]
+    reached, go = trio.Event(), trio.Event()
+    real_read = fake.read
+
+    async def read(name: bytes) -> Any:
+        if WHO.get() == "B" and name.endswith(b"/p/0") and not reached.is_set():
+            reached.set()
+            await go.wait()
+        return await real_read(name)
+
+    fake.read = read  # type: ignore[method-assign]
+    res: dict[str, Any] = {}
+    complete = store.complete_multipart_upload
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(lambda: run_as("B", res, complete, "bkt", "mp", up, wanted))
+        await reached.wait()  # B read the upload register, not the group yet
+        await run_as("A", res, complete, "bkt", "mp", up, wanted)  # completes and cleans up
+        go.set()
+        await until_done(res, "B")
+    assert not isinstance(res["A"], Exception), res["A"]
+    assert isinstance(res["B"], NoSuchUpload), res["B"]
+    assert await fetch(store, "bkt", "mp") == payload(PART, 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# The object a completion committed is deleted (or replaced) before that completion cleaned
+# up: its data stays while the upload register is there, so a retry that commits the same
+# parts again finds them; whoever cleans up last releases what no object holds.
+
+
+@pytest.mark.parametrize("retry", [True, False])
+async def test_an_object_dropped_before_its_completion_cleaned_up(retry: bool) -> None:
+    fake, store = make_store()
+    await store.create_bucket("bkt", owner="alice")
+    up = await store.create_multipart_upload("bkt", "mp")
+    p1 = await store.upload_part("bkt", "mp", up, 1, body(payload(PART, 1)))
+    p2 = await store.upload_part("bkt", "mp", up, 2, body(payload(100, 2)))
+    wanted = [(1, p1.etag), (2, p2.etag)]
+    holds = Holds(fake, store)
+    a_finish = holds.edit("A", lambda n: n.startswith(b"s3/up/") and b"/p/" not in n, skip=1)
+    res: dict[str, Any] = {}
+    complete = store.complete_multipart_upload
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(lambda: run_as("A", res, complete, "bkt", "mp", up, wanted))
+        await a_finish.reached.wait()  # A committed, is about to retire (slow)
+        await store.delete_object("bkt", "mp")  # someone deletes the new object
+        if retry:
+            await run_as("B", res, complete, "bkt", "mp", up, wanted)  # the client's retry
+        a_finish.release()
+        await until_done(res, "A")
+    if retry:
+        assert await fetch(store, "bkt", "mp") == payload(PART, 1) + payload(100, 2)
+    else:
+        assert not (await store.list_objects("bkt")).objects
+    assert set(fake.chunks) == await referenced(store, ["bkt"])  # nothing lost or leaked
+    assert not [n for n in fake.live_registers() if n.startswith(b"s3/up/")]
