@@ -599,8 +599,15 @@ async def _part_chunks(store: BlockStore, part: PartRecord) -> list[StoredChunk]
 # -- the object store ------------------------------------------------------------------------
 
 
-#: A dropped object record, the addresses to keep, and the register of its upload (if any).
-_Dropped = tuple[ObjectRecord, frozenset[bytes], bytes | None]
+@dataclass(frozen=True)
+class _Dropped:
+    """A dropped object record, the addresses to keep, and where it was: its bucket and key
+    (for an object a multipart upload made, see ``ObjectStore._owned_chunks``)."""
+
+    record: ObjectRecord
+    keep: frozenset[bytes]
+    cfg: BucketConfig
+    raw_key: bytes
 
 
 @dataclass(frozen=True)
@@ -627,12 +634,9 @@ class ReleaseLater:
         self._records: list[_Dropped] = []
         self._uploads: list[DroppedUpload] = []
 
-    def add(
-        self, record: ObjectRecord, keep: frozenset[bytes], upload_name: bytes | None = None
-    ) -> None:
-        """Remember to release ``record``'s chunks except those whose address is in ``keep``
-        (``upload_name``: the register of the upload that made it, see ``_owned_chunks``)."""
-        self._records.append((record, keep, upload_name))
+    def add(self, dropped: _Dropped) -> None:
+        """Remember to release a dropped record's chunks."""
+        self._records.append(dropped)
 
     def add_upload(self, dropped: DroppedUpload) -> None:
         """Remember to collect the parts of a dropped upload."""
@@ -841,40 +845,43 @@ class ObjectStore:
     async def _release_record(
         self,
         cfg: BucketConfig,
+        raw_key: bytes,
         record: ObjectRecord,
         keep: frozenset[bytes],
         later: ReleaseLater | None,
     ) -> None:
-        """Release a dropped record's chunks, except those whose address is in ``keep``
-        (now, or through ``later``)."""
-        upload = None if record.upload_id is None else self._upload_name(cfg, record.upload_id)
+        """Release the chunks of the record dropped at ``raw_key``, except those whose
+        address is in ``keep`` (now, or through ``later``)."""
+        dropped = _Dropped(record, keep, cfg, raw_key)
         if later is not None:
-            later.add(record, keep, upload)
+            later.add(dropped)
         else:
-            await self._release(await self._owned_chunks(record, keep, upload))
+            await self._release(await self._owned_chunks(dropped))
 
-    async def _owned_chunks(
-        self, record: ObjectRecord, keep: frozenset[bytes], upload_name: bytes | None = None
-    ) -> list[StoredChunk]:
-        """A dropped record's chunks (its chunk list too) whose address is not in ``keep``.
+    async def _owned_chunks(self, dropped: _Dropped) -> list[StoredChunk]:
+        """A dropped record's chunks (its chunk list too) that are not to be kept.
 
-        The data of an object a multipart upload made stays while that upload's register is
-        there: the completion that committed it has not cleaned up yet, and a retry of it
-        may commit the same parts again; the clean-up releases them if no object holds them.
+        An object a multipart upload made shares its data with that upload's parts until the
+        upload is cleaned up, and a retried completion may commit the same parts again. So
+        while the upload's register is there its data stays (the clean-up releases what no
+        object of the upload holds); after that, what an object of the same upload now at
+        the key holds stays too (no claim, so no new commit, can follow).
         """
+        record, keep = dropped.record, set(dropped.keep)
         own_list = [record.chunk_list] if record.chunk_list is not None else []
-        if upload_name is not None:
-            try:
-                upload_left = await self._upload_exists(upload_name)
-            except StorageError as exc:
-                logger.warning("kept the data of a dropped object (upload unknown): %s", exc)
-                upload_left = True
-            if upload_left:
-                return [c for c in own_list if bytes(c.ref.address) not in keep]
         try:
+            if record.upload_id is not None:
+                cfg = dropped.cfg
+                if await self._upload_exists(self._upload_name(cfg, record.upload_id)):
+                    return [c for c in own_list if bytes(c.ref.address) not in keep]
+                current = await self._committed_by(cfg, dropped.raw_key, record.upload_id)
+                if current is not None:
+                    keep.update(
+                        bytes(c.ref.address) for c in await _chunk_list(self._store, current)
+                    )
             data = await _chunk_list(self._store, record)
         except StorageError as exc:
-            logger.warning("could not read the chunk list of a dropped object: %s", exc)
+            logger.warning("kept the chunks of a dropped object (leaked): %s", exc)
             return []
         return [c for c in data + own_list if bytes(c.ref.address) not in keep]
 
@@ -895,7 +902,7 @@ class ObjectStore:
             while pending:
                 dropped = pending.popleft()
                 try:
-                    await self._release(await self._owned_chunks(*dropped), limiter)
+                    await self._release(await self._owned_chunks(dropped), limiter)
                 except BaseException:  # cancelled part-way: releasing it again is harmless
                     pending.appendleft(dropped)
                     raise
@@ -1133,7 +1140,7 @@ class ObjectStore:
                 await self._release_shielded(stored)
         if old is not None:
             keep = frozenset(bytes(c.ref.address) for c in stored)
-            await self._release_record(cfg, old, keep, release_later)
+            await self._release_record(cfg, raw_key, old, keep, release_later)
         return _object_info(cfg.name, key, record)
 
     # -- buckets -------------------------------------------------------------------------------
@@ -1417,11 +1424,12 @@ class ObjectStore:
         return await self._on_bucket(bucket, delete)
 
     async def _delete(self, cfg: BucketConfig, key: str, later: ReleaseLater | None) -> bool:
-        old, _ = await self._index_update(cfg, _key_bytes(key), lambda _current: None)
+        raw_key = _key_bytes(key)
+        old, _ = await self._index_update(cfg, raw_key, lambda _current: None)
         if old is None:
             return False
         self._counts["objects_deleted"] += 1
-        await self._release_record(cfg, ObjectRecord.unpack(old), frozenset(), later)
+        await self._release_record(cfg, raw_key, ObjectRecord.unpack(old), frozenset(), later)
         return True
 
     async def delete_objects(
@@ -2078,7 +2086,7 @@ class ObjectStore:
         if old is not None:
             keep_addresses = {bytes(c.ref.address) for c in data_chunks}
             keep_addresses.update(bytes(c.ref.address) for c in extra)
-            await self._release_record(cfg, old, frozenset(keep_addresses), later)
+            await self._release_record(cfg, raw_key, old, frozenset(keep_addresses), later)
 
     async def _unclaim(self, upload_name: bytes, claimed: UploadRecord, epoch: int) -> None:
         """Give back the claim made at ``epoch`` if it is still there, then reopen the groups

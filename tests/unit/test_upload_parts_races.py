@@ -23,7 +23,7 @@ from storage.errors import (
     StorageError,
 )
 from storage.object_records import PartRecord, StoredChunk
-from storage.objects import ObjectStore
+from storage.objects import ObjectStore, ReleaseLater
 from tests.fake_blockstore import FakeBlockStore
 from tests.unit.test_objects import PART, body, fetch, make_store, payload, referenced
 
@@ -556,3 +556,68 @@ async def test_an_object_dropped_before_its_completion_cleaned_up(retry: bool) -
         assert not (await store.list_objects("bkt")).objects
     assert set(fake.chunks) == await referenced(store, ["bkt"])  # nothing lost or leaked
     assert not [n for n in fake.live_registers() if n.startswith(b"s3/up/")]
+
+
+# ---------------------------------------------------------------------------------------------
+# An object a completion committed is dropped (delete, DeleteObjects, PUT over it) before that
+# completion cleaned up, and the client's retry commits the same parts again and cleans up
+# before the drop's release runs: the release must keep what the retry's object holds.
+
+
+def _is_upload_register(name: bytes) -> bool:
+    return name.startswith(b"s3/up/") and b"/p/" not in name
+
+
+async def _drop(store: ObjectStore, how: str, later: ReleaseLater | None) -> None:
+    if how == "delete":
+        await store.delete_object("bkt", "mp", release_later=later)
+    elif how == "delete_objects":
+        await store.delete_objects("bkt", ["mp"], release_later=later)
+    else:
+        await store.put_object("bkt", "mp", body(b"other"), release_later=later)
+
+
+@pytest.mark.parametrize("how", ["delete", "delete_objects", "put"])
+@pytest.mark.parametrize("deferred", [True, False])
+async def test_a_drop_released_after_a_retry_recommitted(how: str, deferred: bool) -> None:
+    fake, store = make_store()
+    await store.create_bucket("bkt", owner="alice")
+    up = await store.create_multipart_upload("bkt", "mp")
+    p1 = await store.upload_part("bkt", "mp", up, 1, body(payload(PART, 1)))
+    p2 = await store.upload_part("bkt", "mp", up, 2, body(payload(100, 2)))
+    wanted = [(1, p1.etag), (2, p2.etag)]
+    holds = Holds(fake, store)
+    a_finish = holds.edit("A", _is_upload_register, skip=1)  # A's clean-up, after its claim
+    reached, go = trio.Event(), trio.Event()
+    real_read = fake.read
+
+    async def read(name: bytes) -> Any:
+        if WHO.get() == "D" and _is_upload_register(name) and not reached.is_set():
+            reached.set()  # D dropped the object, is about to check the upload
+            await go.wait()
+        return await real_read(name)
+
+    fake.read = read  # type: ignore[method-assign]
+    res: dict[str, Any] = {}
+    complete = store.complete_multipart_upload
+    later = ReleaseLater() if deferred else None
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(lambda: run_as("A", res, complete, "bkt", "mp", up, wanted))
+        await a_finish.reached.wait()  # A committed, has not cleaned up
+        if deferred:
+            await _drop(store, how, later)  # answered; its release has not run
+        else:
+            nursery.start_soon(lambda: run_as("D", res, _drop, store, how, None))
+            await reached.wait()
+        await run_as("B", res, complete, "bkt", "mp", up, wanted)  # commits again, cleans up
+        assert not isinstance(res["B"], Exception), res["B"]
+        go.set()
+        a_finish.release()
+        await until_done(res, "A")
+        if deferred:
+            assert later is not None
+            await store.release(later)
+        else:
+            await until_done(res, "D")
+    assert await fetch(store, "bkt", "mp") == payload(PART, 1) + payload(100, 2)
+    assert set(fake.chunks) == await referenced(store, ["bkt"])
