@@ -270,12 +270,72 @@ class ObjectRecord:
         return list(self.chunks)
 
 
+def _strings(raw: Any) -> tuple[str, ...]:
+    """A stored list of strings; raises ``ValueError`` if it is anything else."""
+    if not isinstance(raw, list) or not all(isinstance(s, str) for s in raw):
+        raise ValueError("not a list of strings")
+    return tuple(raw)
+
+
+@dataclass(frozen=True)
+class CorsRule:
+    """One cross-origin rule of a bucket (a ``CORSRule`` of PutBucketCors), as stored.
+
+    Patterns (origins, allowed headers) may hold one ``*``; the S3 layer validates and
+    evaluates them, this record only keeps them.
+    """
+
+    allowed_origins: tuple[str, ...]
+    allowed_methods: tuple[str, ...]
+    allowed_headers: tuple[str, ...] = ()
+    expose_headers: tuple[str, ...] = ()
+    id: str | None = None
+    max_age_seconds: int | None = None
+
+    def pack(self) -> dict[str, object]:
+        """The compact msgpack form (empty lists and absent values are omitted)."""
+        out: dict[str, object] = {"o": list(self.allowed_origins), "m": list(self.allowed_methods)}
+        if self.allowed_headers:
+            out["h"] = list(self.allowed_headers)
+        if self.expose_headers:
+            out["e"] = list(self.expose_headers)
+        if self.id is not None:
+            out["id"] = self.id
+        if self.max_age_seconds is not None:
+            out["ma"] = self.max_age_seconds
+        return out
+
+    @classmethod
+    def unpack(cls, raw: Any) -> CorsRule:
+        """Inverse of :meth:`pack`; raises ``Corrupt`` if malformed."""
+        try:
+            if not isinstance(raw, dict):
+                raise ValueError("not a map")
+            rule_id, max_age = raw.get("id"), raw.get("ma")
+            if rule_id is not None and not isinstance(rule_id, str):
+                raise ValueError("malformed rule id")
+            if max_age is not None and (type(max_age) is not int or max_age < 0):
+                raise ValueError("malformed max age")
+            return cls(
+                allowed_origins=_strings(raw["o"]),
+                allowed_methods=_strings(raw["m"]),
+                allowed_headers=_strings(raw.get("h", [])),
+                expose_headers=_strings(raw.get("e", [])),
+                id=rule_id,
+                max_age_seconds=max_age,
+            )
+        except (KeyError, TypeError, ValueError):
+            raise Corrupt("malformed CORS rule") from None
+
+
 @dataclass(frozen=True)
 class BucketConfig:
     """A bucket's registry entry.
 
     ``index_id`` names this incarnation's registers: a bucket deleted and created again gets
-    a fresh one, so leftovers of the old incarnation can never leak into the new.
+    a fresh one, so leftovers of the old incarnation can never leak into the new. ``cors`` is
+    the bucket's CORS configuration (``None``: none; entries written before it existed have
+    none).
     """
 
     name: str
@@ -285,6 +345,7 @@ class BucketConfig:
     acl: str
     index_id: bytes
     region: str | None = None
+    cors: tuple[CorsRule, ...] | None = None
 
     def pack_entry(self) -> dict[str, object]:
         """The registry map value for this bucket."""
@@ -297,6 +358,8 @@ class BucketConfig:
         }
         if self.region is not None:
             out["rg"] = self.region
+        if self.cors is not None:
+            out["cr"] = [rule.pack() for rule in self.cors]
         return out
 
     @classmethod
@@ -311,9 +374,19 @@ class BucketConfig:
                 acl=str(obj["acl"]),
                 index_id=bytes(obj["id"]),
                 region=obj.get("rg"),
+                cors=_unpack_cors(obj.get("cr")),
             )
         except (KeyError, TypeError, ValueError, InvalidArgument):
             raise Corrupt(f"malformed config of bucket {name!r}") from None
+
+
+def _unpack_cors(raw: Any) -> tuple[CorsRule, ...] | None:
+    """A stored CORS configuration (``None``: the bucket has none)."""
+    if raw is None:
+        return None
+    if not isinstance(raw, list):
+        raise ValueError("malformed CORS configuration")
+    return tuple(CorsRule.unpack(rule) for rule in raw)
 
 
 def pack_registry(buckets: Mapping[str, BucketConfig]) -> bytes:

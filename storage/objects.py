@@ -128,6 +128,7 @@ from .object_records import (
     PART_INLINE_CHUNKS,
     BucketConfig,
     ContentHeaders,
+    CorsRule,
     ObjectRecord,
     PartRecord,
     StoredChunk,
@@ -192,7 +193,8 @@ class _NoChange(Exception):
 
 @dataclass(frozen=True)
 class BucketInfo:
-    """A bucket's configuration as the S3 layer needs it."""
+    """A bucket's configuration as the S3 layer needs it (``cors``: its CORS rules, ``None``
+    when it has no CORS configuration)."""
 
     name: str
     owner: str
@@ -200,6 +202,7 @@ class BucketInfo:
     redundancy: Redundancy
     acl: str
     region: str | None = None
+    cors: tuple[CorsRule, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -421,6 +424,7 @@ def _bucket_info(cfg: BucketConfig) -> BucketInfo:
         redundancy=cfg.redundancy,
         acl=cfg.acl,
         region=cfg.region,
+        cors=cfg.cors,
     )
 
 
@@ -1217,17 +1221,32 @@ class ObjectStore:
 
     async def set_bucket_acl(self, name: str, acl: str) -> None:
         """Replace the bucket's canned ACL. Raises ``NoSuchBucket``, ``InvalidArgument``."""
-        check_acl(acl)
+        await self._change_bucket(name, acl=check_acl(acl))
+
+    async def set_bucket_cors(self, name: str, rules: Sequence[CorsRule] | None) -> None:
+        """Replace the bucket's CORS configuration (``None`` removes it). Raises
+        ``NoSuchBucket``."""
+        await self._change_bucket(name, cors=None if rules is None else tuple(rules))
+
+    async def _change_bucket(self, name: str, **changes: object) -> None:
+        """Replace fields of the bucket's registry entry (``NoSuchBucket`` if none)."""
 
         def change(current: bytes | None) -> bytes:
             buckets = unpack_registry(current)
             if name not in buckets:
                 raise NoSuchBucket(f"no bucket {name!r}")
-            buckets[name] = replace(buckets[name], acl=acl)
+            buckets[name] = replace(buckets[name], **changes)  # type: ignore[arg-type]
             return pack_registry(buckets)
 
         await self._store.edit(REGISTRY, change)
         self._bucket_cache.pop(name, None)
+
+    async def cors_rules(self, name: str) -> tuple[CorsRule, ...] | None:
+        """The bucket's CORS rules (``None``: no configuration), from a configuration up to
+        :data:`BUCKET_CACHE_SECONDS` old, as object operations use: answering a cross-origin
+        request costs no registry read while it is cached. Raises ``NoSuchBucket``."""
+        cfg, _fresh = await self._object_bucket(name)
+        return cfg.cors
 
     async def delete_bucket(self, name: str) -> None:
         """Delete an empty bucket; multipart uploads still in progress are aborted.

@@ -6,8 +6,9 @@ Nothing here does I/O or touches storage; the ASGI server (a thin loop) calls, p
 2. :func:`verify_request` — who is asking and what the payload claim is;
 3. :func:`decoder_for_request` — a :class:`ChunkedDecoder` for ``STREAMING-*`` bodies;
    otherwise it hashes the body and calls :func:`check_payload_sha256`;
-4. the helpers in :mod:`.ranges`, :mod:`.conditions`, :mod:`.etag`, :mod:`.names`, and the
-   builders/parsers in :mod:`.xml`;
+4. the helpers in :mod:`.ranges`, :mod:`.conditions`, :mod:`.etag`, :mod:`.names`,
+   :mod:`.cors` (a bucket's CORS rules, stored as :class:`storage.object_records.CorsRule`
+   records, applied to a request), and the builders/parsers in :mod:`.xml`;
 
 and renders any :class:`S3Error` with :func:`interfaces.s3.xml.error` and ``err.status``.
 """

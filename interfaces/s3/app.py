@@ -12,7 +12,10 @@ One request, one pass through five stages, each with one owner:
    in the cluster, cached), then the SigV4 header / presigned query / SigV2 signature and the
    clock skew or expiry are checked. **Authorize**: a signed request may do everything (all
    keys belong to one account); an anonymous one may only read (GET/HEAD objects, list,
-   HEAD bucket) in a ``public-read`` bucket or a ``public-read`` object.
+   HEAD bucket) in a ``public-read`` bucket or a ``public-read`` object. A CORS preflight
+   (``OPTIONS``) is neither: browsers send it without credentials, to the URL (presigned
+   query included) of the request they mean to make, so it is answered from the bucket's CORS
+   rules alone.
 3. **Body** (:class:`RequestBody`): the ASGI ``http.request`` messages are read one at a
    time, only when the storage layer asks for more (back-pressure: hypercorn stops reading
    the socket while its small queue is full). aws-chunked bodies go through the
@@ -36,7 +39,12 @@ One request, one pass through five stages, each with one owner:
    every error body is S3 ``<Error>`` XML with that id (HEAD and 304 answers carry no body,
    as HTTP requires). A GetObject whose first chunk fails is still answered with a proper
    error, because the response head is sent only with the first chunk; a failure after that
-   can only abort the connection (the client sees a short body, as with S3).
+   can only abort the connection (the client sees a short body, as with S3). A request with
+   an ``Origin`` header to a bucket with CORS rules gets, answer or error, the
+   ``Access-Control-*`` headers of the first rule allowing its origin and method
+   (:mod:`interfaces.s3.cors`), from the bucket configuration object operations cache
+   (:meth:`~storage.objects.ObjectStore.cors_rules`); a request without ``Origin`` costs
+   nothing more.
 
 Before an error answer, a small unread request body (``DRAIN_LIMIT``) is read and dropped so
 the client can read the answer instead of meeting a connection reset. Every request is logged
@@ -65,14 +73,14 @@ from storage import errors as storage_errors
 from storage.hash_lane import HashLane
 from storage.objects import ObjectStore, ReleaseLater
 
-from . import xml
+from . import cors, xml
 from .chunked import NEED_DATA, ChunkedDecoder, Data, EndOfMessage, Trailers, decoder_for_request
 from .credentials import CredentialStore
 from .errors import ERROR_TABLE, S3Error, from_storage_error
 from .etag import ChecksumClaim, Hasher, checksum_from_headers, new_checksum
 from .headers import Headers
 from .router import Endpoint, Op, route
-from .sigv4 import AuthResult, check_payload_sha256, verify_request
+from .sigv4 import AuthMethod, AuthResult, PayloadKind, check_payload_sha256, verify_request
 
 logger = logging.getLogger(__name__)
 
@@ -114,6 +122,8 @@ _SECRET_PARAMS_RE = re.compile(
     r"((?:^|&)(?:X-Amz-Signature|Signature|X-Amz-Security-Token)=)[^&]*", re.IGNORECASE
 )
 _HEADER_VALUE_BAD = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+#: What a CORS preflight is authenticated as: nothing is checked.
+_UNSIGNED = AuthResult(None, AuthMethod.ANONYMOUS, PayloadKind.UNSIGNED)
 
 
 def s3_error_for(exc: storage_errors.StorageError, *, resource: str | None = None) -> S3Error:
@@ -585,25 +595,19 @@ class S3App:
         receive: Receive,
         state: _State,
     ) -> Response:
-        """Stages 1-4; every error leaves as :class:`_Failure` carrying an S3Error."""
+        """Stages 1-4, then the CORS headers of the answer (``state.cors``); every error
+        leaves as :class:`_Failure` carrying an S3Error."""
         try:
-            return await self._process_inner(
+            response = await self._process_inner(
                 request_id, method, path, query, headers, receive, state
             )
-        except S3Error as err:
-            raise _Failure(err) from None
-        except storage_errors.StorageError as exc:
-            raise _Failure(s3_error_for(exc)) from None
-        except ExceptionGroup as group:
-            # A nursery inside the store may wrap its error: answer the first known one.
-            leaf = _first_known(group)
-            if leaf is None:
-                logger.exception("%s: internal error in %s %s", request_id, method, path)
-                raise _Failure(S3Error("InternalError")) from None
-            raise _Failure(leaf) from None
-        except Exception:
-            logger.exception("%s: internal error in %s %s", request_id, method, path)
-            raise _Failure(S3Error("InternalError")) from None
+        except Exception as exc:
+            error = _error_of(exc, request_id, method, path)
+        else:
+            await self._match_cors(method, headers, state)
+            return response
+        await self._match_cors(method, headers, state)
+        raise _Failure(error)
 
     async def _process_inner(
         self,
@@ -623,7 +627,11 @@ class S3App:
             )
         endpoint = route(method, path, query, headers, base_domains=self.base_domains)
         state.endpoint = endpoint
-        auth = await self._authenticate(method, path, query, headers, endpoint)
+        preflight = endpoint.op is Op.CORS_PREFLIGHT
+        if preflight:
+            auth = _UNSIGNED
+        else:
+            auth = await self._authenticate(method, path, query, headers, endpoint)
         decoder = decoder_for_request(auth, headers)
         body = RequestBody(receive, auth, headers, decoder)
         state.body = body
@@ -632,7 +640,7 @@ class S3App:
         )
         if auth.access_key is not None:
             request.owner_name = await self.credentials.name_of(auth.access_key) or ""
-        else:
+        elif not preflight:
             await self._authorize_anonymous(request)
         if endpoint.op is Op.UNSUPPORTED:
             subresource = endpoint.subresource or "This operation"
@@ -680,6 +688,29 @@ class S3App:
             raise S3Error("AccessDenied", resource=request.resource)
         # GET/HEAD of an object in a private bucket: the handler checks the object's ACL.
 
+    async def _match_cors(self, method: str, headers: Headers, state: _State) -> None:
+        """Set ``state.cors`` for a cross-origin request (one with ``Origin``, not a
+        preflight) to a bucket whose CORS rules allow its origin and method (the method of
+        ``Access-Control-Request-Method`` if it names one, as S3)."""
+        origin = headers.get("origin")
+        endpoint = state.endpoint
+        if (
+            origin is None
+            or endpoint is None
+            or endpoint.bucket is None
+            or endpoint.op is Op.CORS_PREFLIGHT
+        ):
+            return
+        try:
+            rules = await self.objects.cors_rules(endpoint.bucket)
+        except storage_errors.StorageError:
+            return  # no bucket, or none readable now: no CORS headers
+        if rules is not None:
+            wanted = headers.get("access-control-request-method") or method
+            found = cors.match(rules, origin, wanted)
+            if found is not None:
+                state.cors = cors.response_headers(found)
+
     # -- sending ---------------------------------------------------------------------------
 
     def _base_headers(self, request_id: str) -> list[tuple[bytes, bytes]]:
@@ -695,9 +726,10 @@ class S3App:
         headers: Sequence[tuple[str, str]],
         request_id: str,
         length: int,
+        state: _State,
     ) -> None:
         raw = self._base_headers(request_id)
-        raw.extend((k.encode("latin-1"), _header_value(v)) for k, v in headers)
+        raw.extend((k.encode("latin-1"), _header_value(v)) for k, v in (*headers, *state.cors))
         raw.append((b"content-length", str(length).encode()))
         await send({"type": "http.response.start", "status": status, "headers": raw})
 
@@ -709,7 +741,7 @@ class S3App:
             body = b"" if method == "HEAD" else response.body
             await self._drain(state)
             length = len(response.body)
-            await self._start(send, response.status, response.headers, request_id, length)
+            await self._start(send, response.status, response.headers, request_id, length, state)
             await send({"type": "http.response.body", "body": body, "more_body": False})
             return response.status
         started = False
@@ -719,7 +751,7 @@ class S3App:
             if not started:
                 started = True
                 await self._start(
-                    send, response.status, response.headers, request_id, response.length
+                    send, response.status, response.headers, request_id, response.length, state
                 )
             await send({"type": "http.response.body", "body": data, "more_body": True})
 
@@ -745,7 +777,9 @@ class S3App:
             )
             raise _Aborted(response.status)
         if not started:
-            await self._start(send, response.status, response.headers, request_id, response.length)
+            await self._start(
+                send, response.status, response.headers, request_id, response.length, state
+            )
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         return response.status
 
@@ -783,7 +817,7 @@ class S3App:
             headers.append(("content-type", "application/xml"))
             body = xml.error(err, resource=resource, request_id=request_id, host_id=request_id)
         await self._drain(state)
-        await self._start(send, status, headers, request_id, len(body))
+        await self._start(send, status, headers, request_id, len(body), state)
         await send(
             {
                 "type": "http.response.body",
@@ -792,6 +826,21 @@ class S3App:
             }
         )
         return status
+
+
+def _error_of(exc: Exception, request_id: str, method: str, path: str) -> S3Error:
+    """The S3 error answering ``exc`` (called while it is being handled: a bug is logged)."""
+    if isinstance(exc, S3Error):
+        return exc
+    if isinstance(exc, storage_errors.StorageError):
+        return s3_error_for(exc)
+    if isinstance(exc, ExceptionGroup):
+        # A nursery inside the store may wrap its error: answer the first known one.
+        leaf = _first_known(exc)
+        if leaf is not None:
+            return leaf
+    logger.exception("%s: internal error in %s %s", request_id, method, path)
+    return S3Error("InternalError")
 
 
 def _first_known(group: BaseExceptionGroup[BaseException]) -> S3Error | None:
@@ -816,6 +865,8 @@ class _State:
     endpoint: Endpoint | None
     body: RequestBody | None
     release_later: ReleaseLater = field(default_factory=ReleaseLater)
+    #: The CORS headers every answer to this request carries (see ``S3App._match_cors``).
+    cors: list[tuple[str, str]] = field(default_factory=list)
 
 
 class _Failure(Exception):

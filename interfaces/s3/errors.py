@@ -16,6 +16,12 @@ from storage import errors as storage_errors
 ERROR_TABLE: Mapping[str, tuple[int, str]] = MappingProxyType(
     {
         "AccessDenied": (403, "Access Denied"),
+        "AccessForbidden": (  # S3's words, its typo included
+            403,
+            "CORSResponse: This CORS request is not allowed. This is usually because the "
+            "evalution of Origin, request method / Access-Control-Request-Method or "
+            "Access-Control-Request-Headers are not whitelisted by the resource's CORS spec.",
+        ),
         "AuthorizationHeaderMalformed": (
             400,
             "The authorization header you provided is invalid.",
@@ -25,6 +31,7 @@ ERROR_TABLE: Mapping[str, tuple[int, str]] = MappingProxyType(
             "Error parsing the X-Amz-Credential parameter.",
         ),
         "BadDigest": (400, "The Content-MD5 you specified did not match what we received."),
+        "BadRequest": (400, "Bad Request"),
         "BucketAlreadyExists": (
             409,
             "The requested bucket name is not available. The bucket namespace is shared by "
@@ -101,6 +108,7 @@ ERROR_TABLE: Mapping[str, tuple[int, str]] = MappingProxyType(
         "MissingContentLength": (411, "You must provide the Content-Length HTTP header."),
         "MissingSecurityHeader": (400, "Your request is missing a required header."),
         "NoSuchBucket": (404, "The specified bucket does not exist"),
+        "NoSuchCORSConfiguration": (404, "The CORS configuration does not exist"),
         "NoSuchKey": (404, "The specified key does not exist."),
         "NoSuchUpload": (
             404,
@@ -211,6 +219,7 @@ NAMED_BY: Mapping[str, str] = MappingProxyType(
         "BucketAlreadyOwnedByYou": "BucketName",
         "BucketNotEmpty": "BucketName",
         "NoSuchBucket": "BucketName",
+        "NoSuchCORSConfiguration": "BucketName",
         "NoSuchKey": "Key",
         "NoSuchUpload": "UploadId",
     }

@@ -21,7 +21,7 @@ from storage.object_records import CANNED_ACLS
 from storage.objects import NULL_VERSION, ObjectInfo, ObjectReader
 from storage.policy import Redundancy
 
-from . import xml
+from . import cors, xml
 from .app import PUBLIC_READ_ACLS, Request, Response, S3App, Sink, s3_error_for, xml_response
 from .chunked import stored_content_encoding
 from .conditions import check_read_preconditions, format_http_date
@@ -849,6 +849,67 @@ async def get_bucket_versioning(app: S3App, req: Request) -> Response:
     return xml_response(xml.versioning_configuration())
 
 
+# -- cross-origin resource sharing ----------------------------------------------------------
+
+
+async def put_bucket_cors(app: S3App, req: Request) -> Response:
+    """PutBucketCors: replace the bucket's CORS rules (up to 100, a body of up to 64 KiB)."""
+    md5 = _content_md5(req)
+    body = await req.body.read_all(xml.MAX_CORS_XML_BYTES)
+    if md5 is not None:
+        check_content_md5(md5, hashlib.md5(body, usedforsecurity=False).digest())
+    rules = xml.parse_cors_configuration(body)
+    await app.objects.set_bucket_cors(req.bucket, rules)
+    return Response(200)
+
+
+async def get_bucket_cors(app: S3App, req: Request) -> Response:
+    """GetBucketCors: the rules as stored (``NoSuchCORSConfiguration`` if there are none)."""
+    info = await app.objects.head_bucket(req.bucket)
+    if info.cors is None:
+        raise S3Error("NoSuchCORSConfiguration", extra={"BucketName": req.bucket})
+    return xml_response(xml.cors_configuration(info.cors))
+
+
+async def delete_bucket_cors(app: S3App, req: Request) -> Response:
+    """DeleteBucketCors (a bucket without rules is fine)."""
+    await app.objects.set_bucket_cors(req.bucket, None)
+    return Response(204)
+
+
+async def cors_preflight(app: S3App, req: Request) -> Response:
+    """A CORS preflight (OPTIONS on a bucket or an object), unsigned: 200 with the
+    ``Access-Control-*`` headers of the first rule that allows the request, else 403
+    ``AccessForbidden`` naming the method and whether rules were evaluated for an object.
+
+    Raises:
+        S3Error: ``BadRequest`` without ``Origin``; ``AccessForbidden`` when the bucket does
+            not exist, has no CORS rules, or none allows the origin, the method of
+            ``Access-Control-Request-Method`` (none: ``OPTIONS``, never allowed) and every
+            header of ``Access-Control-Request-Headers``.
+    """
+    origin = req.headers.get("origin")
+    if origin is None:
+        raise S3Error("BadRequest", "Insufficient information. Origin request header needed.")
+    method = req.headers.get("access-control-request-method") or "OPTIONS"
+
+    def forbidden(message: str | None, resource_type: str) -> S3Error:
+        extra = {"Method": method, "ResourceType": resource_type}
+        return S3Error("AccessForbidden", message, extra=extra)
+
+    try:
+        rules = await app.objects.cors_rules(req.bucket)
+    except storage_errors.NoSuchBucket:
+        raise forbidden("CORSResponse: Bucket not found", "BUCKET") from None
+    if rules is None:
+        raise forbidden("CORSResponse: CORS is not enabled for this bucket.", "BUCKET")
+    requested = cors.requested_headers(req.headers.get("access-control-request-headers"))
+    found = cors.match(rules, origin, method, requested)
+    if found is None:
+        raise forbidden(None, "OBJECT" if req.endpoint.key is not None else "BUCKET")
+    return Response(200, cors.response_headers(found, requested))
+
+
 # -- multipart ------------------------------------------------------------------------------
 
 
@@ -1038,6 +1099,10 @@ _OPERATIONS: Mapping[Op, Handler] = {
     Op.GET_BUCKET_ACL: get_bucket_acl,
     Op.PUT_BUCKET_ACL: put_bucket_acl,
     Op.GET_BUCKET_VERSIONING: get_bucket_versioning,
+    Op.GET_BUCKET_CORS: get_bucket_cors,
+    Op.PUT_BUCKET_CORS: put_bucket_cors,
+    Op.DELETE_BUCKET_CORS: delete_bucket_cors,
+    Op.CORS_PREFLIGHT: cors_preflight,
     Op.LIST_OBJECTS: list_objects,
     Op.LIST_OBJECTS_V2: list_objects_v2,
     Op.LIST_OBJECT_VERSIONS: list_object_versions,

@@ -14,14 +14,17 @@ against the S3 API reference's request syntax for every supported operation.
 2. **Level.** No bucket: service level. A bucket and an empty key: bucket level. Otherwise
    object level. ``/bucket/`` is bucket level.
 3. **Sub-resources.** Query parameters that select an operation (``uploads``, ``uploadId``,
-   ``location``, ``versions``, ``list-type``, ``delete``, ``acl``, ``versioning`` for GET,
-   ``partNumber`` for PUT) decide the endpoint together with the method: ``acl`` is GET or
-   PUT only (``DELETE /bucket?acl`` is ``MethodNotAllowed``, never a deletion). Sub-resources
-   we know but do not implement (``tagging``, ``policy``, PUT ``versioning``, …: the sets
-   :data:`BUCKET_UNSUPPORTED` and :data:`OBJECT_UNSUPPORTED`, less
+   ``location``, ``versions``, ``list-type``, ``delete``, ``acl``, ``cors``, ``versioning``
+   for GET, ``partNumber`` for PUT) decide the endpoint together with the method: ``acl`` is
+   GET or PUT only (``DELETE /bucket?acl`` is ``MethodNotAllowed``, never a deletion), and
+   ``cors`` GET, PUT or DELETE (``DELETE /bucket?cors`` is DeleteBucketCors, never
+   DeleteBucket). Sub-resources we know but do not implement (``tagging``, ``policy``, PUT
+   ``versioning``, …: the sets :data:`BUCKET_UNSUPPORTED` and :data:`OBJECT_UNSUPPORTED`, less
    :data:`BUCKET_GET_IMPLEMENTED` for GET) yield :attr:`Op.UNSUPPORTED`, answered
    ``NotImplemented`` by the server. Every other query parameter (``prefix``, ``max-keys``,
    ``x-id``, ``response-*``, ``X-Amz-*``, …) is an argument, kept in :attr:`Endpoint.query`.
+   ``OPTIONS`` on a bucket or an object is a CORS preflight whatever the query: a browser
+   sends it to the URL of the request it is about to make, presigned query included.
 4. **Headers** matter only for ``x-amz-copy-source``, which turns PutObject into CopyObject
    and UploadPart into UploadPartCopy.
 
@@ -53,6 +56,10 @@ class Op(enum.Enum):
     GET_BUCKET_ACL = "GetBucketAcl"
     PUT_BUCKET_ACL = "PutBucketAcl"
     GET_BUCKET_VERSIONING = "GetBucketVersioning"
+    GET_BUCKET_CORS = "GetBucketCors"
+    PUT_BUCKET_CORS = "PutBucketCors"
+    DELETE_BUCKET_CORS = "DeleteBucketCors"
+    CORS_PREFLIGHT = "PreflightRequest"
     LIST_OBJECTS = "ListObjects"
     LIST_OBJECTS_V2 = "ListObjectsV2"
     LIST_OBJECT_VERSIONS = "ListObjectVersions"
@@ -155,7 +162,6 @@ BUCKET_UNSUPPORTED = frozenset(
     {
         "accelerate",
         "analytics",
-        "cors",
         "encryption",
         "intelligent-tiering",
         "inventory",
@@ -253,6 +259,8 @@ def _bucket_endpoint(method: str, params: dict[str, str], base: Endpoint) -> End
     def make(op: Op, **more: Any) -> Endpoint:
         return replace(base, op=op, **more)
 
+    if method == "OPTIONS":
+        return make(Op.CORS_PREFLIGHT)
     unsupported = BUCKET_UNSUPPORTED & params.keys()
     if method == "GET":
         unsupported -= BUCKET_GET_IMPLEMENTED
@@ -260,9 +268,13 @@ def _bucket_endpoint(method: str, params: dict[str, str], base: Endpoint) -> End
         return make(Op.UNSUPPORTED, subresource=sorted(unsupported)[0])
     if "acl" in params and method in ("DELETE", "POST", "HEAD"):
         raise S3Error("MethodNotAllowed")
+    if "cors" in params and method in ("POST", "HEAD"):
+        raise S3Error("MethodNotAllowed")
     if method == "GET":
         if "acl" in params:
             return make(Op.GET_BUCKET_ACL)
+        if "cors" in params:
+            return make(Op.GET_BUCKET_CORS)
         if "versioning" in params:
             return make(Op.GET_BUCKET_VERSIONING)
         if "location" in params:
@@ -283,15 +295,17 @@ def _bucket_endpoint(method: str, params: dict[str, str], base: Endpoint) -> End
     if method == "HEAD":
         return make(Op.HEAD_BUCKET)
     if method == "PUT":
-        return make(Op.PUT_BUCKET_ACL if "acl" in params else Op.CREATE_BUCKET)
+        if "acl" in params:
+            return make(Op.PUT_BUCKET_ACL)
+        if "cors" in params:
+            return make(Op.PUT_BUCKET_CORS)
+        return make(Op.CREATE_BUCKET)
     if method == "DELETE":
-        return make(Op.DELETE_BUCKET)
+        return make(Op.DELETE_BUCKET_CORS if "cors" in params else Op.DELETE_BUCKET)
     if method == "POST":
         if "delete" in params:
             return make(Op.DELETE_OBJECTS)
         return make(Op.UNSUPPORTED, subresource="PostObject")
-    if method == "OPTIONS":
-        return make(Op.UNSUPPORTED, subresource="cors-preflight")
     raise S3Error("MethodNotAllowed")
 
 
@@ -305,6 +319,8 @@ def _object_endpoint(
     def make(op: Op, **more: Any) -> Endpoint:
         return replace(base, op=op, key=key, **more)
 
+    if method == "OPTIONS":
+        return make(Op.CORS_PREFLIGHT)
     unsupported = sorted(OBJECT_UNSUPPORTED & params.keys())
     if unsupported and method in ("GET", "PUT", "DELETE", "POST", "HEAD"):
         return make(Op.UNSUPPORTED, subresource=unsupported[0])
@@ -347,8 +363,6 @@ def _object_endpoint(
         if upload_id is not None:
             return make(Op.COMPLETE_MULTIPART_UPLOAD, upload_id=upload_id)
         raise S3Error("MethodNotAllowed")
-    if method == "OPTIONS":
-        return make(Op.UNSUPPORTED, subresource="cors-preflight")
     raise S3Error("MethodNotAllowed")
 
 

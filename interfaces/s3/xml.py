@@ -23,6 +23,8 @@ from types import MappingProxyType
 from urllib.parse import quote
 from xml.parsers import expat
 
+from storage.object_records import CorsRule
+
 from .errors import S3Error
 
 S3_NAMESPACE = "http://s3.amazonaws.com/doc/2006-03-01/"
@@ -36,6 +38,12 @@ MAX_DELETE_XML_BYTES = 8 * 1024 * 1024
 MAX_DELETE_OBJECTS = 1000
 MAX_PARTS = 10000
 MAX_ACL_XML_BYTES = 64 * 1024
+#: S3 limits a CORS configuration to 64 KB and 100 rules.
+MAX_CORS_XML_BYTES = 64 * 1024
+MAX_CORS_RULES = 100
+#: The methods a CORS rule may allow, as S3.
+CORS_METHODS = frozenset({"GET", "PUT", "POST", "DELETE", "HEAD"})
+MAX_CORS_RULE_ID = 255
 _MAX_DEPTH = 8
 _MAX_ELEMENTS = 100_000
 
@@ -460,6 +468,23 @@ def versioning_configuration() -> bytes:
     return (_DECLARATION + f'<VersioningConfiguration xmlns="{S3_NAMESPACE}"/>').encode("utf-8")
 
 
+def cors_configuration(rules: Iterable[CorsRule]) -> bytes:
+    """The CORSConfiguration body of GetBucketCors (elements in the order of S3's model)."""
+    items = []
+    for rule in rules:
+        items.append(
+            "<CORSRule>"
+            + _tag("ID", rule.id)
+            + "".join(_tag("AllowedHeader", h) for h in rule.allowed_headers)
+            + "".join(_tag("AllowedMethod", m) for m in rule.allowed_methods)
+            + "".join(_tag("AllowedOrigin", o) for o in rule.allowed_origins)
+            + "".join(_tag("ExposeHeader", h) for h in rule.expose_headers)
+            + _tag("MaxAgeSeconds", rule.max_age_seconds)
+            + "</CORSRule>"
+        )
+    return _doc("CORSConfiguration", items)
+
+
 # -- access control lists --------------------------------------------------------------------
 
 XSI_NAMESPACE = "http://www.w3.org/2001/XMLSchema-instance"
@@ -841,3 +866,78 @@ def parse_access_control_policy(body: bytes) -> list[Grant]:
     if acl is None:
         raise _malformed_acl()
     return [_parse_grant(node) for node in acl.children]
+
+
+_CORS_RULE_ELEMENTS = frozenset(
+    {"ID", "AllowedHeader", "AllowedMethod", "AllowedOrigin", "ExposeHeader", "MaxAgeSeconds"}
+)
+
+
+def _cors_invalid(message: str) -> S3Error:
+    return S3Error("InvalidRequest", message)
+
+
+def _parse_cors_rule(node: XmlNode) -> CorsRule:
+    if node.tag != "CORSRule" or {c.tag for c in node.children} - _CORS_RULE_ELEMENTS:
+        raise S3Error("MalformedXML")
+    if any(c.children for c in node.children):
+        raise S3Error("MalformedXML")
+
+    def values(tag: str) -> tuple[str, ...]:
+        return tuple(c.value() for c in node.find_all(tag))
+
+    origins, methods = values("AllowedOrigin"), values("AllowedMethod")
+    headers, expose = values("AllowedHeader"), values("ExposeHeader")
+    if not origins or not methods:
+        raise S3Error("MalformedXML")
+    for method in methods:
+        if method not in CORS_METHODS:
+            raise _cors_invalid(
+                f"Found unsupported HTTP method in CORS config. Unsupported method is {method}"
+            )
+    for origin in origins:
+        if origin.count("*") > 1:
+            raise _cors_invalid(f'AllowedOrigin "{origin}" can not have more than one wildcard.')
+    for header in headers:
+        if header.count("*") > 1:
+            raise _cors_invalid(f'AllowedHeader "{header}" can not have more than one wildcard.')
+    for header in expose:
+        if "*" in header:
+            raise _cors_invalid(
+                f'ExposeHeader "{header}" contains wildcard. We currently do not support '
+                "wildcard for ExposeHeader."
+            )
+    id_node, age_node = node.find("ID"), node.find("MaxAgeSeconds")
+    rule_id = None if id_node is None else id_node.value()
+    if rule_id is not None and len(rule_id) > MAX_CORS_RULE_ID:
+        raise _cors_invalid(
+            f"The ID value can be up to {MAX_CORS_RULE_ID} characters long. "
+            f'Invalid ID is "{rule_id[:64]}"'
+        )
+    max_age = None
+    if age_node is not None:
+        text = age_node.value().strip()
+        if not (text.isascii() and text.isdigit()) or len(text) > 10 or int(text) >= 2**31:
+            raise S3Error("MalformedXML")
+        max_age = int(text)
+    return CorsRule(origins, methods, headers, expose, rule_id, max_age)
+
+
+def parse_cors_configuration(body: bytes) -> tuple[CorsRule, ...]:
+    """The rules of a PutBucketCors body, in order.
+
+    Raises:
+        S3Error: ``MalformedXML`` (not a CORSConfiguration of rules each with an origin and a
+            method; a bad ``MaxAgeSeconds``); ``InvalidRequest`` (more than
+            :data:`MAX_CORS_RULES` rules, a method S3 does not allow, two wildcards in an
+            origin or allowed header, a wildcard in an exposed header, a long ``ID``, a body
+            above :data:`MAX_CORS_XML_BYTES`).
+    """
+    root = parse_xml(body, max_bytes=MAX_CORS_XML_BYTES)
+    if root.tag != "CORSConfiguration" or not root.children:
+        raise S3Error("MalformedXML")
+    if len(root.children) > MAX_CORS_RULES:
+        raise _cors_invalid(
+            f"The number of CORS rules should not exceed allowed limit of {MAX_CORS_RULES} rules."
+        )
+    return tuple(_parse_cors_rule(node) for node in root.children)

@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
+from xml.etree import ElementTree
 
 import botocore.auth  # type: ignore[import-untyped, unused-ignore]
 import botocore.awsrequest  # type: ignore[import-untyped, unused-ignore]
@@ -1651,3 +1652,313 @@ def test_acl_and_versioning_of_a_missing_bucket(s3: Any) -> None:
             call(Bucket=missing, **kwargs)
         assert (_code(info), _status(info)) == ("NoSuchBucket", 404)
         assert info.value.response["Error"]["BucketName"] == missing
+
+
+# -- cross-origin resource sharing -------------------------------------------------------------
+
+APP = "https://app.example.com"
+#: Uploads from the app (and its subdomains of example.org), reads from anywhere.
+CORS_RULES: list[dict[str, Any]] = [
+    {
+        "ID": "app uploads",
+        "AllowedHeaders": ["content-type", "x-amz-*"],
+        "AllowedMethods": ["GET", "PUT", "POST"],
+        "AllowedOrigins": [APP, "https://*.example.org"],
+        "ExposeHeaders": ["ETag", "x-amz-request-id"],
+        "MaxAgeSeconds": 600,
+    },
+    {"AllowedMethods": ["GET", "HEAD"], "AllowedOrigins": ["*"]},
+]
+VARY = "Origin, Access-Control-Request-Headers, Access-Control-Request-Method"
+
+
+def _cors_headers(headers: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in headers.items() if k.startswith("access-control-") or k == "vary"}
+
+
+def _error_fields(body: bytes) -> dict[str, str]:
+    root = ElementTree.fromstring(body)
+    assert root.tag == "Error"
+    return {child.tag: child.text or "" for child in root}
+
+
+def _preflight(
+    s3_server: S3Server, path: str, headers: dict[str, str]
+) -> tuple[int, dict[str, str], bytes]:
+    return s3_server.request("OPTIONS", path, headers=headers, sign=False)
+
+
+def test_bucket_cors_round_trip(s3: Any, bucket: str) -> None:
+    with pytest.raises(ClientError) as info:
+        s3.get_bucket_cors(Bucket=bucket)
+    assert (_code(info), _status(info)) == ("NoSuchCORSConfiguration", 404)
+    assert info.value.response["Error"]["Message"] == "The CORS configuration does not exist"
+    assert info.value.response["Error"]["BucketName"] == bucket
+    put = s3.put_bucket_cors(Bucket=bucket, CORSConfiguration={"CORSRules": CORS_RULES})
+    assert put["ResponseMetadata"]["HTTPStatusCode"] == 200
+    assert s3.get_bucket_cors(Bucket=bucket)["CORSRules"] == CORS_RULES
+    replacement = [{"AllowedMethods": ["DELETE"], "AllowedOrigins": ["http://x"]}]
+    s3.put_bucket_cors(Bucket=bucket, CORSConfiguration={"CORSRules": replacement})
+    assert s3.get_bucket_cors(Bucket=bucket)["CORSRules"] == replacement
+    deleted = s3.delete_bucket_cors(Bucket=bucket)
+    assert deleted["ResponseMetadata"]["HTTPStatusCode"] == 204
+    with pytest.raises(ClientError) as info:
+        s3.get_bucket_cors(Bucket=bucket)
+    assert _code(info) == "NoSuchCORSConfiguration"
+    assert s3.delete_bucket_cors(Bucket=bucket)["ResponseMetadata"]["HTTPStatusCode"] == 204
+    assert s3.head_bucket(Bucket=bucket)["ResponseMetadata"]["HTTPStatusCode"] == 200
+
+
+def test_bucket_cors_of_a_missing_bucket(s3: Any) -> None:
+    missing = "e2e-no-such-bucket-cors"
+    for call, kwargs in (
+        (s3.get_bucket_cors, {}),
+        (s3.put_bucket_cors, {"CORSConfiguration": {"CORSRules": CORS_RULES}}),
+        (s3.delete_bucket_cors, {}),
+    ):
+        with pytest.raises(ClientError) as info:
+            call(Bucket=missing, **kwargs)
+        assert (_code(info), _status(info)) == ("NoSuchBucket", 404)
+        assert info.value.response["Error"]["BucketName"] == missing
+
+
+def test_put_bucket_cors_refusals(s3_server: S3Server, s3: Any, bucket: str) -> None:
+    with pytest.raises(ClientError) as info:
+        s3.put_bucket_cors(
+            Bucket=bucket,
+            CORSConfiguration={"CORSRules": [{"AllowedOrigins": ["*"], "AllowedMethods": ["GOT"]}]},
+        )
+    assert (_code(info), _status(info)) == ("InvalidRequest", 400)
+    assert info.value.response["Error"]["Message"] == (
+        "Found unsupported HTTP method in CORS config. Unsupported method is GOT"
+    )
+    with pytest.raises(ClientError) as info:
+        s3.put_bucket_cors(Bucket=bucket, CORSConfiguration={"CORSRules": []})
+    assert (_code(info), _status(info)) == ("MalformedXML", 400)
+    too_many = [{"AllowedOrigins": ["*"], "AllowedMethods": ["GET"]}] * 101
+    with pytest.raises(ClientError) as info:
+        s3.put_bucket_cors(Bucket=bucket, CORSConfiguration={"CORSRules": too_many})
+    assert (_code(info), _status(info)) == ("InvalidRequest", 400)
+    good = (
+        b"<CORSConfiguration><CORSRule><AllowedOrigin>*</AllowedOrigin>"
+        b"<AllowedMethod>GET</AllowedMethod></CORSRule></CORSConfiguration>"
+    )
+    md5 = base64.b64encode(hashlib.md5(good, usedforsecurity=False).digest()).decode()
+    wrong = base64.b64encode(hashlib.md5(b"other", usedforsecurity=False).digest()).decode()
+    for headers, body, expected in (
+        ({"content-md5": wrong}, good, (400, "BadDigest")),
+        ({"content-md5": "nope"}, good, (400, "InvalidDigest")),
+        ({}, b"", (400, "MalformedXML")),
+        ({}, b"<CORSConfiguration>", (400, "MalformedXML")),
+        ({}, good.replace(b"GET", b"get"), (400, "InvalidRequest")),
+        ({}, good.replace(b"*", b"**"), (400, "InvalidRequest")),
+        ({}, good[:-20] + b" " * 70_000 + good[-20:], (400, "InvalidRequest")),
+    ):
+        status, _, answer = s3_server.request("PUT", f"/{bucket}?cors", headers=headers, body=body)
+        assert (status, _error_fields(answer)["Code"]) == expected, answer
+        with pytest.raises(ClientError) as info:
+            s3.get_bucket_cors(Bucket=bucket)
+        assert _code(info) == "NoSuchCORSConfiguration"  # nothing was stored
+    status, _, _ = s3_server.request(
+        "PUT", f"/{bucket}?cors", headers={"content-md5": md5}, body=good
+    )
+    assert status == 200
+    assert s3.get_bucket_cors(Bucket=bucket)["CORSRules"] == [
+        {"AllowedMethods": ["GET"], "AllowedOrigins": ["*"]}
+    ]
+
+
+def test_delete_cors_never_deletes_the_bucket(s3_server: S3Server, s3: Any, bucket: str) -> None:
+    for query in ("cors", "cors=", "cors&x-id=DeleteBucket"):
+        status, _, body = s3_server.request("DELETE", f"/{bucket}?{query}")
+        assert (status, body) == (204, b"")
+        assert s3.head_bucket(Bucket=bucket)["ResponseMetadata"]["HTTPStatusCode"] == 200
+    for method in ("HEAD", "POST"):
+        status, _, _ = s3_server.request(method, f"/{bucket}?cors")
+        assert status == 405
+    anonymous = {"host": f"127.0.0.1:{s3_server.port}"}
+    for method in ("GET", "PUT", "DELETE"):
+        status, _, body = s3_server.request(
+            method, f"/{bucket}?cors", headers=anonymous, sign=False
+        )
+        assert (status, _error_fields(body)["Code"]) == (403, "AccessDenied")
+    assert s3.head_bucket(Bucket=bucket)["ResponseMetadata"]["HTTPStatusCode"] == 200
+
+
+def test_cors_preflight(s3_server: S3Server, s3: Any, bucket: str) -> None:
+    s3.put_bucket_cors(Bucket=bucket, CORSConfiguration={"CORSRules": CORS_RULES})
+    ask = {
+        "Origin": APP,
+        "Access-Control-Request-Method": "PUT",
+        "Access-Control-Request-Headers": "Content-Type, X-Amz-Date,x-amz-content-sha256",
+    }
+    status, headers, body = _preflight(s3_server, f"/{bucket}/uploads/photo.jpg", ask)
+    assert (status, body) == (200, b"")
+    assert _cors_headers(headers) == {
+        "access-control-allow-origin": APP,
+        "access-control-allow-methods": "GET, PUT, POST",
+        "access-control-allow-headers": "content-type, x-amz-date, x-amz-content-sha256",
+        "access-control-expose-headers": "ETag, x-amz-request-id",
+        "access-control-allow-credentials": "true",
+        "access-control-max-age": "600",
+        "vary": VARY,
+    }
+    assert headers["x-amz-request-id"]
+    # The wildcard origin pattern; a bucket-level URL; virtual-host addressing.
+    sub = {**ask, "Origin": "https://uploads.eu.example.org"}
+    status, headers, _ = _preflight(s3_server, f"/{bucket}", sub)
+    assert (status, headers["access-control-allow-origin"]) == (200, sub["Origin"])
+    host = {"Host": f"{bucket}.{s3_server.base_domain}:{s3_server.port}"}
+    status, headers, _ = _preflight(s3_server, "/k", {**ask, **host})
+    assert (status, headers["access-control-allow-origin"]) == (200, APP)
+    # The second rule: any origin may read, answered with "*" and no credentials.
+    read = {"Origin": "http://elsewhere.test", "Access-Control-Request-Method": "HEAD"}
+    status, headers, _ = _preflight(s3_server, f"/{bucket}/k", read)
+    assert status == 200
+    assert _cors_headers(headers) == {
+        "access-control-allow-origin": "*",
+        "access-control-allow-methods": "GET, HEAD",
+        "vary": VARY,
+    }
+    # Refusals: the origin, the method, a header; 403 AccessForbidden and no CORS headers.
+    for refused, resource_type, path in (
+        ({**ask, "Origin": "https://evil.example.com"}, "OBJECT", f"/{bucket}/k"),
+        ({**ask, "Origin": APP + ":443"}, "OBJECT", f"/{bucket}/k"),
+        ({**ask, "Origin": APP + "/"}, "BUCKET", f"/{bucket}"),
+        ({**ask, "Access-Control-Request-Method": "DELETE"}, "OBJECT", f"/{bucket}/k"),
+        ({**ask, "Access-Control-Request-Method": "put"}, "OBJECT", f"/{bucket}/k"),
+        ({**ask, "Access-Control-Request-Headers": "authorization"}, "OBJECT", f"/{bucket}/k"),
+        ({**read, "Access-Control-Request-Headers": "x-amz-date"}, "BUCKET", f"/{bucket}"),
+    ):
+        status, headers, body = _preflight(s3_server, path, refused)
+        assert status == 403, refused
+        assert _cors_headers(headers) == {}
+        error = _error_fields(body)
+        assert error["Code"] == "AccessForbidden"
+        assert error["Message"].startswith("CORSResponse: This CORS request is not allowed.")
+        assert (error["Method"], error["ResourceType"]) == (
+            refused["Access-Control-Request-Method"],
+            resource_type,
+        )
+    # An Origin and no method: nothing allows OPTIONS itself.
+    status, headers, body = _preflight(s3_server, f"/{bucket}/k", {"Origin": APP})
+    assert (status, _error_fields(body)["Method"], _cors_headers(headers)) == (403, "OPTIONS", {})
+    # No Origin: not a CORS request at all.
+    for incomplete in ({}, {"Access-Control-Request-Method": "GET"}):
+        status, headers, body = _preflight(s3_server, f"/{bucket}/k", incomplete)
+        error = _error_fields(body)
+        assert (status, error["Code"]) == (400, "BadRequest")
+        assert error["Message"] == "Insufficient information. Origin request header needed."
+
+
+def test_preflight_needs_no_signature(s3_server: S3Server, s3: Any, bucket: str) -> None:
+    """Browsers send preflights without credentials, to the (presigned) URL they will use;
+    whatever credentials or signature it carries are not checked."""
+    s3.put_bucket_cors(Bucket=bucket, CORSConfiguration={"CORSRules": CORS_RULES})
+    ask = {"Origin": APP, "Access-Control-Request-Method": "PUT"}
+    url = s3_server.client(s3={"addressing_style": "path"}).generate_presigned_url(
+        "put_object", Params={"Bucket": bucket, "Key": "up.bin"}, ExpiresIn=60
+    )
+    status, headers, _ = _preflight(s3_server, url_path(url), ask)
+    assert (status, headers["access-control-allow-origin"]) == (200, APP)
+    forged = {**ask, "Authorization": "AWS4-HMAC-SHA256 Credential=NOPE/x, Signature=00"}
+    status, headers, _ = _preflight(s3_server, f"/{bucket}/k?X-Amz-Signature=00", forged)
+    assert (status, headers["access-control-allow-origin"]) == (200, APP)
+    status, _, _ = s3_server.request(
+        "OPTIONS", f"/{bucket}/k", headers={**ask, "Authorization": "garbage"}, sign=False
+    )
+    assert status == 200
+    # The presigned PUT itself, from the browser, then carries the CORS headers.
+    conn = http.client.HTTPConnection(s3_server.host, s3_server.port, timeout=30)
+    try:
+        conn.request("PUT", url_path(url), body=b"from the browser", headers={"Origin": APP})
+        response = conn.getresponse()
+        response.read()
+        assert response.status == 200
+        assert response.getheader("access-control-allow-origin") == APP
+        assert response.getheader("access-control-expose-headers") == "ETag, x-amz-request-id"
+    finally:
+        conn.close()
+    assert read_body(s3.get_object(Bucket=bucket, Key="up.bin")) == b"from the browser"
+
+
+def test_preflight_without_rules_or_bucket(s3_server: S3Server, bucket: str) -> None:
+    ask = {"Origin": APP, "Access-Control-Request-Method": "PUT"}
+    status, headers, body = _preflight(s3_server, f"/{bucket}/k", ask)
+    error = _error_fields(body)
+    assert (status, error["Code"], _cors_headers(headers)) == (403, "AccessForbidden", {})
+    assert error["Message"] == "CORSResponse: CORS is not enabled for this bucket."
+    assert (error["Method"], error["ResourceType"]) == ("PUT", "BUCKET")
+    status, headers, body = _preflight(s3_server, "/e2e-no-such-bucket-cors/k", ask)
+    error = _error_fields(body)
+    assert (status, error["Code"], _cors_headers(headers)) == (403, "AccessForbidden", {})
+    assert error["Message"] == "CORSResponse: Bucket not found"
+    status, _, body = _preflight(s3_server, "/e2e-no-such-bucket-cors/k", {})
+    assert (status, _error_fields(body)["Code"]) == (400, "BadRequest")
+
+
+def test_cors_headers_on_actual_requests(s3_server: S3Server, s3: Any, bucket: str) -> None:
+    s3.put_bucket_cors(Bucket=bucket, CORSConfiguration={"CORSRules": CORS_RULES})
+    s3.put_object(Bucket=bucket, Key="k", Body=b"x")
+    app_headers = {
+        "access-control-allow-origin": APP,
+        "access-control-allow-methods": "GET, PUT, POST",
+        "access-control-expose-headers": "ETag, x-amz-request-id",
+        "access-control-allow-credentials": "true",
+        "access-control-max-age": "600",
+        "vary": VARY,
+    }
+    status, headers, body = s3_server.request("GET", f"/{bucket}/k", headers={"Origin": APP})
+    assert (status, body, _cors_headers(headers)) == (200, b"x", app_headers)
+    # Without Origin: not a cross-origin request, no CORS headers.
+    status, headers, _ = s3_server.request("GET", f"/{bucket}/k")
+    assert (status, _cors_headers(headers)) == (200, {})
+    # Any origin may GET (the second rule), but not DELETE; an error answer carries them too.
+    other = {"Origin": "http://elsewhere.test"}
+    status, headers, _ = s3_server.request("HEAD", f"/{bucket}/k", headers=other)
+    assert (status, headers["access-control-allow-origin"]) == (200, "*")
+    assert "access-control-allow-credentials" not in headers
+    status, headers, body = s3_server.request("GET", f"/{bucket}/missing", headers={"Origin": APP})
+    assert (status, _error_fields(body)["Code"], _cors_headers(headers)) == (
+        404,
+        "NoSuchKey",
+        app_headers,
+    )
+    status, headers, _ = s3_server.request("DELETE", f"/{bucket}/k", headers=other)
+    assert (status, _cors_headers(headers)) == (204, {})
+    status, headers, _ = s3_server.request(
+        "PUT", f"/{bucket}/k", headers={"Origin": APP}, body=b"y"
+    )
+    assert (status, _cors_headers(headers)) == (200, app_headers)
+    # As S3: Access-Control-Request-Method, when sent, is the method an actual request is
+    # matched with; a refused signature is answered with the CORS headers too.
+    status, headers, _ = s3_server.request(
+        "GET", f"/{bucket}/k", headers={**other, "Access-Control-Request-Method": "PUT"}
+    )
+    assert (status, _cors_headers(headers)) == (200, {})
+    unsigned = {"Origin": APP, "Authorization": "AWS4-HMAC-SHA256 garbage"}
+    status, headers, _ = s3_server.request("GET", f"/{bucket}/k", headers=unsigned, sign=False)
+    assert status in (400, 403)
+    assert _cors_headers(headers) == app_headers
+    s3.delete_bucket_cors(Bucket=bucket)
+    status, headers, _ = s3_server.request("GET", f"/{bucket}/k", headers={"Origin": APP})
+    assert (status, _cors_headers(headers)) == (200, {})
+
+
+def test_cors_headers_on_anonymous_reads(s3_server: S3Server, s3: Any) -> None:
+    s3.create_bucket(Bucket="e2e-public-cors", ACL="public-read")
+    try:
+        s3.put_bucket_cors(Bucket="e2e-public-cors", CORSConfiguration={"CORSRules": CORS_RULES})
+        s3.put_object(Bucket="e2e-public-cors", Key="p", Body=b"public")
+        origin = {"Origin": "http://elsewhere.test"}
+        status, headers, body = s3_server.request(
+            "GET", "/e2e-public-cors/p", headers=origin, sign=False
+        )
+        assert (status, body, headers["access-control-allow-origin"]) == (200, b"public", "*")
+        status, headers, _ = s3_server.request(
+            "PUT", "/e2e-public-cors/w", headers={"Origin": APP}, body=b"no", sign=False
+        )
+        assert (status, headers["access-control-allow-origin"]) == (403, APP)
+    finally:
+        s3.delete_object(Bucket="e2e-public-cors", Key="p")
+        s3.delete_bucket(Bucket="e2e-public-cors")

@@ -35,7 +35,8 @@ from interfaces.s3.sigv4 import (
     sign,
     string_to_sign,
 )
-from storage.objects import GET_PREFETCH, PUT_PIPELINE, ObjectStore
+from storage.object_records import CorsRule
+from storage.objects import GET_PREFETCH, PUT_PIPELINE, REGISTRY, ObjectStore
 from tests.e2e.conftest import S3Server
 from tests.fake_blockstore import FakeBlockStore
 
@@ -111,6 +112,91 @@ def test_anonymous_requests_to_a_missing_bucket(s3_server: S3Server) -> None:
     assert status == 404
     status, _, answer = s3_server.request("PUT", "/e2e-no-such-bucket/k", body=b"x", sign=False)
     assert (status, _error_code(answer)) == (403, "AccessDenied")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"",
+        b"not xml at all",
+        b"<CORSConfiguration>",
+        b"<CORSConfiguration/>",
+        b"<CORSConfiguration><CORSRule/></CORSConfiguration>",
+        b"<CORSConfiguration><CORSRule><AllowedOrigin>*</AllowedOrigin>"
+        b"<AllowedMethod>GET</AllowedMethod><MaxAgeSeconds>soon</MaxAgeSeconds></CORSRule>"
+        b"</CORSConfiguration>",
+        b'<!DOCTYPE x [<!ENTITY e SYSTEM "file:///etc/passwd">]><CORSConfiguration><CORSRule>'
+        b"<AllowedOrigin>&e;</AllowedOrigin><AllowedMethod>GET</AllowedMethod></CORSRule>"
+        b"</CORSConfiguration>",
+        b"<a>" * 50 + b"</a>" * 50,
+        b"\xff\xfe<\x00C\x00",
+        bytes(range(256)),
+    ],
+)
+def test_garbage_cors_bodies_are_malformed(s3_server: S3Server, bucket: str, body: bytes) -> None:
+    status, _, answer = s3_server.request("PUT", f"/{bucket}?cors", body=body)
+    assert (status, _error_code(answer)) == (400, "MalformedXML"), answer
+    status, _, answer = s3_server.request("GET", f"/{bucket}?cors")
+    assert (status, _error_code(answer)) == (404, "NoSuchCORSConfiguration")
+
+
+async def _call_without_body(
+    app: S3App, method: str, path: str, headers: list[tuple[str, str]]
+) -> list[dict[str, Any]]:
+    """Call the ASGI app in-process with an empty body; return the messages it sent."""
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Any) -> None:
+        sent.append(dict(message))
+
+    scope = {
+        "type": "http",
+        "method": method,
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "headers": [(k.encode(), v.encode()) for k, v in headers],
+    }
+    await app(scope, receive, send)
+    return sent
+
+
+async def test_cors_costs_no_registry_read() -> None:
+    """Cross-origin requests are matched against the bucket configuration object operations
+    cache; a request without Origin does not look at the CORS rules at all."""
+    store = FakeBlockStore()
+    objects = ObjectStore(store, bucket_cache_seconds=3600.0)
+    credentials = CredentialStore(store)
+    await credentials.add_key(ACCESS_KEY, SECRET, "fuzz")
+    await objects.create_bucket("bkt", owner=ACCESS_KEY)
+    await objects.set_bucket_cors("bkt", FUZZ_CORS)
+    app = S3App(objects, credentials, clock=lambda: NOW)
+    empty = hashlib.sha256(b"").hexdigest()
+
+    async def call(
+        method: str, path: str, extra: list[tuple[str, str]], status: int = 200
+    ) -> dict[str, str]:
+        headers = _sign(method, path, "", [("host", "localhost"), *extra], empty)
+        sent = await _call_without_body(app, method, path, headers)
+        assert sent[0]["status"] == status
+        return {k.decode(): v.decode() for k, v in sent[0]["headers"]}
+
+    origin = [("origin", "https://app.example")]
+    await call("PUT", "/bkt/obj", [("content-length", "0")])  # caches the bucket
+    store.reads.clear()
+    for _ in range(3):
+        assert "access-control-allow-origin" not in await call("GET", "/bkt/obj", [])
+        got = await call("GET", "/bkt/obj", origin)
+        assert got["access-control-allow-origin"] == "https://app.example"
+        options = [*origin, ("access-control-request-method", "PUT")]
+        preflight = await call("OPTIONS", "/bkt/obj", options)
+        assert preflight["access-control-allow-methods"] == "PUT, GET"
+        refused = [("origin", "https://evil.example"), ("access-control-request-method", "GET")]
+        await call("OPTIONS", "/bkt", refused, status=403)
+    assert store.reads[REGISTRY] == 0
 
 
 def test_oversized_headers(s3_server: S3Server, bucket: str) -> None:
@@ -310,23 +396,7 @@ async def test_credential_register_unavailable() -> None:
     objects = ObjectStore(store)
     app = S3App(objects, cold, clock=lambda: NOW)
     headers = _sign("GET", "/", "", [("host", "localhost")], hashlib.sha256(b"").hexdigest())
-    sent: list[dict[str, Any]] = []
-
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    async def send(message: Any) -> None:
-        sent.append(dict(message))
-
-    scope = {
-        "type": "http",
-        "method": "GET",
-        "path": "/",
-        "raw_path": b"/",
-        "query_string": b"",
-        "headers": [(k.encode(), v.encode()) for k, v in headers],
-    }
-    await app(scope, receive, send)
+    sent = await _call_without_body(app, "GET", "/", headers)
     assert sent[0]["status"] == 503
     assert _error_code(sent[1]["body"]) == "ServiceUnavailable"
     store.clear_faults()
@@ -529,6 +599,7 @@ QUERY_PIECES = st.sampled_from(
         "location",
         "versions",
         "acl",
+        "cors",
         "tagging",
         "max-keys=-1",
         "max-keys=abc",
@@ -601,6 +672,13 @@ HEADER_PIECES = st.sampled_from(
         ("x-amz-date", "20200101T000000Z"),
         ("host", "bkt.s3.localhost"),
         ("host", "s3.localhost"),
+        ("origin", "https://app.example"),
+        ("origin", "http://elsewhere"),
+        ("origin", ""),
+        ("access-control-request-method", "PUT"),
+        ("access-control-request-method", "GET"),
+        ("access-control-request-headers", "Content-Type, x-amz-date"),
+        ("access-control-request-headers", ",,"),
     ]
 )
 PAYLOADS = st.sampled_from(
@@ -625,10 +703,20 @@ BODIES = st.one_of(
             b"</CompleteMultipartUpload>",
             b"<CreateBucketConfiguration><LocationConstraint>us-east-1</LocationConstraint>"
             b"</CreateBucketConfiguration>",
+            b"<CORSConfiguration><CORSRule><AllowedOrigin>*</AllowedOrigin>"
+            b"<AllowedMethod>GET</AllowedMethod></CORSRule></CORSConfiguration>",
+            b"<CORSConfiguration><CORSRule><AllowedOrigin>**</AllowedOrigin>"
+            b"<AllowedMethod>GETS</AllowedMethod></CORSRule></CORSConfiguration>",
             b"3\r\nabc\r\n0\r\n\r\n",
             b"3\r\nabc\r\n0\r\nx-amz-checksum-crc32:NSRBwg==\r\n\r\n",
         ]
     ),
+)
+
+
+FUZZ_CORS = (
+    CorsRule(("https://app.example",), ("PUT", "GET"), ("content-type", "x-amz-*"), ("ETag",)),
+    CorsRule(("http://*",), ("GET",), (), (), "reads", 60),
 )
 
 
@@ -675,6 +763,7 @@ async def _exercise(
         yield data
 
     await objects.put_object("bkt", "obj", one(b"hello object"), owner=ACCESS_KEY)
+    await objects.set_bucket_cors("bkt", FUZZ_CORS)
     app = S3App(objects, credentials, base_domains=("s3.localhost",), clock=lambda: NOW)
     pieces = []
     rest = body

@@ -12,6 +12,7 @@ import pytest
 import trio
 
 from storage.errors import NoSuchBucket, NoSuchKey, NotFound, PreconditionFailed, Unavailable
+from storage.object_records import CorsRule
 from storage.objects import GET_PREFETCH, REGISTRY, ObjectStore
 from storage.policy import Redundancy
 from tests.fake_blockstore import FakeBlockStore
@@ -282,3 +283,28 @@ async def test_a_failed_chunk_store_stops_the_body_and_releases_the_others() -> 
         await store.put_object("b", "k", endless())
     assert pulled < 20
     assert not fake.chunks
+
+
+async def test_cors_rules_come_from_the_cached_configuration() -> None:
+    fake = FakeBlockStore()
+    a, b = gateway(fake, bucket_cache_seconds=0.05), gateway(fake, bucket_cache_seconds=0.05)
+    await a.create_bucket("b", owner="o")
+    assert (await a.head_bucket("b")).cors is None
+    rules = (CorsRule(("*",), ("GET",)), CorsRule(("http://a",), ("PUT",), ("x-*",), (), "r", 5))
+    assert await b.cors_rules("b") is None  # b caches the bucket without rules
+    await a.set_bucket_cors("b", rules)
+    assert (await a.head_bucket("b")).cors == rules  # bucket-level reads are fresh
+    fake.reads.clear()
+    for _ in range(5):
+        assert await a.cors_rules("b") == rules
+        assert await b.cors_rules("b") is None  # up to bucket_cache_seconds old
+    assert fake.reads[REGISTRY] == 0
+    await trio.sleep(0.06)
+    assert await b.cors_rules("b") == rules
+    await a.set_bucket_cors("b", None)
+    assert await a.cors_rules("b") is None
+    assert (await a.head_bucket("b")).cors is None
+    with pytest.raises(NoSuchBucket):
+        await a.cors_rules("missing")
+    with pytest.raises(NoSuchBucket):
+        await a.set_bucket_cors("missing", rules)

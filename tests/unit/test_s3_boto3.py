@@ -125,6 +125,18 @@ OPERATIONS: list[tuple[str, dict[str, Any], Op]] = [
     ),
     ("get_bucket_versioning", {"Bucket": "bucket"}, Op.GET_BUCKET_VERSIONING),
     (
+        "put_bucket_cors",
+        {
+            "Bucket": "bucket",
+            "CORSConfiguration": {
+                "CORSRules": [{"AllowedOrigins": ["*"], "AllowedMethods": ["GET", "PUT"]}]
+            },
+        },
+        Op.PUT_BUCKET_CORS,
+    ),
+    ("get_bucket_cors", {"Bucket": "bucket"}, Op.GET_BUCKET_CORS),
+    ("delete_bucket_cors", {"Bucket": "bucket"}, Op.DELETE_BUCKET_CORS),
+    (
         "put_bucket_versioning",
         {"Bucket": "bucket", "VersioningConfiguration": {"Status": "Enabled"}},
         Op.UNSUPPORTED,

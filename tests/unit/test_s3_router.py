@@ -116,7 +116,7 @@ ROWS: list[Row] = [
     R("DELETE s3.amazonaws.com/examplebucket?versioning", Op.UNSUPPORTED, "examplebucket", None, subresource="versioning"),
     R("GET s3.amazonaws.com/examplebucket?versioning&policy", Op.UNSUPPORTED, "examplebucket", None, subresource="policy"),
     R("GET s3.amazonaws.com/examplebucket?policy", Op.UNSUPPORTED, "examplebucket", None, subresource="policy"),
-    R("DELETE s3.amazonaws.com/examplebucket?cors", Op.UNSUPPORTED, "examplebucket", None, subresource="cors"),
+    R("DELETE s3.amazonaws.com/examplebucket?cors&tagging", Op.UNSUPPORTED, "examplebucket", None, subresource="tagging"),
     R("GET s3.amazonaws.com/examplebucket?lifecycle", Op.UNSUPPORTED, "examplebucket", None, subresource="lifecycle"),
     R("PUT s3.amazonaws.com/examplebucket/k?tagging", Op.UNSUPPORTED, "examplebucket", "k", subresource="tagging"),
     R("GET s3.amazonaws.com/examplebucket/k?acl&tagging", Op.UNSUPPORTED, "examplebucket", "k", subresource="tagging"),
@@ -124,7 +124,24 @@ ROWS: list[Row] = [
     R("POST s3.amazonaws.com/examplebucket/k?select&select-type=2", Op.UNSUPPORTED, "examplebucket", "k", subresource="select"),
     R("GET s3.amazonaws.com/examplebucket/k?attributes", Op.UNSUPPORTED, "examplebucket", "k", subresource="attributes"),
     R("POST s3.amazonaws.com/examplebucket", Op.UNSUPPORTED, "examplebucket", None, subresource="PostObject"),
-    R("OPTIONS s3.amazonaws.com/examplebucket/k", Op.UNSUPPORTED, "examplebucket", "k", subresource="cors-preflight"),
+    # cross-origin resource sharing
+    R("GET s3.amazonaws.com/examplebucket?cors", Op.GET_BUCKET_CORS, "examplebucket", None),
+    R("GET examplebucket.s3.amazonaws.com/?cors=", Op.GET_BUCKET_CORS, "examplebucket", None, virtual_host=True),
+    R("PUT s3.amazonaws.com/examplebucket?cors", Op.PUT_BUCKET_CORS, "examplebucket", None),
+    R("PUT examplebucket.s3.amazonaws.com/?cors", Op.PUT_BUCKET_CORS, "examplebucket", None, virtual_host=True),
+    R("DELETE s3.amazonaws.com/examplebucket?cors", Op.DELETE_BUCKET_CORS, "examplebucket", None),
+    R("DELETE s3.amazonaws.com/examplebucket/?cors=&x-id=DeleteBucketCors", Op.DELETE_BUCKET_CORS, "examplebucket", None),
+    R("DELETE examplebucket.s3.amazonaws.com/?cors", Op.DELETE_BUCKET_CORS, "examplebucket", None, virtual_host=True),
+    R("GET s3.amazonaws.com/examplebucket/k?cors", Op.GET_OBJECT, "examplebucket", "k"),
+    R("OPTIONS s3.amazonaws.com/examplebucket", Op.CORS_PREFLIGHT, "examplebucket", None),
+    R("OPTIONS s3.amazonaws.com/examplebucket/?list-type=2&prefix=a", Op.CORS_PREFLIGHT, "examplebucket", None),
+    R("OPTIONS examplebucket.s3.amazonaws.com/", Op.CORS_PREFLIGHT, "examplebucket", None, virtual_host=True),
+    R("OPTIONS s3.amazonaws.com/examplebucket/k", Op.CORS_PREFLIGHT, "examplebucket", "k"),
+    R("OPTIONS examplebucket.s3.amazonaws.com/dir/k", Op.CORS_PREFLIGHT, "examplebucket", "dir/k", virtual_host=True),
+    R("OPTIONS s3.amazonaws.com/examplebucket/k?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Signature=00", Op.CORS_PREFLIGHT, "examplebucket", "k"),
+    R("OPTIONS s3.amazonaws.com/examplebucket/k?partNumber=0&uploadId=", Op.CORS_PREFLIGHT, "examplebucket", "k"),
+    R("OPTIONS s3.amazonaws.com/examplebucket/k?tagging", Op.CORS_PREFLIGHT, "examplebucket", "k"),
+    R("OPTIONS s3.amazonaws.com/examplebucket?cors", Op.CORS_PREFLIGHT, "examplebucket", None),
 ]
 # fmt: on
 
@@ -192,6 +209,10 @@ def test_without_base_domains_everything_is_path_style() -> None:
         ("DELETE", "/b/k", "acl", {}, "MethodNotAllowed"),
         ("HEAD", "/b/k", "acl", {}, "MethodNotAllowed"),
         ("POST", "/b/k", "acl&uploads", {}, "MethodNotAllowed"),
+        ("HEAD", "/b", "cors", {}, "MethodNotAllowed"),
+        ("POST", "/b", "cors", {}, "MethodNotAllowed"),
+        ("DELETE", "/b", "acl&cors", {}, "MethodNotAllowed"),
+        ("OPTIONS", "/", "", {}, "MethodNotAllowed"),
         ("GET", "/b", "list-type=3", {}, "InvalidArgument"),
         ("PUT", "/b/k", "partNumber=0&uploadId=u", {}, "InvalidArgument"),
         ("PUT", "/b/k", "partNumber=10001&uploadId=u", {}, "InvalidArgument"),
@@ -212,6 +233,23 @@ def test_route_errors(
     with pytest.raises(S3Error) as info:
         route(method, path, query, Headers(headers))
     assert info.value.code == code
+
+
+@pytest.mark.parametrize(
+    ("path", "query", "host"),
+    [
+        ("/b", "cors", "localhost"),
+        ("/b/", "cors=", "localhost"),
+        ("/b", "cors=anything", "localhost"),
+        ("/b", "x-id=DeleteBucket&cors", "localhost"),
+        ("/b", "prefix=x&cors&max-keys=1", "localhost"),
+        ("/", "cors", "b.localhost"),
+        ("/", "cors", "b.s3.amazonaws.com"),
+    ],
+)
+def test_delete_cors_never_deletes_the_bucket(path: str, query: str, host: str) -> None:
+    e = route("DELETE", path, query, Headers([("host", host)]), base_domains=BASES)
+    assert (e.op, e.bucket, e.key) == (Op.DELETE_BUCKET_CORS, "b", None)
 
 
 def test_1024_byte_key_is_accepted() -> None:

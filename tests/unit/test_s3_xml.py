@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from interfaces.s3 import xml
 from interfaces.s3.errors import ERROR_TABLE, S3Error
-from storage.object_records import CANNED_ACLS
+from storage.object_records import CANNED_ACLS, CorsRule
 
 WHEN = datetime(2009, 10, 12, 17, 50, 30, 123456, tzinfo=UTC)
 OWNER = xml.Owner("75aa57f09aa0c8caeab4f8c24e99d10f8e7faeebf76c078efc7c6caea54ba06a", "me")
@@ -257,6 +257,9 @@ def test_error_table_statuses() -> None:
         "IllegalLocationConstraintException": 400,
         "MalformedACLError": 400,
         "MissingSecurityHeader": 400,
+        "NoSuchCORSConfiguration": 404,
+        "AccessForbidden": 403,
+        "BadRequest": 400,
     }
     assert {code: ERROR_TABLE[code][0] for code in expected} == expected
     assert S3Error("Unheard").status == 500
@@ -592,3 +595,213 @@ def test_versioning_configuration() -> None:
     assert root.tag == "{http://s3.amazonaws.com/doc/2006-03-01/}VersioningConfiguration"
     assert list(root) == []
     assert not (root.text or "").strip()
+
+
+# -- cross-origin resource sharing ------------------------------------------------------------
+
+
+def _put_cors_body(rules: list[dict[str, Any]]) -> bytes:
+    """The PutBucketCors body boto3 sends for ``CORSConfiguration={"CORSRules": rules}``."""
+    operation = _model().operation_model("PutBucketCors")
+    request = create_serializer("rest-xml").serialize_to_request(
+        {"Bucket": "b", "CORSConfiguration": {"CORSRules": rules}}, operation
+    )
+    body: bytes = request["body"]
+    return body
+
+
+BOTO_CORS_RULES: list[dict[str, Any]] = [
+    {
+        "ID": "uploads & <friends>",
+        "AllowedHeaders": ["*", "x-amz-*"],
+        "AllowedMethods": ["PUT", "POST", "DELETE"],
+        "AllowedOrigins": ["http://www.example.com", "https://*.example.com"],
+        "ExposeHeaders": ["ETag", "x-amz-request-id"],
+        "MaxAgeSeconds": 3000,
+    },
+    {"AllowedMethods": ["GET", "HEAD"], "AllowedOrigins": ["*"]},
+]
+
+
+def test_cors_configuration_round_trip() -> None:
+    rules = xml.parse_cors_configuration(_put_cors_body(BOTO_CORS_RULES))
+    assert rules == (
+        CorsRule(
+            ("http://www.example.com", "https://*.example.com"),
+            ("PUT", "POST", "DELETE"),
+            ("*", "x-amz-*"),
+            ("ETag", "x-amz-request-id"),
+            "uploads & <friends>",
+            3000,
+        ),
+        CorsRule(("*",), ("GET", "HEAD")),
+    )
+    body = xml.cors_configuration(rules)
+    assert boto_parse("GetBucketCors", body)["CORSRules"] == BOTO_CORS_RULES
+    assert xml.parse_cors_configuration(body) == rules
+
+
+def test_parse_cors_example_from_the_reference() -> None:
+    body = b"""<CORSConfiguration>
+      <CORSRule>
+        <AllowedOrigin>http://www.example.com</AllowedOrigin>
+        <AllowedMethod>PUT</AllowedMethod>
+        <AllowedMethod>POST</AllowedMethod>
+        <AllowedMethod>DELETE</AllowedMethod>
+        <AllowedHeader>*</AllowedHeader>
+        <MaxAgeSeconds> 3000 </MaxAgeSeconds>
+        <ExposeHeader>x-amz-server-side-encryption</ExposeHeader>
+      </CORSRule>
+      <CORSRule>
+        <AllowedOrigin></AllowedOrigin>
+        <AllowedMethod>GET</AllowedMethod>
+      </CORSRule>
+    </CORSConfiguration>"""
+    first, second = xml.parse_cors_configuration(body)
+    assert first == CorsRule(
+        ("http://www.example.com",),
+        ("PUT", "POST", "DELETE"),
+        ("*",),
+        ("x-amz-server-side-encryption",),
+        None,
+        3000,
+    )
+    assert second == CorsRule(("",), ("GET",))
+
+
+_RULE = "<AllowedOrigin>*</AllowedOrigin><AllowedMethod>GET</AllowedMethod>"
+
+
+def _cors(*rules: str) -> bytes:
+    return ("<CORSConfiguration>" + "".join(rules) + "</CORSConfiguration>").encode()
+
+
+def _rule(inner: str = _RULE) -> str:
+    return f"<CORSRule>{inner}</CORSRule>"
+
+
+@pytest.mark.parametrize(
+    ("body", "code", "message"),
+    [
+        (b"", "MalformedXML", None),
+        (b"not xml", "MalformedXML", None),
+        (_cors(), "MalformedXML", None),
+        (b"<CORSConfiguration/>", "MalformedXML", None),
+        (_cors(_rule()).replace(b"CORSConfiguration", b"CorsConfiguration"), "MalformedXML", None),
+        (_cors(_rule(), "<Rule/>"), "MalformedXML", None),
+        (_cors(_rule("")), "MalformedXML", None),
+        (_cors(_rule("<AllowedMethod>GET</AllowedMethod>")), "MalformedXML", None),
+        (_cors(_rule("<AllowedOrigin>*</AllowedOrigin>")), "MalformedXML", None),
+        (_cors(_rule(_RULE + "<Unknown>x</Unknown>")), "MalformedXML", None),
+        (_cors(_rule(_RULE + "<ID>a</ID><ID>b</ID>")), "MalformedXML", None),
+        (_cors(_rule(_RULE + "<MaxAgeSeconds>1</MaxAgeSeconds>" * 2)), "MalformedXML", None),
+        (_cors(_rule(_RULE + "<MaxAgeSeconds>-1</MaxAgeSeconds>")), "MalformedXML", None),
+        (_cors(_rule(_RULE + "<MaxAgeSeconds>1.5</MaxAgeSeconds>")), "MalformedXML", None),
+        (_cors(_rule(_RULE + "<MaxAgeSeconds></MaxAgeSeconds>")), "MalformedXML", None),
+        (_cors(_rule(_RULE + "<MaxAgeSeconds>2147483648</MaxAgeSeconds>")), "MalformedXML", None),
+        (_cors(_rule(_RULE + "<MaxAgeSeconds>١</MaxAgeSeconds>")), "MalformedXML", None),
+        (_cors(_rule(_RULE + "<ID><b>x</b></ID>")), "MalformedXML", None),
+        (
+            _cors(_rule("<AllowedOrigin>*</AllowedOrigin><AllowedMethod>PATCH</AllowedMethod>")),
+            "InvalidRequest",
+            "Found unsupported HTTP method in CORS config. Unsupported method is PATCH",
+        ),
+        (
+            _cors(_rule(_RULE + "<AllowedMethod>get</AllowedMethod>")),
+            "InvalidRequest",
+            "Found unsupported HTTP method in CORS config. Unsupported method is get",
+        ),
+        (
+            _cors(_rule(_RULE + "<AllowedMethod>OPTIONS</AllowedMethod>")),
+            "InvalidRequest",
+            "Found unsupported HTTP method in CORS config. Unsupported method is OPTIONS",
+        ),
+        (
+            _cors(_rule(_RULE + "<AllowedMethod></AllowedMethod>")),
+            "InvalidRequest",
+            "Found unsupported HTTP method in CORS config. Unsupported method is ",
+        ),
+        (
+            _cors(_rule(_RULE + "<AllowedOrigin>https://*.example.*</AllowedOrigin>")),
+            "InvalidRequest",
+            'AllowedOrigin "https://*.example.*" can not have more than one wildcard.',
+        ),
+        (
+            _cors(_rule(_RULE + "<AllowedHeader>x-*-*</AllowedHeader>")),
+            "InvalidRequest",
+            'AllowedHeader "x-*-*" can not have more than one wildcard.',
+        ),
+        (
+            _cors(_rule(_RULE + "<ExposeHeader>x-amz-*</ExposeHeader>")),
+            "InvalidRequest",
+            'ExposeHeader "x-amz-*" contains wildcard. We currently do not support wildcard '
+            "for ExposeHeader.",
+        ),
+        (
+            _cors(_rule(_RULE + f"<ID>{'i' * 256}</ID>")),
+            "InvalidRequest",
+            f'The ID value can be up to 255 characters long. Invalid ID is "{"i" * 64}"',
+        ),
+        (
+            _cors(*[_rule()] * 101),
+            "InvalidRequest",
+            "The number of CORS rules should not exceed allowed limit of 100 rules.",
+        ),
+        (
+            b"<!DOCTYPE x [<!ENTITY e 'GET'>]>" + _cors(_rule(_RULE.replace("GET", "&e;"))),
+            "MalformedXML",
+            None,
+        ),
+    ],
+)
+def test_parse_cors_refusals(body: bytes, code: str, message: str | None) -> None:
+    with pytest.raises(S3Error) as info:
+        xml.parse_cors_configuration(body)
+    assert (info.value.code, info.value.status) == (code, 400)
+    if message is not None:
+        assert info.value.message == message
+
+
+def test_cors_limits_are_inclusive() -> None:
+    rules = xml.parse_cors_configuration(_cors(*[_rule()] * 100))
+    assert len(rules) == 100
+    (rule,) = xml.parse_cors_configuration(
+        _cors(_rule(_RULE + f"<ID>{'i' * 255}</ID><MaxAgeSeconds>2147483647</MaxAgeSeconds>"))
+    )
+    assert (rule.id, rule.max_age_seconds) == ("i" * 255, 2**31 - 1)
+
+
+def test_oversized_cors_refused() -> None:
+    body = _cors(_rule(_RULE + "<ID>x</ID>" + " " * xml.MAX_CORS_XML_BYTES))
+    with pytest.raises(S3Error) as info:
+        xml.parse_cors_configuration(body)
+    assert info.value.code == "InvalidRequest"
+
+
+_CORS_PIECES = [
+    "<CORSConfiguration>", "</CORSConfiguration>", "<CORSRule>", "</CORSRule>",
+    "<AllowedOrigin>", "</AllowedOrigin>", "<AllowedMethod>", "</AllowedMethod>",
+    "<AllowedHeader>", "</AllowedHeader>", "<ExposeHeader>", "</ExposeHeader>", "<ID>", "</ID>",
+    "<MaxAgeSeconds>", "</MaxAgeSeconds>", "GET", "PUT", "PATCH", "*", "**", "http://a",
+    "3000", "-1", "99999999999", "&amp;", "&bad;", "<!DOCTYPE x>", "<?xml version='1.0'?>",
+    "<a/>", " ", "\x00", "é", "<", ">", '"',
+]  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.one_of(
+        st.binary(max_size=300),
+        st.lists(st.sampled_from(_CORS_PIECES), max_size=40).map(lambda p: "".join(p).encode()),
+    )
+)
+def test_garbage_cors_bodies_are_a_400_never_a_crash(body: bytes) -> None:
+    refusal = None
+    try:
+        rules = xml.parse_cors_configuration(body)
+    except S3Error as err:
+        refusal = (err.code, err.status)
+    else:
+        assert 1 <= len(rules) <= xml.MAX_CORS_RULES
+        assert xml.parse_cors_configuration(xml.cors_configuration(rules)) == rules
+    assert refusal in (None, ("MalformedXML", 400), ("InvalidRequest", 400))
