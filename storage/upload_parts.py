@@ -44,9 +44,9 @@ The rules, and why no part is lost or leaked:
    another attempt relies on is never reopened under it: an earlier attempt's groups stay
    closed (a later attempt may be using them), a later attempt holds the claim (so this one
    cannot withdraw it), and a completion that claims between the withdrawal and the reopen
-   raised the floor of every group it read. The price: when two attempts overlap
-   and both are refused, the earlier one's groups stay closed, and part uploads into them
-   are refused until a completion or an abort ends the upload.
+   raised the floor of every group it read. The price: when two attempts overlap and both
+   are refused, the earlier one's groups stay closed, and part uploads into them are
+   refused until a completion or an abort ends the upload.
 
 Group operations on many groups run :data:`GROUP_CONCURRENCY` at a time.
 """
