@@ -1947,6 +1947,7 @@ class ObjectStore:
         prepared_by = trio.current_time() + COMPLETION_PREPARE_SECONDS
         retry = renewing[-1]  # the edit function's last run is the one that was applied
         upload = box["upload"]
+        epoch = upload.claim_epoch + 1  # this claim's
         if retry:
             committed = await self._committed_by(cfg, raw_key, upload_id)
             if committed is not None:
@@ -1958,7 +1959,7 @@ class ObjectStore:
                 return _object_info(bucket, key, committed)
         data_chunks: list[StoredChunk] = []
         with trio.move_on_at(prepared_by) as reading:
-            chosen = await self._claimed_parts(cfg, upload, wanted, upload.claim_epoch + 1)
+            chosen = await self._claimed_parts(cfg, upload, wanted, epoch)
             for part in chosen:
                 data_chunks.extend(await _part_chunks(self._store, part))
         if reading.cancelled_caught:
@@ -1994,7 +1995,7 @@ class ObjectStore:
                     # unless someone else's attempt with this list committed meanwhile.
                     with trio.move_on_after(_CLEANUP_SECONDS, shield=True):
                         if await self._committed_by(cfg, raw_key, upload_id) is None:
-                            await self._unclaim(upload_name, upload, upload.claim_epoch + 1)
+                            await self._unclaim(upload_name, upload, epoch)
                 raise
         finally:
             if not keep:
