@@ -109,7 +109,8 @@ def unpack_chunk_list(data: bytes) -> list[StoredChunk]:
 
 @dataclass(frozen=True)
 class ContentHeaders:
-    """The standard HTTP headers S3 stores with an object, plus user metadata and ACL."""
+    """The standard HTTP headers S3 stores with an object, plus user metadata, ACL and tags
+    (the object's tag set, ``key -> value``; records written before tags existed have none)."""
 
     content_type: str | None = None
     content_encoding: str | None = None
@@ -119,6 +120,7 @@ class ContentHeaders:
     expires: str | None = None
     metadata: Mapping[str, str] = field(default_factory=dict)
     acl: str = "private"
+    tags: Mapping[str, str] = field(default_factory=dict)
 
     def pack(self) -> dict[str, object]:
         """The msgpack map fragment (absent headers are omitted)."""
@@ -135,6 +137,8 @@ class ContentHeaders:
                 out[short] = value
         if self.metadata:
             out["md"] = dict(self.metadata)
+        if self.tags:
+            out["tg"] = dict(self.tags)
         return out
 
     @classmethod
@@ -149,7 +153,19 @@ class ContentHeaders:
             expires=obj.get("ex"),
             metadata=dict(obj.get("md") or {}),
             acl=str(obj.get("acl", "private")),
+            tags=_unpack_tags(obj.get("tg")) or {},
         )
+
+
+def _unpack_tags(raw: Any) -> dict[str, str] | None:
+    """A stored tag set (``None``: none); raises ``ValueError`` unless a map of strings."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in raw.items()
+    ):
+        raise ValueError("malformed tag set")
+    return dict(raw)
 
 
 def _run_lengths(values: Sequence[int]) -> list[list[int]]:
@@ -334,8 +350,8 @@ class BucketConfig:
 
     ``index_id`` names this incarnation's registers: a bucket deleted and created again gets
     a fresh one, so leftovers of the old incarnation can never leak into the new. ``cors`` is
-    the bucket's CORS configuration (``None``: none; entries written before it existed have
-    none).
+    the bucket's CORS configuration and ``tags`` its tag set (``None``: none; entries written
+    before they existed have none).
     """
 
     name: str
@@ -346,6 +362,7 @@ class BucketConfig:
     index_id: bytes
     region: str | None = None
     cors: tuple[CorsRule, ...] | None = None
+    tags: Mapping[str, str] | None = None
 
     def pack_entry(self) -> dict[str, object]:
         """The registry map value for this bucket."""
@@ -360,6 +377,8 @@ class BucketConfig:
             out["rg"] = self.region
         if self.cors is not None:
             out["cr"] = [rule.pack() for rule in self.cors]
+        if self.tags is not None:
+            out["tg"] = dict(self.tags)
         return out
 
     @classmethod
@@ -375,6 +394,7 @@ class BucketConfig:
                 index_id=bytes(obj["id"]),
                 region=obj.get("rg"),
                 cors=_unpack_cors(obj.get("cr")),
+                tags=_unpack_tags(obj.get("tg")),
             )
         except (KeyError, TypeError, ValueError, InvalidArgument):
             raise Corrupt(f"malformed config of bucket {name!r}") from None

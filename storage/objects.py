@@ -194,7 +194,7 @@ class _NoChange(Exception):
 @dataclass(frozen=True)
 class BucketInfo:
     """A bucket's configuration as the S3 layer needs it (``cors``: its CORS rules, ``None``
-    when it has no CORS configuration)."""
+    when it has no CORS configuration; ``tags``: its tag set, ``None`` when it has none)."""
 
     name: str
     owner: str
@@ -203,6 +203,7 @@ class BucketInfo:
     acl: str
     region: str | None = None
     cors: tuple[CorsRule, ...] | None = None
+    tags: Mapping[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -227,6 +228,7 @@ class ObjectInfo:
     parts_count: int | None = None
     storage_class: str = "STANDARD"
     checksum: tuple[str, bytes] | None = None
+    tags: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -403,6 +405,7 @@ def _headers(
     expires: str | None,
     metadata: Mapping[str, str] | None,
     acl: str,
+    tags: Mapping[str, str] | None,
 ) -> ContentHeaders:
     return ContentHeaders(
         content_type=content_type,
@@ -413,6 +416,7 @@ def _headers(
         expires=expires,
         metadata=dict(metadata or {}),
         acl=check_acl(acl),
+        tags=dict(tags or {}),
     )
 
 
@@ -425,6 +429,7 @@ def _bucket_info(cfg: BucketConfig) -> BucketInfo:
         acl=cfg.acl,
         region=cfg.region,
         cors=cfg.cors,
+        tags=cfg.tags,
     )
 
 
@@ -447,6 +452,7 @@ def _object_info(bucket: str, key: str, record: ObjectRecord) -> ObjectInfo:
         owner=record.owner,
         parts_count=record.parts_count,
         checksum=record.checksum,
+        tags=dict(h.tags),
     )
 
 
@@ -1228,6 +1234,10 @@ class ObjectStore:
         ``NoSuchBucket``."""
         await self._change_bucket(name, cors=None if rules is None else tuple(rules))
 
+    async def set_bucket_tags(self, name: str, tags: Mapping[str, str] | None) -> None:
+        """Replace the bucket's tag set (``None`` removes it). Raises ``NoSuchBucket``."""
+        await self._change_bucket(name, tags=None if tags is None else dict(tags))
+
     async def _change_bucket(self, name: str, **changes: object) -> None:
         """Replace fields of the bucket's registry entry (``NoSuchBucket`` if none)."""
 
@@ -1316,6 +1326,7 @@ class ObjectStore:
         expires: str | None = None,
         metadata: Mapping[str, str] | None = None,
         acl: str = "private",
+        tags: Mapping[str, str] | None = None,
         owner: str | None = None,
         if_match: str | None = None,
         if_none_match: str | None = None,
@@ -1331,6 +1342,7 @@ class ObjectStore:
 
         Args:
             body: the object's bytes, in pieces of any size.
+            tags: the object's tag set (validated by the caller).
             if_match: commit only if the current ETag is in this list (``*``: any).
             if_none_match: ``"*"``: commit only if the key does not exist.
             content_md5: the 16-byte MD5 the client claims (``Content-MD5``).
@@ -1352,6 +1364,7 @@ class ObjectStore:
             expires,
             metadata,
             acl,
+            tags,
         )
         return await self._write_object(
             cfg,
@@ -1411,14 +1424,23 @@ class ObjectStore:
 
     async def set_object_acl(self, bucket: str, key: str, acl: str) -> None:
         """Replace an object's canned ACL. Raises ``NoSuchBucket``, ``NoSuchKey``."""
-        check_acl(acl)
+        await self._change_object_headers(bucket, key, acl=check_acl(acl))
+
+    async def set_object_tags(self, bucket: str, key: str, tags: Mapping[str, str]) -> None:
+        """Replace an object's tag set (empty: remove its tags); its data and ETag are
+        unchanged. Raises ``NoSuchBucket``, ``NoSuchKey``."""
+        await self._change_object_headers(bucket, key, tags=dict(tags))
+
+    async def _change_object_headers(self, bucket: str, key: str, **changes: object) -> None:
+        """Replace fields of an object's headers in one index edit (``NoSuchKey`` if none)."""
         raw_key = _key_bytes(key)
 
         def change(current: bytes | None) -> bytes:
             if current is None:
                 raise NoSuchKey(f"no key {key!r} in bucket {bucket!r}")
             record = ObjectRecord.unpack(current)
-            return replace(record, headers=replace(record.headers, acl=acl)).pack()
+            headers = replace(record.headers, **changes)  # type: ignore[arg-type]
+            return replace(record, headers=headers).pack()
 
         async def update(cfg: BucketConfig) -> None:
             await self._index_update(cfg, raw_key, change)
@@ -1494,6 +1516,7 @@ class ObjectStore:
         dst_key: str,
         *,
         metadata_directive: str = "COPY",
+        tagging_directive: str = "COPY",
         content_type: str | None = None,
         content_encoding: str | None = None,
         content_disposition: str | None = None,
@@ -1502,6 +1525,7 @@ class ObjectStore:
         expires: str | None = None,
         metadata: Mapping[str, str] | None = None,
         acl: str = "private",
+        tags: Mapping[str, str] | None = None,
         owner: str | None = None,
         if_match: str | None = None,
         if_none_match: str | None = None,
@@ -1513,6 +1537,7 @@ class ObjectStore:
         Args:
             metadata_directive: ``COPY`` keeps the source's headers and user metadata;
                 ``REPLACE`` uses the ones given here. The ACL is always ``acl``, as S3 does.
+            tagging_directive: ``COPY`` keeps the source's tags; ``REPLACE`` uses ``tags``.
             if_match, if_none_match: conditions on the *destination* key.
             source_check: called with the source's info before copying (the S3 layer's
                 ``x-amz-copy-source-if-*`` evaluation); whatever it raises propagates.
@@ -1523,6 +1548,8 @@ class ObjectStore:
         """
         if metadata_directive not in ("COPY", "REPLACE"):
             raise InvalidArgument(f"unknown metadata directive {metadata_directive!r}")
+        if tagging_directive not in ("COPY", "REPLACE"):
+            raise InvalidArgument(f"unknown tagging directive {tagging_directive!r}")
         reader = await self.open_object(src_bucket, src_key)
         if source_check is not None:
             source_check(reader.info)
@@ -1538,7 +1565,10 @@ class ObjectStore:
                 expires,
                 metadata,
                 acl,
+                None,
             )
+        kept = reader.record.headers.tags if tagging_directive == "COPY" else tags
+        headers = replace(headers, tags=dict(kept or {}))
         cfg, fresh = await self._object_bucket(dst_bucket)
         return await self._write_object(
             cfg,
@@ -1668,9 +1698,11 @@ class ObjectStore:
         expires: str | None = None,
         metadata: Mapping[str, str] | None = None,
         acl: str = "private",
+        tags: Mapping[str, str] | None = None,
         owner: str | None = None,
     ) -> str:
-        """Start a multipart upload; return its id (random, URL-safe).
+        """Start a multipart upload; return its id (random, URL-safe). The object it
+        completes gets the headers and ``tags`` given here.
 
         Raises:
             NoSuchBucket, InvalidArgument, KeyTooLong.
@@ -1691,6 +1723,7 @@ class ObjectStore:
                 expires,
                 metadata,
                 acl,
+                tags,
             ),
             owner=owner,
         )

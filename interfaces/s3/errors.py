@@ -89,6 +89,11 @@ ERROR_TABLE: Mapping[str, tuple[int, str]] = MappingProxyType(
         "InvalidRequest": (400, "Invalid Request"),
         "InvalidURI": (400, "Couldn't parse the specified URI."),
         "InvalidStorageClass": (400, "The storage class you specified is not valid"),
+        "InvalidTag": (
+            400,
+            "The tag provided was not a valid tag. This error can occur if the tag did not "
+            "pass input validation.",
+        ),
         "KeyTooLongError": (400, "Your key is too long"),
         "MalformedACLError": (
             400,
@@ -110,6 +115,7 @@ ERROR_TABLE: Mapping[str, tuple[int, str]] = MappingProxyType(
         "NoSuchBucket": (404, "The specified bucket does not exist"),
         "NoSuchCORSConfiguration": (404, "The CORS configuration does not exist"),
         "NoSuchKey": (404, "The specified key does not exist."),
+        "NoSuchTagSet": (404, "The TagSet does not exist"),
         "NoSuchUpload": (
             404,
             "The specified multipart upload does not exist. The upload ID might not be "
@@ -221,6 +227,7 @@ NAMED_BY: Mapping[str, str] = MappingProxyType(
         "NoSuchBucket": "BucketName",
         "NoSuchCORSConfiguration": "BucketName",
         "NoSuchKey": "Key",
+        "NoSuchTagSet": "BucketName",
         "NoSuchUpload": "UploadId",
     }
 )

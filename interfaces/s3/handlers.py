@@ -14,7 +14,7 @@ import hashlib
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TypedDict
-from urllib.parse import quote
+from urllib.parse import quote, unquote_plus
 
 from storage import errors as storage_errors
 from storage.object_records import CANNED_ACLS
@@ -60,6 +60,10 @@ STORAGE_CLASSES = frozenset(
         "OUTPOSTS",
         "EXPRESS_ONEZONE",
     }
+)
+_TAGGING_HEADER_MESSAGE = (
+    "The header 'x-amz-tagging' shall be encoded as UTF-8 then URLEncoded URL query "
+    "parameters without tag name duplicates."
 )
 _RESPONSE_OVERRIDES = (
     ("response-content-type", "content-type"),
@@ -120,6 +124,39 @@ def _metadata(req: Request) -> dict[str, str]:
             extra={"MaxMetadataSize": str(MAX_METADATA_BYTES), "Size": str(total)},
         )
     return meta
+
+
+def _header_tags(req: Request) -> dict[str, str]:
+    """The tag set of the ``x-amz-tagging`` header (URL query form ``k1=v1&k2=v2``).
+
+    Raises:
+        S3Error: ``InvalidArgument`` if it is not UTF-8 query parameters without a repeated
+            key; ``InvalidTag`` for a tag set S3 refuses.
+    """
+    value = req.headers.get("x-amz-tagging")
+    if value is None:
+        return {}
+    pairs: list[tuple[str, str]] = []
+    for part in value.strip().split("&"):
+        if part:
+            name, _, text = part.partition("=")
+            try:
+                pairs.append(
+                    (unquote_plus(name, errors="strict"), unquote_plus(text, errors="strict"))
+                )
+            except UnicodeDecodeError:
+                raise _tagging_header_error(value) from None
+    if len({name for name, _ in pairs}) != len(pairs):
+        raise _tagging_header_error(value)
+    return xml.check_tags(pairs)
+
+
+def _tagging_header_error(value: str) -> S3Error:
+    return S3Error(
+        "InvalidArgument",
+        _TAGGING_HEADER_MESSAGE,
+        extra={"ArgumentName": "x-amz-tagging", "ArgumentValue": value[:64]},
+    )
 
 
 class _ContentHeaders(TypedDict):
@@ -236,6 +273,8 @@ def _object_headers(info: ObjectInfo) -> list[tuple[str, str]]:
     headers.extend((f"x-amz-meta-{k}", v) for k, v in sorted(info.metadata.items()))
     if info.parts_count is not None:
         headers.append(("x-amz-mp-parts-count", str(info.parts_count)))
+    if info.tags:
+        headers.append(("x-amz-tagging-count", str(len(info.tags))))
     return headers
 
 
@@ -518,6 +557,7 @@ async def put_object(app: S3App, req: Request) -> Response:
         req.body,
         metadata=_metadata(req),
         acl=_acl(req),
+        tags=_header_tags(req),
         owner=req.owner,
         if_match=if_match,
         if_none_match=if_none_match,
@@ -722,16 +762,24 @@ async def delete_objects(app: S3App, req: Request) -> Response:
     return xml_response(xml.delete_result(deleted, errors, quiet=request.quiet))
 
 
-async def copy_object(app: S3App, req: Request) -> Response:
-    """CopyObject with the COPY/REPLACE metadata directive and copy-source conditions."""
-    source = _copy_source(req)
-    directive = (req.headers.get("x-amz-metadata-directive") or "COPY").strip().upper()
+def _directive(req: Request, header: str, what: str) -> str:
+    """The ``COPY``/``REPLACE`` directive of ``header`` (``COPY`` when absent)."""
+    directive = (req.headers.get(header) or "COPY").strip().upper()
     if directive not in ("COPY", "REPLACE"):
         raise S3Error(
             "InvalidArgument",
-            "Unknown metadata directive.",
-            extra={"ArgumentName": "x-amz-metadata-directive", "ArgumentValue": directive[:64]},
+            f"Unknown {what} directive.",
+            extra={"ArgumentName": header, "ArgumentValue": directive[:64]},
         )
+    return directive
+
+
+async def copy_object(app: S3App, req: Request) -> Response:
+    """CopyObject with the COPY/REPLACE metadata and tagging directives and copy-source
+    conditions."""
+    source = _copy_source(req)
+    directive = _directive(req, "x-amz-metadata-directive", "metadata")
+    tagging_directive = _directive(req, "x-amz-tagging-directive", "tagging")
     if directive == "COPY" and (source.bucket, source.key) == (req.bucket, req.key):
         raise S3Error(
             "InvalidRequest",
@@ -742,6 +790,7 @@ async def copy_object(app: S3App, req: Request) -> Response:
     if_match, if_none_match = _write_conditions(req)
     content = _content_headers(req)
     metadata = _metadata(req)
+    tags = _header_tags(req) if tagging_directive == "REPLACE" else None
     check = _SourceCheck(req)
     try:
         info = await app.objects.copy_object(
@@ -750,8 +799,10 @@ async def copy_object(app: S3App, req: Request) -> Response:
             req.bucket,
             req.key,
             metadata_directive=directive,
+            tagging_directive=tagging_directive,
             metadata=metadata,
             acl=_acl(req),
+            tags=tags,
             owner=req.owner,
             if_match=if_match,
             if_none_match=if_none_match,
@@ -849,6 +900,62 @@ async def get_bucket_versioning(app: S3App, req: Request) -> Response:
     return xml_response(xml.versioning_configuration())
 
 
+# -- tagging --------------------------------------------------------------------------------
+
+
+async def _tagging_body(req: Request, *, bucket: bool = False) -> dict[str, str]:
+    """The tag set of a PutObjectTagging (or PutBucketTagging) body, its Content-MD5
+    checked when sent."""
+    md5 = _content_md5(req)
+    body = await req.body.read_all(xml.MAX_TAGGING_XML_BYTES)
+    if md5 is not None:
+        check_content_md5(md5, hashlib.md5(body, usedforsecurity=False).digest())
+    return xml.parse_tagging(body, bucket=bucket)
+
+
+async def get_object_tagging(app: S3App, req: Request) -> Response:
+    """GetObjectTagging: the object's tag set (an empty TagSet when it has none)."""
+    _check_version(req.endpoint.version_id)
+    info = await app.objects.head_object(req.bucket, req.key)
+    return xml_response(xml.tagging(info.tags))
+
+
+async def put_object_tagging(app: S3App, req: Request) -> Response:
+    """PutObjectTagging: replace the object's tag set (its data and ETag are unchanged)."""
+    _check_version(req.endpoint.version_id)
+    tags = await _tagging_body(req)
+    await app.objects.set_object_tags(req.bucket, req.key, tags)
+    return Response(200)
+
+
+async def delete_object_tagging(app: S3App, req: Request) -> Response:
+    """DeleteObjectTagging: remove the object's tags (never the object)."""
+    _check_version(req.endpoint.version_id)
+    await app.objects.set_object_tags(req.bucket, req.key, {})
+    return Response(204)
+
+
+async def get_bucket_tagging(app: S3App, req: Request) -> Response:
+    """GetBucketTagging (``NoSuchTagSet`` if the bucket has no tags)."""
+    info = await app.objects.head_bucket(req.bucket)
+    if not info.tags:
+        raise S3Error("NoSuchTagSet", extra={"BucketName": req.bucket})
+    return xml_response(xml.tagging(info.tags))
+
+
+async def put_bucket_tagging(app: S3App, req: Request) -> Response:
+    """PutBucketTagging: replace the bucket's tag set (up to 50 tags; none removes it)."""
+    tags = await _tagging_body(req, bucket=True)
+    await app.objects.set_bucket_tags(req.bucket, tags or None)
+    return Response(204)
+
+
+async def delete_bucket_tagging(app: S3App, req: Request) -> Response:
+    """DeleteBucketTagging (a bucket without tags is fine; never deletes the bucket)."""
+    await app.objects.set_bucket_tags(req.bucket, None)
+    return Response(204)
+
+
 # -- cross-origin resource sharing ----------------------------------------------------------
 
 
@@ -917,7 +1024,13 @@ async def create_multipart_upload(app: S3App, req: Request) -> Response:
     """CreateMultipartUpload."""
     content = _content_headers(req)
     upload_id = await app.objects.create_multipart_upload(
-        req.bucket, req.key, metadata=_metadata(req), acl=_acl(req), owner=req.owner, **content
+        req.bucket,
+        req.key,
+        metadata=_metadata(req),
+        acl=_acl(req),
+        tags=_header_tags(req),
+        owner=req.owner,
+        **content,
     )
     return xml_response(xml.initiate_multipart_upload(req.bucket, req.key, upload_id))
 
@@ -1102,6 +1215,9 @@ _OPERATIONS: Mapping[Op, Handler] = {
     Op.GET_BUCKET_CORS: get_bucket_cors,
     Op.PUT_BUCKET_CORS: put_bucket_cors,
     Op.DELETE_BUCKET_CORS: delete_bucket_cors,
+    Op.GET_BUCKET_TAGGING: get_bucket_tagging,
+    Op.PUT_BUCKET_TAGGING: put_bucket_tagging,
+    Op.DELETE_BUCKET_TAGGING: delete_bucket_tagging,
     Op.CORS_PREFLIGHT: cors_preflight,
     Op.LIST_OBJECTS: list_objects,
     Op.LIST_OBJECTS_V2: list_objects_v2,
@@ -1115,6 +1231,9 @@ _OPERATIONS: Mapping[Op, Handler] = {
     Op.COPY_OBJECT: copy_object,
     Op.GET_OBJECT_ACL: get_object_acl,
     Op.PUT_OBJECT_ACL: put_object_acl,
+    Op.GET_OBJECT_TAGGING: get_object_tagging,
+    Op.PUT_OBJECT_TAGGING: put_object_tagging,
+    Op.DELETE_OBJECT_TAGGING: delete_object_tagging,
     Op.CREATE_MULTIPART_UPLOAD: create_multipart_upload,
     Op.UPLOAD_PART: upload_part,
     Op.UPLOAD_PART_COPY: upload_part_copy,

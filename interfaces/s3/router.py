@@ -14,15 +14,18 @@ against the S3 API reference's request syntax for every supported operation.
 2. **Level.** No bucket: service level. A bucket and an empty key: bucket level. Otherwise
    object level. ``/bucket/`` is bucket level.
 3. **Sub-resources.** Query parameters that select an operation (``uploads``, ``uploadId``,
-   ``location``, ``versions``, ``list-type``, ``delete``, ``acl``, ``cors``, ``versioning``
-   for GET, ``partNumber`` for PUT) decide the endpoint together with the method: ``acl`` is
-   GET or PUT only (``DELETE /bucket?acl`` is ``MethodNotAllowed``, never a deletion), and
-   ``cors`` GET, PUT or DELETE (``DELETE /bucket?cors`` is DeleteBucketCors, never
-   DeleteBucket). Sub-resources we know but do not implement (``tagging``, ``policy``, PUT
-   ``versioning``, …: the sets :data:`BUCKET_UNSUPPORTED` and :data:`OBJECT_UNSUPPORTED`, less
-   :data:`BUCKET_GET_IMPLEMENTED` for GET) yield :attr:`Op.UNSUPPORTED`, answered
-   ``NotImplemented`` by the server. Every other query parameter (``prefix``, ``max-keys``,
-   ``x-id``, ``response-*``, ``X-Amz-*``, …) is an argument, kept in :attr:`Endpoint.query`.
+   ``location``, ``versions``, ``list-type``, ``delete``, ``acl``, ``cors``, ``tagging``,
+   ``versioning`` for GET, ``partNumber`` for PUT) decide the endpoint together with the
+   method: ``acl`` is GET or PUT only (``DELETE /bucket?acl`` is ``MethodNotAllowed``, never a
+   deletion), ``cors`` GET, PUT or DELETE (``DELETE /bucket?cors`` is DeleteBucketCors, never
+   DeleteBucket), and ``tagging`` GET, PUT or DELETE on a bucket or an object
+   (``DELETE /bucket?tagging`` is DeleteBucketTagging, ``DELETE /bucket/key?tagging``
+   DeleteObjectTagging: never a deletion). Sub-resources we know but do not implement
+   (``policy``, PUT ``versioning``, …: the sets :data:`BUCKET_UNSUPPORTED` and
+   :data:`OBJECT_UNSUPPORTED`, less :data:`BUCKET_GET_IMPLEMENTED` for GET) yield
+   :attr:`Op.UNSUPPORTED`, answered ``NotImplemented`` by the server. Every other query
+   parameter (``prefix``, ``max-keys``, ``x-id``, ``response-*``, ``X-Amz-*``, …) is an
+   argument, kept in :attr:`Endpoint.query`.
    ``OPTIONS`` on a bucket or an object is a CORS preflight whatever the query: a browser
    sends it to the URL of the request it is about to make, presigned query included.
 4. **Headers** matter only for ``x-amz-copy-source``, which turns PutObject into CopyObject
@@ -59,6 +62,9 @@ class Op(enum.Enum):
     GET_BUCKET_CORS = "GetBucketCors"
     PUT_BUCKET_CORS = "PutBucketCors"
     DELETE_BUCKET_CORS = "DeleteBucketCors"
+    GET_BUCKET_TAGGING = "GetBucketTagging"
+    PUT_BUCKET_TAGGING = "PutBucketTagging"
+    DELETE_BUCKET_TAGGING = "DeleteBucketTagging"
     CORS_PREFLIGHT = "PreflightRequest"
     LIST_OBJECTS = "ListObjects"
     LIST_OBJECTS_V2 = "ListObjectsV2"
@@ -72,6 +78,9 @@ class Op(enum.Enum):
     COPY_OBJECT = "CopyObject"
     GET_OBJECT_ACL = "GetObjectAcl"
     PUT_OBJECT_ACL = "PutObjectAcl"
+    GET_OBJECT_TAGGING = "GetObjectTagging"
+    PUT_OBJECT_TAGGING = "PutObjectTagging"
+    DELETE_OBJECT_TAGGING = "DeleteObjectTagging"
     CREATE_MULTIPART_UPLOAD = "CreateMultipartUpload"
     UPLOAD_PART = "UploadPart"
     UPLOAD_PART_COPY = "UploadPartCopy"
@@ -179,7 +188,6 @@ BUCKET_UNSUPPORTED = frozenset(
         "replication",
         "requestPayment",
         "session",
-        "tagging",
         "versioning",
         "website",
     }
@@ -196,7 +204,6 @@ OBJECT_UNSUPPORTED = frozenset(
         "restore",
         "retention",
         "select",
-        "tagging",
         "torrent",
     }
 )
@@ -268,13 +275,15 @@ def _bucket_endpoint(method: str, params: dict[str, str], base: Endpoint) -> End
         return make(Op.UNSUPPORTED, subresource=sorted(unsupported)[0])
     if "acl" in params and method in ("DELETE", "POST", "HEAD"):
         raise S3Error("MethodNotAllowed")
-    if "cors" in params and method in ("POST", "HEAD"):
+    if ("cors" in params or "tagging" in params) and method in ("POST", "HEAD"):
         raise S3Error("MethodNotAllowed")
     if method == "GET":
         if "acl" in params:
             return make(Op.GET_BUCKET_ACL)
         if "cors" in params:
             return make(Op.GET_BUCKET_CORS)
+        if "tagging" in params:
+            return make(Op.GET_BUCKET_TAGGING)
         if "versioning" in params:
             return make(Op.GET_BUCKET_VERSIONING)
         if "location" in params:
@@ -299,9 +308,15 @@ def _bucket_endpoint(method: str, params: dict[str, str], base: Endpoint) -> End
             return make(Op.PUT_BUCKET_ACL)
         if "cors" in params:
             return make(Op.PUT_BUCKET_CORS)
+        if "tagging" in params:
+            return make(Op.PUT_BUCKET_TAGGING)
         return make(Op.CREATE_BUCKET)
     if method == "DELETE":
-        return make(Op.DELETE_BUCKET_CORS if "cors" in params else Op.DELETE_BUCKET)
+        if "cors" in params:
+            return make(Op.DELETE_BUCKET_CORS)
+        if "tagging" in params:
+            return make(Op.DELETE_BUCKET_TAGGING)
+        return make(Op.DELETE_BUCKET)
     if method == "POST":
         if "delete" in params:
             return make(Op.DELETE_OBJECTS)
@@ -331,6 +346,8 @@ def _object_endpoint(
             return make(Op.PUT_OBJECT_ACL)
         if method in ("DELETE", "POST", "HEAD"):
             raise S3Error("MethodNotAllowed")
+    if "tagging" in params:
+        return make(_tagging_op(method))
     upload_id = params.get("uploadId")
     if upload_id is not None and not upload_id:
         raise S3Error(
@@ -364,6 +381,21 @@ def _object_endpoint(
             return make(Op.COMPLETE_MULTIPART_UPLOAD, upload_id=upload_id)
         raise S3Error("MethodNotAllowed")
     raise S3Error("MethodNotAllowed")
+
+
+_OBJECT_TAGGING_OPS = {
+    "GET": Op.GET_OBJECT_TAGGING,
+    "PUT": Op.PUT_OBJECT_TAGGING,
+    "DELETE": Op.DELETE_OBJECT_TAGGING,
+}
+
+
+def _tagging_op(method: str) -> Op:
+    """The object tagging operation of ``method`` (``MethodNotAllowed`` for any other)."""
+    op = _OBJECT_TAGGING_OPS.get(method)
+    if op is None:
+        raise S3Error("MethodNotAllowed")
+    return op
 
 
 def parse_copy_source(value: str) -> CopySource:

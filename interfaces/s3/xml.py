@@ -44,6 +44,13 @@ MAX_CORS_RULES = 100
 #: The methods a CORS rule may allow, as S3.
 CORS_METHODS = frozenset({"GET", "PUT", "POST", "DELETE", "HEAD"})
 MAX_CORS_RULE_ID = 255
+#: S3's tag limits: tags per object and per bucket, characters per key and per value.
+MAX_OBJECT_TAGS = 10
+MAX_BUCKET_TAGS = 50
+MAX_TAG_KEY = 128
+MAX_TAG_VALUE = 256
+#: Largest Tagging body: 50 tags of 128 + 256 characters, each escaped as a reference.
+MAX_TAGGING_XML_BYTES = 256 * 1024
 _MAX_DEPTH = 8
 _MAX_ELEMENTS = 100_000
 
@@ -483,6 +490,15 @@ def cors_configuration(rules: Iterable[CorsRule]) -> bytes:
             + "</CORSRule>"
         )
     return _doc("CORSConfiguration", items)
+
+
+def tagging(tags: Mapping[str, str]) -> bytes:
+    """The Tagging body of GetObjectTagging and GetBucketTagging (an empty TagSet if none)."""
+    items = (
+        "<Tag>" + _tag("Key", key) + f"<Value>{escape(value)}</Value></Tag>"
+        for key, value in tags.items()
+    )
+    return _doc("Tagging", ["<TagSet>", *items, "</TagSet>"])
 
 
 # -- access control lists --------------------------------------------------------------------
@@ -941,3 +957,62 @@ def parse_cors_configuration(body: bytes) -> tuple[CorsRule, ...]:
             f"The number of CORS rules should not exceed allowed limit of {MAX_CORS_RULES} rules."
         )
     return tuple(_parse_cors_rule(node) for node in root.children)
+
+
+def _invalid_tag(message: str) -> S3Error:
+    return S3Error("InvalidTag", message)
+
+
+def check_tags(pairs: Iterable[tuple[str, str]], *, bucket: bool = False) -> dict[str, str]:
+    """``pairs`` as a tag set, if S3 would accept it for an object (or a ``bucket``).
+
+    Raises:
+        S3Error: ``InvalidTag`` for too many tags (:data:`MAX_OBJECT_TAGS`,
+            :data:`MAX_BUCKET_TAGS`), an empty or long key, a long value, a repeated key or
+            a key starting with ``aws:``.
+    """
+    tags: dict[str, str] = {}
+    for key, value in pairs:
+        if not key:
+            raise _invalid_tag("The TagKey you have provided is invalid")
+        if len(key) > MAX_TAG_KEY:
+            raise _invalid_tag(f"The TagKey you have provided is too long, max {MAX_TAG_KEY}")
+        if len(value) > MAX_TAG_VALUE:
+            raise _invalid_tag(f"The TagValue you have provided is too long, max {MAX_TAG_VALUE}")
+        if key.startswith("aws:"):
+            raise _invalid_tag(
+                "System tags cannot be added/updated by requester"
+                if bucket
+                else "Your TagKey cannot be prefixed with aws:"
+            )
+        if key in tags:
+            raise _invalid_tag("Cannot provide multiple Tags with the same key")
+        tags[key] = value
+    if bucket and len(tags) > MAX_BUCKET_TAGS:
+        raise _invalid_tag(f"Bucket tag count cannot be greater than {MAX_BUCKET_TAGS}")
+    if not bucket and len(tags) > MAX_OBJECT_TAGS:
+        raise _invalid_tag(f"Object tags cannot be greater than {MAX_OBJECT_TAGS}")
+    return tags
+
+
+def _parse_tag(node: XmlNode) -> tuple[str, str]:
+    if node.tag != "Tag" or {c.tag for c in node.children} != {"Key", "Value"}:
+        raise S3Error("MalformedXML")
+    key, value = node.find("Key"), node.find("Value")
+    if key is None or value is None or key.children or value.children:
+        raise S3Error("MalformedXML")
+    return key.value(), value.value()
+
+
+def parse_tagging(body: bytes, *, bucket: bool = False) -> dict[str, str]:
+    """The tag set of a PutObjectTagging (or PutBucketTagging, ``bucket``) body, in order.
+
+    Raises:
+        S3Error: ``MalformedXML`` unless it is a ``Tagging`` of one ``TagSet`` of ``Tag``
+            elements, each with one ``Key`` and one ``Value``; ``InvalidTag`` (see
+            :func:`check_tags`); ``InvalidRequest`` above :data:`MAX_TAGGING_XML_BYTES`.
+    """
+    root = parse_xml(body, max_bytes=MAX_TAGGING_XML_BYTES)
+    if root.tag != "Tagging" or [c.tag for c in root.children] != ["TagSet"]:
+        raise S3Error("MalformedXML")
+    return check_tags([_parse_tag(node) for node in root.children[0].children], bucket=bucket)

@@ -1427,7 +1427,7 @@ def test_awscli(s3_server: S3Server, bucket: str, tmp_path: Path) -> None:
 def test_unsupported_operations(s3: Any, bucket: str) -> None:
     for call, kwargs in (
         (s3.get_bucket_policy, {"Bucket": bucket}),
-        (s3.get_object_tagging, {"Bucket": bucket, "Key": "k"}),
+        (s3.get_object_retention, {"Bucket": bucket, "Key": "k"}),
     ):
         with pytest.raises(ClientError) as info:
             call(**kwargs)
@@ -1962,3 +1962,220 @@ def test_cors_headers_on_anonymous_reads(s3_server: S3Server, s3: Any) -> None:
     finally:
         s3.delete_object(Bucket="e2e-public-cors", Key="p")
         s3.delete_bucket(Bucket="e2e-public-cors")
+
+
+# -- tagging -------------------------------------------------------------------------------------
+
+TAG_SET = [{"Key": "project", "Value": "ballast & co"}, {"Key": "é", "Value": ""}]
+TWICE = [{"Key": "k", "Value": "1"}, {"Key": "k", "Value": "2"}]
+
+
+def test_object_tagging_round_trip(s3: Any, bucket: str) -> None:
+    put = s3.put_object(Bucket=bucket, Key="k", Body=b"data")
+    assert s3.get_object_tagging(Bucket=bucket, Key="k")["TagSet"] == []
+    assert "TagCount" not in s3.head_object(Bucket=bucket, Key="k")
+    answer = s3.put_object_tagging(Bucket=bucket, Key="k", Tagging={"TagSet": TAG_SET})
+    assert answer["ResponseMetadata"]["HTTPStatusCode"] == 200
+    assert s3.get_object_tagging(Bucket=bucket, Key="k")["TagSet"] == TAG_SET
+    assert s3.get_object_tagging(Bucket=bucket, Key="k", VersionId="null")["TagSet"] == TAG_SET
+    head = s3.head_object(Bucket=bucket, Key="k")
+    assert (head["ETag"], head["ContentLength"]) == (put["ETag"], 4)
+    assert head["ResponseMetadata"]["HTTPHeaders"]["x-amz-tagging-count"] == "2"
+    got = s3.get_object(Bucket=bucket, Key="k")
+    assert (got["TagCount"], got["Body"].read(), got["ETag"]) == (2, b"data", put["ETag"])
+    answer = s3.delete_object_tagging(Bucket=bucket, Key="k")
+    assert answer["ResponseMetadata"]["HTTPStatusCode"] == 204
+    assert s3.get_object_tagging(Bucket=bucket, Key="k")["TagSet"] == []
+    assert "TagCount" not in s3.get_object(Bucket=bucket, Key="k")
+    assert s3.get_object(Bucket=bucket, Key="k")["Body"].read() == b"data"
+
+
+def test_delete_object_tagging_never_deletes_the_object(
+    s3_server: S3Server, s3: Any, bucket: str
+) -> None:
+    s3.put_object(Bucket=bucket, Key="k", Body=b"data", Tagging="a=1")
+    for query in ("tagging", "tagging=", "x-id=DeleteObject&tagging"):
+        status, _, _ = s3_server.request("DELETE", f"/{bucket}/k?{query}")
+        assert status == 204
+    assert s3.get_object(Bucket=bucket, Key="k")["Body"].read() == b"data"
+    for method in ("POST", "HEAD"):
+        status, _, _ = s3_server.request(method, f"/{bucket}/k?tagging")
+        assert status == 405
+
+
+def test_tagging_header_on_put_object(s3: Any, bucket: str) -> None:
+    s3.put_object(Bucket=bucket, Key="k", Body=b"x", Tagging="a=1&b%20c=d%26e&empty=")
+    tags = s3.get_object_tagging(Bucket=bucket, Key="k")["TagSet"]
+    assert tags == [
+        {"Key": "a", "Value": "1"},
+        {"Key": "b c", "Value": "d&e"},
+        {"Key": "empty", "Value": ""},
+    ]
+    assert (
+        s3.head_object(Bucket=bucket, Key="k")["ResponseMetadata"]["HTTPHeaders"][
+            "x-amz-tagging-count"
+        ]
+        == "3"
+    )
+    s3.put_object(Bucket=bucket, Key="k", Body=b"y")  # a new object: no tags
+    assert s3.get_object_tagging(Bucket=bucket, Key="k")["TagSet"] == []
+
+
+def test_tagging_header_on_create_multipart_upload(s3: Any, bucket: str) -> None:
+    upload = s3.create_multipart_upload(Bucket=bucket, Key="mp", Tagging="team=storage")
+    part = s3.upload_part(
+        Bucket=bucket, Key="mp", UploadId=upload["UploadId"], PartNumber=1, Body=b"x" * 10
+    )
+    s3.complete_multipart_upload(
+        Bucket=bucket,
+        Key="mp",
+        UploadId=upload["UploadId"],
+        MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": part["ETag"]}]},
+    )
+    assert s3.get_object_tagging(Bucket=bucket, Key="mp")["TagSet"] == [
+        {"Key": "team", "Value": "storage"}
+    ]
+    assert s3.get_object(Bucket=bucket, Key="mp")["TagCount"] == 1
+
+
+def test_copy_object_tagging_directive(s3: Any, bucket: str) -> None:
+    s3.put_object(Bucket=bucket, Key="src", Body=b"data", Tagging="a=1&b=2")
+    source = {"Bucket": bucket, "Key": "src"}
+    s3.copy_object(Bucket=bucket, Key="copy", CopySource=source, Tagging="ignored=1")
+    assert s3.get_object_tagging(Bucket=bucket, Key="copy")["TagSet"] == [
+        {"Key": "a", "Value": "1"},
+        {"Key": "b", "Value": "2"},
+    ]
+    s3.copy_object(
+        Bucket=bucket, Key="new", CopySource=source, TaggingDirective="REPLACE", Tagging="c=3"
+    )
+    assert s3.get_object_tagging(Bucket=bucket, Key="new")["TagSet"] == [{"Key": "c", "Value": "3"}]
+    s3.copy_object(Bucket=bucket, Key="none", CopySource=source, TaggingDirective="REPLACE")
+    assert s3.get_object_tagging(Bucket=bucket, Key="none")["TagSet"] == []
+    s3.copy_object(
+        Bucket=bucket,
+        Key="meta",
+        CopySource=source,
+        MetadataDirective="REPLACE",
+        Metadata={"m": "1"},
+    )
+    meta = s3.head_object(Bucket=bucket, Key="meta")
+    assert meta["Metadata"] == {"m": "1"}
+    assert meta["ResponseMetadata"]["HTTPHeaders"]["x-amz-tagging-count"] == "2"
+    with pytest.raises(ClientError) as info:
+        s3.copy_object(Bucket=bucket, Key="bad", CopySource=source, TaggingDirective="MERGE")
+    assert (_code(info), _status(info)) == ("InvalidArgument", 400)
+
+
+def test_object_tagging_refusals(s3: Any, bucket: str) -> None:
+    s3.put_object(Bucket=bucket, Key="k", Body=b"x", Tagging="keep=1")
+    too_many = [{"Key": f"k{i}", "Value": "v"} for i in range(11)]
+    for tag_set, message in (
+        (too_many, "Object tags cannot be greater than 10"),
+        ([{"Key": "k" * 129, "Value": ""}], "The TagKey you have provided is too long, max 128"),
+        ([{"Key": "k", "Value": "v" * 257}], "The TagValue you have provided is too long, max 256"),
+        (TWICE, "Cannot provide multiple Tags with the same key"),
+        ([{"Key": "aws:x", "Value": "1"}], "Your TagKey cannot be prefixed with aws:"),
+    ):  # fmt: skip
+        with pytest.raises(ClientError) as info:
+            s3.put_object_tagging(Bucket=bucket, Key="k", Tagging={"TagSet": tag_set})
+        assert (_code(info), _status(info)) == ("InvalidTag", 400)
+        assert info.value.response["Error"]["Message"] == message
+    with pytest.raises(ClientError) as info:
+        s3.put_object(Bucket=bucket, Key="h", Body=b"x", Tagging="aws:x=1")
+    assert (_code(info), _status(info)) == ("InvalidTag", 400)
+    with pytest.raises(ClientError) as info:
+        s3.put_object(Bucket=bucket, Key="h", Body=b"x", Tagging="a=1&a=2")
+    assert (_code(info), _status(info)) == ("InvalidArgument", 400)
+    with pytest.raises(ClientError) as info:
+        s3.create_multipart_upload(Bucket=bucket, Key="h", Tagging="%FF=1")
+    assert (_code(info), _status(info)) == ("InvalidArgument", 400)
+    assert "Contents" not in s3.list_objects_v2(Bucket=bucket, Prefix="h")
+    assert s3.get_object_tagging(Bucket=bucket, Key="k")["TagSet"] == [
+        {"Key": "keep", "Value": "1"}
+    ]
+
+
+def test_object_tagging_errors(s3_server: S3Server, s3: Any, bucket: str) -> None:
+    tagging = {"TagSet": [{"Key": "a", "Value": "1"}]}
+    for call, kwargs in (
+        (s3.get_object_tagging, {}),
+        (s3.put_object_tagging, {"Tagging": tagging}),
+        (s3.delete_object_tagging, {}),
+    ):
+        with pytest.raises(ClientError) as info:
+            call(Bucket=bucket, Key="missing", **kwargs)
+        assert (_code(info), _status(info)) == ("NoSuchKey", 404)
+        assert info.value.response["Error"]["Key"] == "missing"
+        with pytest.raises(ClientError) as info:
+            call(Bucket="e2e-no-such-bucket-tags", Key="k", **kwargs)
+        assert (_code(info), _status(info)) == ("NoSuchBucket", 404)
+        with pytest.raises(ClientError) as info:
+            call(Bucket=bucket, Key="missing", VersionId="v1", **kwargs)
+        assert (_code(info), _status(info)) == ("NoSuchVersion", 404)
+    s3.put_object(Bucket=bucket, Key="k", Body=b"x")
+    for body in (b"", b"<Tagging>", b"<Tagging/>", b"<Tagging><TagSet><Tag/></TagSet></Tagging>"):
+        status, _, answer = s3_server.request("PUT", f"/{bucket}/k?tagging", body=body)
+        assert (status, b"<Code>MalformedXML</Code>" in answer) == (400, True), answer
+    good = b"<Tagging><TagSet><Tag><Key>a</Key><Value>1</Value></Tag></TagSet></Tagging>"
+    wrong = base64.b64encode(hashlib.md5(b"other", usedforsecurity=False).digest()).decode()
+    status, _, answer = s3_server.request(
+        "PUT", f"/{bucket}/k?tagging", body=good, headers={"Content-MD5": wrong}
+    )
+    assert (status, b"<Code>BadDigest</Code>" in answer) == (400, True), answer
+    assert s3.get_object_tagging(Bucket=bucket, Key="k")["TagSet"] == []
+
+
+def test_bucket_tagging(s3_server: S3Server, s3: Any, bucket: str) -> None:
+    with pytest.raises(ClientError) as info:
+        s3.get_bucket_tagging(Bucket=bucket)
+    assert (_code(info), _status(info)) == ("NoSuchTagSet", 404)
+    assert info.value.response["Error"]["Message"] == "The TagSet does not exist"
+    assert info.value.response["Error"]["BucketName"] == bucket
+    answer = s3.put_bucket_tagging(Bucket=bucket, Tagging={"TagSet": TAG_SET})
+    assert answer["ResponseMetadata"]["HTTPStatusCode"] == 204
+    assert s3.get_bucket_tagging(Bucket=bucket)["TagSet"] == TAG_SET
+    fifty = [{"Key": f"k{i}", "Value": "v"} for i in range(50)]
+    s3.put_bucket_tagging(Bucket=bucket, Tagging={"TagSet": fifty})
+    assert s3.get_bucket_tagging(Bucket=bucket)["TagSet"] == fifty
+    answer = s3.delete_bucket_tagging(Bucket=bucket)
+    assert answer["ResponseMetadata"]["HTTPStatusCode"] == 204
+    with pytest.raises(ClientError) as info:
+        s3.get_bucket_tagging(Bucket=bucket)
+    assert _code(info) == "NoSuchTagSet"
+    s3.delete_bucket_tagging(Bucket=bucket)  # no tags: fine
+    for query in ("tagging", "tagging=", "x-id=DeleteBucket&tagging"):
+        status, _, _ = s3_server.request("DELETE", f"/{bucket}?{query}")
+        assert status == 204
+    s3.head_bucket(Bucket=bucket)  # still there
+    for method in ("POST", "HEAD"):
+        status, _, _ = s3_server.request(method, f"/{bucket}?tagging")
+        assert status == 405
+
+
+def test_bucket_tagging_refusals(s3_server: S3Server, s3: Any, bucket: str) -> None:
+    s3.put_bucket_tagging(Bucket=bucket, Tagging={"TagSet": [{"Key": "keep", "Value": "1"}]})
+    too_many = [{"Key": f"k{i}", "Value": "v"} for i in range(51)]
+    for tag_set, message in (
+        (too_many, "Bucket tag count cannot be greater than 50"),
+        ([{"Key": "k" * 129, "Value": ""}], "The TagKey you have provided is too long, max 128"),
+        (TWICE, "Cannot provide multiple Tags with the same key"),
+        ([{"Key": "aws:x", "Value": "1"}], "System tags cannot be added/updated by requester"),
+    ):  # fmt: skip
+        with pytest.raises(ClientError) as info:
+            s3.put_bucket_tagging(Bucket=bucket, Tagging={"TagSet": tag_set})
+        assert (_code(info), _status(info)) == ("InvalidTag", 400)
+        assert info.value.response["Error"]["Message"] == message
+    status, _, answer = s3_server.request("PUT", f"/{bucket}?tagging", body=b"<Tagging/>")
+    assert (status, b"<Code>MalformedXML</Code>" in answer) == (400, True), answer
+    assert s3.get_bucket_tagging(Bucket=bucket)["TagSet"] == [{"Key": "keep", "Value": "1"}]
+    missing = "e2e-no-such-bucket-tags"
+    calls: list[tuple[Any, dict[str, Any]]] = [
+        (s3.get_bucket_tagging, {}),
+        (s3.put_bucket_tagging, {"Tagging": {"TagSet": TAG_SET}}),
+        (s3.delete_bucket_tagging, {}),
+    ]
+    for call, kwargs in calls:
+        with pytest.raises(ClientError) as info:
+            call(Bucket=missing, **kwargs)
+        assert (_code(info), _status(info)) == ("NoSuchBucket", 404)

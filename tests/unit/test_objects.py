@@ -34,7 +34,14 @@ from storage.errors import (
     PreconditionFailed,
     Unavailable,
 )
-from storage.object_records import ContentHeaders, ObjectRecord, UploadRecord
+from storage.ids import BlockAddress
+from storage.object_records import (
+    ContentHeaders,
+    ObjectRecord,
+    PartRecord,
+    StoredChunk,
+    UploadRecord,
+)
 from storage.objects import (
     ABANDONED_CLAIM_SECONDS,
     PUT_PIPELINE,
@@ -1375,3 +1382,117 @@ async def test_the_checksum_of_a_put_is_kept_and_copied(
     assert (await store.head_object("bkt", "copy")).checksum == digest
     await store.put_object("bkt", "k", body(b"other"))
     assert (await store.head_object("bkt", "k")).checksum is None
+
+
+# -- tagging --------------------------------------------------------------------------------
+
+TAGS = {"project": "ballast", "empty": "", "é": "€"}
+
+
+def test_tags_have_a_map_key_of_their_own() -> None:
+    ref = ChunkRef(BlockAddress(b"\x01" * 32), b"k" * 32, 10, Redundancy.parse("3"))
+    chunk = StoredChunk(ref, 10)
+    headers = ContentHeaders(
+        content_type="t",
+        content_encoding="e",
+        content_disposition="d",
+        content_language="l",
+        cache_control="c",
+        expires="x",
+        metadata={"m": "1"},
+        acl="public-read",
+        tags=TAGS,
+    )
+    record = ObjectRecord(
+        10, "e", 1, headers, "alice", (), chunk, 3, 2, "up", (5, 5), ("CRC32", b"1234")
+    )
+    assert ObjectRecord.unpack(record.pack()) == record
+    upload = UploadRecord(
+        "k", "u", 1, headers, "alice", frozenset({1}), ((1, "e"),), 2, 3,
+        {1: PartRecord(b"m" * 16, 1, 1, (chunk,))},
+    )  # fmt: skip
+    assert UploadRecord.unpack(upload.pack()) == upload
+    assert msgpack.unpackb(record.pack(), raw=False)["tg"] == TAGS
+
+
+def test_records_without_tags_read_back_with_none() -> None:
+    old = ObjectRecord(4, "e", 1, ContentHeaders())
+    assert "tg" not in msgpack.unpackb(old.pack(), raw=False)
+    assert ObjectRecord.unpack(old.pack()).headers.tags == {}
+    obj = msgpack.unpackb(old.pack(), raw=False)
+    obj["tg"] = ["not", "a", "map"]
+    with pytest.raises(Corrupt):
+        ObjectRecord.unpack(msgpack.packb(obj, use_bin_type=True))
+
+
+async def test_bucket_tags_round_trip(env: tuple[FakeBlockStore, ObjectStore]) -> None:
+    _, store = env
+    assert (await store.head_bucket("bkt")).tags is None
+    await store.set_bucket_acl("bkt", "public-read")  # an entry written without tags
+    assert (await store.head_bucket("bkt")).tags is None
+    await store.set_bucket_tags("bkt", TAGS)
+    info = await store.head_bucket("bkt")
+    assert (info.tags, info.acl) == (TAGS, "public-read")
+    await store.set_bucket_tags("bkt", None)
+    assert (await store.head_bucket("bkt")).tags is None
+    with pytest.raises(NoSuchBucket):
+        await store.set_bucket_tags("nope", TAGS)
+
+
+async def test_object_tags_round_trip(env: tuple[FakeBlockStore, ObjectStore]) -> None:
+    _, store = env
+    info = await store.put_object("bkt", "k", body(b"data"), tags=TAGS)
+    assert info.tags == TAGS
+    assert (await store.head_object("bkt", "k")).tags == TAGS
+    await store.put_object("bkt", "k", body(b"data"))
+    assert (await store.head_object("bkt", "k")).tags == {}
+
+
+async def test_set_object_tags_keeps_data_and_etag(
+    env: tuple[FakeBlockStore, ObjectStore],
+) -> None:
+    fake, store = env
+    data = payload(5 * CHUNK + 3)
+    before = await store.put_object("bkt", "k", body(data), content_type="a/b", tags={"a": "1"})
+    chunks = set(fake.chunks)
+    await store.set_object_tags("bkt", "k", TAGS)
+    after = await store.head_object("bkt", "k")
+    assert after.tags == TAGS
+    assert (after.etag, after.size, after.content_type) == (before.etag, len(data), "a/b")
+    assert await fetch(store, "bkt", "k") == data
+    await store.set_object_tags("bkt", "k", {})
+    assert (await store.head_object("bkt", "k")).tags == {}
+    assert (await store.head_object("bkt", "k")).etag == before.etag
+    assert set(fake.chunks) == chunks
+    with pytest.raises(NoSuchKey):
+        await store.set_object_tags("bkt", "nope", TAGS)
+    with pytest.raises(NoSuchBucket):
+        await store.set_object_tags("nope", "k", TAGS)
+
+
+async def test_copy_keeps_or_replaces_tags(env: tuple[FakeBlockStore, ObjectStore]) -> None:
+    _, store = env
+    await store.put_object("bkt", "src", body(b"data"), metadata={"m": "1"}, tags=TAGS)
+    copied = await store.copy_object("bkt", "src", "bkt", "copy")
+    assert copied.tags == TAGS
+    replaced = await store.copy_object(
+        "bkt", "src", "bkt", "replaced", tagging_directive="REPLACE", tags={"new": "tag"}
+    )
+    assert (replaced.tags, replaced.metadata) == ({"new": "tag"}, {"m": "1"})
+    cleared = await store.copy_object("bkt", "src", "bkt", "cleared", tagging_directive="REPLACE")
+    assert cleared.tags == {}
+    both = await store.copy_object(
+        "bkt", "src", "bkt", "both", metadata_directive="REPLACE", metadata={"n": "2"}
+    )
+    assert (both.tags, both.metadata) == (TAGS, {"n": "2"})
+    with pytest.raises(InvalidArgument):
+        await store.copy_object("bkt", "src", "bkt", "x", tagging_directive="MERGE")
+
+
+async def test_tags_travel_through_multipart(env: tuple[FakeBlockStore, ObjectStore]) -> None:
+    _, store = env
+    upload = await store.create_multipart_upload("bkt", "mp", tags=TAGS)
+    part = await store.upload_part("bkt", "mp", upload, 1, body(b"x" * 10))
+    info = await store.complete_multipart_upload("bkt", "mp", upload, [(1, part.etag)])
+    assert info.tags == TAGS
+    assert (await store.head_object("bkt", "mp")).tags == TAGS

@@ -144,8 +144,18 @@ OPERATIONS: list[tuple[str, dict[str, Any], Op]] = [
     (
         "put_object_tagging",
         {"Bucket": "bucket", "Key": "k", "Tagging": {"TagSet": [{"Key": "a", "Value": "b"}]}},
-        Op.UNSUPPORTED,
+        Op.PUT_OBJECT_TAGGING,
     ),
+    ("get_object_tagging", {"Bucket": "bucket", "Key": "k"}, Op.GET_OBJECT_TAGGING),
+    ("delete_object_tagging", {"Bucket": "bucket", "Key": "k"}, Op.DELETE_OBJECT_TAGGING),
+    (
+        "put_bucket_tagging",
+        {"Bucket": "bucket", "Tagging": {"TagSet": [{"Key": "a", "Value": "b"}]}},
+        Op.PUT_BUCKET_TAGGING,
+    ),
+    ("get_bucket_tagging", {"Bucket": "bucket"}, Op.GET_BUCKET_TAGGING),
+    ("delete_bucket_tagging", {"Bucket": "bucket"}, Op.DELETE_BUCKET_TAGGING),
+    ("put_object", {"Bucket": "bucket", "Key": "k", "Tagging": "a=b&c=d"}, Op.PUT_OBJECT),
 ]
 
 CLIENTS = [

@@ -116,14 +116,30 @@ ROWS: list[Row] = [
     R("DELETE s3.amazonaws.com/examplebucket?versioning", Op.UNSUPPORTED, "examplebucket", None, subresource="versioning"),
     R("GET s3.amazonaws.com/examplebucket?versioning&policy", Op.UNSUPPORTED, "examplebucket", None, subresource="policy"),
     R("GET s3.amazonaws.com/examplebucket?policy", Op.UNSUPPORTED, "examplebucket", None, subresource="policy"),
-    R("DELETE s3.amazonaws.com/examplebucket?cors&tagging", Op.UNSUPPORTED, "examplebucket", None, subresource="tagging"),
+    R("DELETE s3.amazonaws.com/examplebucket?tagging&versioning", Op.UNSUPPORTED, "examplebucket", None, subresource="versioning"),
     R("GET s3.amazonaws.com/examplebucket?lifecycle", Op.UNSUPPORTED, "examplebucket", None, subresource="lifecycle"),
-    R("PUT s3.amazonaws.com/examplebucket/k?tagging", Op.UNSUPPORTED, "examplebucket", "k", subresource="tagging"),
-    R("GET s3.amazonaws.com/examplebucket/k?acl&tagging", Op.UNSUPPORTED, "examplebucket", "k", subresource="tagging"),
+    R("GET s3.amazonaws.com/examplebucket/k?tagging&torrent", Op.UNSUPPORTED, "examplebucket", "k", subresource="torrent"),
     R("POST s3.amazonaws.com/examplebucket/k?restore", Op.UNSUPPORTED, "examplebucket", "k", subresource="restore"),
     R("POST s3.amazonaws.com/examplebucket/k?select&select-type=2", Op.UNSUPPORTED, "examplebucket", "k", subresource="select"),
     R("GET s3.amazonaws.com/examplebucket/k?attributes", Op.UNSUPPORTED, "examplebucket", "k", subresource="attributes"),
     R("POST s3.amazonaws.com/examplebucket", Op.UNSUPPORTED, "examplebucket", None, subresource="PostObject"),
+    # tagging
+    R("GET s3.amazonaws.com/examplebucket?tagging", Op.GET_BUCKET_TAGGING, "examplebucket", None),
+    R("GET examplebucket.s3.amazonaws.com/?tagging=", Op.GET_BUCKET_TAGGING, "examplebucket", None, virtual_host=True),
+    R("PUT s3.amazonaws.com/examplebucket?tagging", Op.PUT_BUCKET_TAGGING, "examplebucket", None),
+    R("PUT examplebucket.s3.amazonaws.com/?tagging", Op.PUT_BUCKET_TAGGING, "examplebucket", None, virtual_host=True),
+    R("DELETE s3.amazonaws.com/examplebucket?tagging", Op.DELETE_BUCKET_TAGGING, "examplebucket", None),
+    R("DELETE examplebucket.s3.amazonaws.com/?tagging", Op.DELETE_BUCKET_TAGGING, "examplebucket", None, virtual_host=True),
+    R("DELETE s3.amazonaws.com/examplebucket?cors&tagging", Op.DELETE_BUCKET_CORS, "examplebucket", None),
+    R("GET s3.amazonaws.com/examplebucket/k?tagging", Op.GET_OBJECT_TAGGING, "examplebucket", "k"),
+    R("GET s3.amazonaws.com/examplebucket/k?tagging&versionId=null", Op.GET_OBJECT_TAGGING, "examplebucket", "k", version_id="null"),
+    R("GET examplebucket.s3.amazonaws.com/dir/k?tagging", Op.GET_OBJECT_TAGGING, "examplebucket", "dir/k", virtual_host=True),
+    R("PUT s3.amazonaws.com/examplebucket/k?tagging", Op.PUT_OBJECT_TAGGING, "examplebucket", "k"),
+    R("PUT s3.amazonaws.com/examplebucket/k?tagging", Op.PUT_OBJECT_TAGGING, "examplebucket", "k", headers=COPY, copy_source=None),
+    R("PUT s3.amazonaws.com/examplebucket/k?tagging&partNumber=1&uploadId=u", Op.PUT_OBJECT_TAGGING, "examplebucket", "k"),
+    R("DELETE s3.amazonaws.com/examplebucket/k?tagging", Op.DELETE_OBJECT_TAGGING, "examplebucket", "k"),
+    R("DELETE s3.amazonaws.com/examplebucket/k?tagging&uploadId=u", Op.DELETE_OBJECT_TAGGING, "examplebucket", "k"),
+    R("GET s3.amazonaws.com/examplebucket/k?acl&tagging", Op.GET_OBJECT_ACL, "examplebucket", "k"),
     # cross-origin resource sharing
     R("GET s3.amazonaws.com/examplebucket?cors", Op.GET_BUCKET_CORS, "examplebucket", None),
     R("GET examplebucket.s3.amazonaws.com/?cors=", Op.GET_BUCKET_CORS, "examplebucket", None, virtual_host=True),
@@ -212,6 +228,14 @@ def test_without_base_domains_everything_is_path_style() -> None:
         ("HEAD", "/b", "cors", {}, "MethodNotAllowed"),
         ("POST", "/b", "cors", {}, "MethodNotAllowed"),
         ("DELETE", "/b", "acl&cors", {}, "MethodNotAllowed"),
+        ("HEAD", "/b", "tagging", {}, "MethodNotAllowed"),
+        ("POST", "/b", "tagging", {}, "MethodNotAllowed"),
+        ("PATCH", "/b", "tagging", {}, "MethodNotAllowed"),
+        ("DELETE", "/b", "acl&tagging", {}, "MethodNotAllowed"),
+        ("HEAD", "/b/k", "tagging", {}, "MethodNotAllowed"),
+        ("POST", "/b/k", "tagging", {}, "MethodNotAllowed"),
+        ("POST", "/b/k", "tagging&uploads", {}, "MethodNotAllowed"),
+        ("PATCH", "/b/k", "tagging", {}, "MethodNotAllowed"),
         ("OPTIONS", "/", "", {}, "MethodNotAllowed"),
         ("GET", "/b", "list-type=3", {}, "InvalidArgument"),
         ("PUT", "/b/k", "partNumber=0&uploadId=u", {}, "InvalidArgument"),
@@ -250,6 +274,39 @@ def test_route_errors(
 def test_delete_cors_never_deletes_the_bucket(path: str, query: str, host: str) -> None:
     e = route("DELETE", path, query, Headers([("host", host)]), base_domains=BASES)
     assert (e.op, e.bucket, e.key) == (Op.DELETE_BUCKET_CORS, "b", None)
+
+
+@pytest.mark.parametrize(
+    ("path", "query", "host"),
+    [
+        ("/b", "tagging", "localhost"),
+        ("/b/", "tagging=", "localhost"),
+        ("/b", "tagging=anything", "localhost"),
+        ("/b", "x-id=DeleteBucket&tagging", "localhost"),
+        ("/b", "prefix=x&tagging&max-keys=1", "localhost"),
+        ("/", "tagging", "b.localhost"),
+        ("/", "tagging", "b.s3.amazonaws.com"),
+    ],
+)
+def test_delete_tagging_never_deletes_the_bucket(path: str, query: str, host: str) -> None:
+    e = route("DELETE", path, query, Headers([("host", host)]), base_domains=BASES)
+    assert (e.op, e.bucket, e.key) == (Op.DELETE_BUCKET_TAGGING, "b", None)
+
+
+@pytest.mark.parametrize(
+    ("path", "query", "host"),
+    [
+        ("/b/k", "tagging", "localhost"),
+        ("/b/k", "tagging=", "localhost"),
+        ("/b/k", "x-id=DeleteObject&tagging", "localhost"),
+        ("/b/k", "versionId=null&tagging", "localhost"),
+        ("/b/k", "uploadId=u&tagging", "localhost"),
+        ("/k", "tagging", "b.localhost"),
+    ],
+)
+def test_delete_tagging_never_deletes_the_object(path: str, query: str, host: str) -> None:
+    e = route("DELETE", path, query, Headers([("host", host)]), base_domains=BASES)
+    assert (e.op, e.bucket, e.key) == (Op.DELETE_OBJECT_TAGGING, "b", "k")
 
 
 def test_1024_byte_key_is_accepted() -> None:

@@ -805,3 +805,173 @@ def test_garbage_cors_bodies_are_a_400_never_a_crash(body: bytes) -> None:
         assert 1 <= len(rules) <= xml.MAX_CORS_RULES
         assert xml.parse_cors_configuration(xml.cors_configuration(rules)) == rules
     assert refusal in (None, ("MalformedXML", 400), ("InvalidRequest", 400))
+
+
+# -- tagging --------------------------------------------------------------------------------
+
+
+def _put_tagging_body(operation: str, tags: list[dict[str, str]]) -> bytes:
+    """The body boto3 sends for PutObjectTagging or PutBucketTagging."""
+    model = _model().operation_model(operation)
+    params: dict[str, Any] = {"Bucket": "b", "Tagging": {"TagSet": tags}}
+    if operation == "PutObjectTagging":
+        params["Key"] = "k"
+    request = create_serializer("rest-xml").serialize_to_request(params, model)
+    body: bytes = request["body"]
+    return body
+
+
+BOTO_TAGS = [
+    {"Key": "project", "Value": "ballast & <co>"},
+    {"Key": "empty", "Value": ""},
+    {"Key": "é 🚀", "Value": "v"},
+]
+
+
+@pytest.mark.parametrize(
+    ("put", "get"),
+    [("PutObjectTagging", "GetObjectTagging"), ("PutBucketTagging", "GetBucketTagging")],
+)
+def test_tagging_round_trip(put: str, get: str) -> None:
+    tags = xml.parse_tagging(_put_tagging_body(put, BOTO_TAGS), bucket=put == "PutBucketTagging")
+    assert tags == {"project": "ballast & <co>", "empty": "", "é 🚀": "v"}
+    assert list(tags) == ["project", "empty", "é 🚀"]
+    body = xml.tagging(tags)
+    assert boto_parse(get, body)["TagSet"] == BOTO_TAGS
+    assert xml.parse_tagging(body) == tags
+
+
+def test_empty_tagging() -> None:
+    body = xml.tagging({})
+    assert boto_parse("GetObjectTagging", body)["TagSet"] == []
+    assert xml.parse_tagging(body) == {}
+    assert xml.parse_tagging(b"<Tagging><TagSet/></Tagging>") == {}
+
+
+def test_parse_tagging_example_from_the_reference() -> None:
+    body = b"""<Tagging xmlns="http://s3.amazonaws.com/doc/2006-03-01/">
+      <TagSet>
+        <Tag>
+          <Key>tag1</Key>
+          <Value>val1</Value>
+        </Tag>
+        <Tag><Key>tag2</Key><Value>val2</Value></Tag>
+      </TagSet>
+    </Tagging>"""
+    assert xml.parse_tagging(body) == {"tag1": "val1", "tag2": "val2"}
+
+
+def _tagging(*tags: str) -> bytes:
+    return f"<Tagging><TagSet>{''.join(tags)}</TagSet></Tagging>".encode()
+
+
+def _t(key: str, value: str = "v") -> str:
+    return f"<Tag><Key>{key}</Key><Value>{value}</Value></Tag>"
+
+
+@pytest.mark.parametrize(
+    ("body", "bucket", "code", "message"),
+    [
+        (b"", False, "MalformedXML", None),
+        (b"<Tagging>", False, "MalformedXML", None),
+        (b"<Tagging/>", False, "MalformedXML", None),
+        (b"<Other><TagSet/></Other>", False, "MalformedXML", None),
+        (b"<Tagging><TagSet/><TagSet/></Tagging>", False, "MalformedXML", None),
+        (b"<Tagging><TagSet/><Extra/></Tagging>", False, "MalformedXML", None),
+        (_tagging("<Other/>"), False, "MalformedXML", None),
+        (_tagging("<Tag><Key>k</Key></Tag>"), False, "MalformedXML", None),
+        (_tagging("<Tag><Value>v</Value></Tag>"), False, "MalformedXML", None),
+        (_tagging("<Tag><Key>k</Key><Key>j</Key><Value/></Tag>"), False, "MalformedXML", None),
+        (_tagging("<Tag><Key>k</Key><Value>v</Value><X/></Tag>"), False, "MalformedXML", None),
+        (_tagging("<Tag><Key><a/></Key><Value>v</Value></Tag>"), False, "MalformedXML", None),
+        (_tagging(_t("k", "<b/>")), False, "MalformedXML", None),
+        (b"<!DOCTYPE x [<!ENTITY e 'k'>]>" + _tagging(_t("&e;")), False, "MalformedXML", None),
+        (_tagging(_t("")), False, "InvalidTag", "The TagKey you have provided is invalid"),
+        (
+            _tagging(_t("k" * 129)),
+            False,
+            "InvalidTag",
+            "The TagKey you have provided is too long, max 128",
+        ),
+        (
+            _tagging(_t("k", "v" * 257)),
+            True,
+            "InvalidTag",
+            "The TagValue you have provided is too long, max 256",
+        ),
+        (
+            _tagging(_t("k"), _t("k", "w")),
+            False,
+            "InvalidTag",
+            "Cannot provide multiple Tags with the same key",
+        ),
+        (
+            _tagging(_t("aws:createdBy")),
+            False,
+            "InvalidTag",
+            "Your TagKey cannot be prefixed with aws:",
+        ),
+        (
+            _tagging(_t("aws:createdBy")),
+            True,
+            "InvalidTag",
+            "System tags cannot be added/updated by requester",
+        ),
+        (
+            _tagging(*[_t(f"k{i}") for i in range(11)]),
+            False,
+            "InvalidTag",
+            "Object tags cannot be greater than 10",
+        ),
+        (
+            _tagging(*[_t(f"k{i}") for i in range(51)]),
+            True,
+            "InvalidTag",
+            "Bucket tag count cannot be greater than 50",
+        ),
+        (_tagging(_t("k", " " * xml.MAX_TAGGING_XML_BYTES)), False, "InvalidRequest", None),
+    ],
+)  # fmt: skip
+def test_parse_tagging_refusals(body: bytes, bucket: bool, code: str, message: str | None) -> None:
+    with pytest.raises(S3Error) as info:
+        xml.parse_tagging(body, bucket=bucket)
+    assert (info.value.code, info.value.status) == (code, 400)
+    if message is not None:
+        assert info.value.message == message
+
+
+def test_tag_limits_are_inclusive() -> None:
+    tags = xml.parse_tagging(_tagging(*[_t(f"k{i}") for i in range(10)]))
+    assert len(tags) == 10
+    tags = xml.parse_tagging(_tagging(*[_t(f"k{i}") for i in range(50)]), bucket=True)
+    assert len(tags) == 50
+    long_key, long_value = "é" * 128, "€" * 256  # characters, not bytes
+    assert xml.parse_tagging(_tagging(_t(long_key, long_value))) == {long_key: long_value}
+    assert xml.check_tags([("AWS:upper", "x"), ("a", "aws:")]) == {"AWS:upper": "x", "a": "aws:"}
+
+
+_TAGGING_PIECES = [
+    "<Tagging>", "</Tagging>", "<TagSet>", "</TagSet>", "<Tag>", "</Tag>", "<Key>", "</Key>",
+    "<Value>", "</Value>", "<TagSet/>", "<Key/>", "<Value/>", "k", "aws:", "v" * 200, "&amp;",
+    "&bad;", "<!DOCTYPE x>", "<?xml version='1.0'?>", "<a/>", " ", "\x00", "é", "<", ">", '"',
+]  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.one_of(
+        st.binary(max_size=300),
+        st.lists(st.sampled_from(_TAGGING_PIECES), max_size=60).map(lambda p: "".join(p).encode()),
+    ),
+    st.booleans(),
+)
+def test_garbage_tagging_bodies_are_a_400_never_a_crash(body: bytes, bucket: bool) -> None:
+    refusal = None
+    try:
+        tags = xml.parse_tagging(body, bucket=bucket)
+    except S3Error as err:
+        refusal = (err.code, err.status)
+    else:
+        assert len(tags) <= (xml.MAX_BUCKET_TAGS if bucket else xml.MAX_OBJECT_TAGS)
+        assert xml.parse_tagging(xml.tagging(tags), bucket=bucket) == tags
+    assert refusal in (None, ("MalformedXML", 400), ("InvalidTag", 400))
