@@ -595,18 +595,17 @@ class S3App:
         receive: Receive,
         state: _State,
     ) -> Response:
-        """Stages 1-4, then the CORS headers of the answer (``state.cors``); every error
+        """Stages 1-4 (the CORS headers of the answer, ``state.cors``, are worked out just
+        before the handler runs: the bucket's rules as the request found them); every error
         leaves as :class:`_Failure` carrying an S3Error."""
         try:
-            response = await self._process_inner(
+            return await self._process_inner(
                 request_id, method, path, query, headers, receive, state
             )
         except Exception as exc:
             error = _error_of(exc, request_id, method, path)
-        else:
+        if not state.cors_matched:
             await self._match_cors(method, headers, state)
-            return response
-        await self._match_cors(method, headers, state)
         raise _Failure(error)
 
     async def _process_inner(
@@ -654,6 +653,7 @@ class S3App:
         from .handlers import HANDLERS
 
         handler = HANDLERS[endpoint.op]
+        await self._match_cors(method, headers, state)
         return await handler(self, request)
 
     async def _authenticate(
@@ -692,6 +692,7 @@ class S3App:
         """Set ``state.cors`` for a cross-origin request (one with ``Origin``, not a
         preflight) to a bucket whose CORS rules allow its origin and method (the method of
         ``Access-Control-Request-Method`` if it names one, as S3)."""
+        state.cors_matched = True
         origin = headers.get("origin")
         endpoint = state.endpoint
         if (
@@ -867,6 +868,8 @@ class _State:
     release_later: ReleaseLater = field(default_factory=ReleaseLater)
     #: The CORS headers every answer to this request carries (see ``S3App._match_cors``).
     cors: list[tuple[str, str]] = field(default_factory=list)
+    #: Whether ``cors`` was worked out (before the handler ran, or when the request failed).
+    cors_matched: bool = False
 
 
 class _Failure(Exception):

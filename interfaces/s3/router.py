@@ -23,7 +23,9 @@ against the S3 API reference's request syntax for every supported operation.
    DeleteObjectTagging: never a deletion). Sub-resources we know but do not implement
    (``policy``, PUT ``versioning``, …: the sets :data:`BUCKET_UNSUPPORTED` and
    :data:`OBJECT_UNSUPPORTED`, less :data:`BUCKET_GET_IMPLEMENTED` for GET) yield
-   :attr:`Op.UNSUPPORTED`, answered ``NotImplemented`` by the server. Every other query
+   :attr:`Op.UNSUPPORTED`, answered ``NotImplemented`` by the server. A bucket's
+   sub-resource on an object's path (:data:`BUCKET_ONLY`: ``DELETE /b/k?cors``) is
+   ``InvalidRequest``, never an argument of an object operation. Every other query
    parameter (``prefix``, ``max-keys``, ``x-id``, ``response-*``, ``X-Amz-*``, …) is an
    argument, kept in :attr:`Endpoint.query`.
    ``OPTIONS`` on a bucket or an object is a CORS preflight whatever the query: a browser
@@ -195,6 +197,9 @@ BUCKET_UNSUPPORTED = frozenset(
 #: Sub-resources of :data:`BUCKET_UNSUPPORTED` implemented for GET (``versioning``: a bucket
 #: never versioned; PutBucketVersioning stays unsupported).
 BUCKET_GET_IMPLEMENTED = frozenset({"versioning"})
+#: Sub-resources of buckets only: on an object's path they are refused, never taken for an
+#: argument of an object operation.
+BUCKET_ONLY = BUCKET_UNSUPPORTED | {"cors", "delete", "list-type", "location", "versions"}
 #: Object sub-resources S3 defines that we do not implement.
 OBJECT_UNSUPPORTED = frozenset(
     {
@@ -336,6 +341,12 @@ def _object_endpoint(
 
     if method == "OPTIONS":
         return make(Op.CORS_PREFLIGHT)
+    bucket_only = sorted(BUCKET_ONLY & params.keys())
+    if bucket_only:  # never an argument of an object operation (``DELETE /b/k?cors``)
+        raise S3Error(
+            "InvalidRequest",
+            f"{bucket_only[0]!r} is a sub-resource of buckets, not of objects",
+        )
     unsupported = sorted(OBJECT_UNSUPPORTED & params.keys())
     if unsupported and method in ("GET", "PUT", "DELETE", "POST", "HEAD"):
         return make(Op.UNSUPPORTED, subresource=unsupported[0])

@@ -16,6 +16,7 @@ elements. They run expat directly (``xml.parsers.expat``) and raise only
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -968,13 +969,15 @@ def check_tags(pairs: Iterable[tuple[str, str]], *, bucket: bool = False) -> dic
 
     Raises:
         S3Error: ``InvalidTag`` for too many tags (:data:`MAX_OBJECT_TAGS`,
-            :data:`MAX_BUCKET_TAGS`), an empty or long key, a long value, a repeated key or
-            a key starting with ``aws:``.
+            :data:`MAX_BUCKET_TAGS`), an empty or long key, a long value, a control
+            character, a repeated key or a key starting with ``aws:``.
     """
     tags: dict[str, str] = {}
     for key, value in pairs:
-        if not key:
+        if not key or not _tag_text(key):
             raise _invalid_tag("The TagKey you have provided is invalid")
+        if not _tag_text(value):
+            raise _invalid_tag("The TagValue you have provided is invalid")
         if len(key) > MAX_TAG_KEY:
             raise _invalid_tag(f"The TagKey you have provided is too long, max {MAX_TAG_KEY}")
         if len(value) > MAX_TAG_VALUE:
@@ -995,8 +998,20 @@ def check_tags(pairs: Iterable[tuple[str, str]], *, bucket: bool = False) -> dic
     return tags
 
 
+def _tag_text(text: str) -> bool:
+    """Whether ``text`` can be a tag key or value: no control characters, surrogates or
+    non-characters (they cannot be sent back in XML)."""
+    return all(
+        unicodedata.category(ch) not in ("Cc", "Cs") and ch not in "\ufffe\uffff" for ch in text
+    )
+
+
 def _parse_tag(node: XmlNode) -> tuple[str, str]:
-    if node.tag != "Tag" or {c.tag for c in node.children} != {"Key", "Value"}:
+    if (
+        node.tag != "Tag"
+        or len(node.children) != 2
+        or {c.tag for c in node.children} != {"Key", "Value"}
+    ):
         raise S3Error("MalformedXML")
     key, value = node.find("Key"), node.find("Value")
     if key is None or value is None or key.children or value.children:

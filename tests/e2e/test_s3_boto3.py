@@ -2179,3 +2179,40 @@ def test_bucket_tagging_refusals(s3_server: S3Server, s3: Any, bucket: str) -> N
         with pytest.raises(ClientError) as info:
             call(Bucket=missing, **kwargs)
         assert (_code(info), _status(info)) == ("NoSuchBucket", 404)
+
+
+def test_an_answer_carries_the_cors_rules_the_request_found(
+    s3_server: S3Server, s3: Any, bucket: str
+) -> None:
+    """DeleteBucketCors answers with the CORS headers of the rules it removed, as S3 applies
+    the configuration in force when the request arrived."""
+    rules = {
+        "CORSRules": [
+            {"AllowedOrigins": ["https://app.example"], "AllowedMethods": ["DELETE", "GET"]}
+        ]
+    }
+    s3.put_bucket_cors(Bucket=bucket, CORSConfiguration=rules)
+    origin = {"Origin": "https://app.example"}
+    status, headers, _ = s3_server.request("DELETE", f"/{bucket}?cors", headers=origin)
+    assert (status, headers.get("access-control-allow-origin")) == (204, "https://app.example")
+    status, headers, _ = s3_server.request("GET", f"/{bucket}/missing", headers=origin)
+    assert status == 404
+    assert "access-control-allow-origin" not in headers  # the rules are gone
+
+
+def test_bucket_sub_resources_never_touch_an_object(
+    s3_server: S3Server, s3: Any, bucket: str
+) -> None:
+    s3.put_object(Bucket=bucket, Key="k", Body=b"data")
+    body = (
+        b"<CORSConfiguration><CORSRule><AllowedOrigin>*</AllowedOrigin>"
+        b"<AllowedMethod>GET</AllowedMethod></CORSRule></CORSConfiguration>"
+    )
+    for method, query, payload in (
+        ("PUT", "cors", body),
+        ("DELETE", "cors", b""),
+        ("DELETE", "policy", b""),
+    ):
+        status, _, answer = s3_server.request(method, f"/{bucket}/k?{query}", body=payload)
+        assert (status, b"<Code>InvalidRequest</Code>" in answer) == (400, True), answer
+    assert read_body(s3.get_object(Bucket=bucket, Key="k")) == b"data"

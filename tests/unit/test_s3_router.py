@@ -148,7 +148,6 @@ ROWS: list[Row] = [
     R("DELETE s3.amazonaws.com/examplebucket?cors", Op.DELETE_BUCKET_CORS, "examplebucket", None),
     R("DELETE s3.amazonaws.com/examplebucket/?cors=&x-id=DeleteBucketCors", Op.DELETE_BUCKET_CORS, "examplebucket", None),
     R("DELETE examplebucket.s3.amazonaws.com/?cors", Op.DELETE_BUCKET_CORS, "examplebucket", None, virtual_host=True),
-    R("GET s3.amazonaws.com/examplebucket/k?cors", Op.GET_OBJECT, "examplebucket", "k"),
     R("OPTIONS s3.amazonaws.com/examplebucket", Op.CORS_PREFLIGHT, "examplebucket", None),
     R("OPTIONS s3.amazonaws.com/examplebucket/?list-type=2&prefix=a", Op.CORS_PREFLIGHT, "examplebucket", None),
     R("OPTIONS examplebucket.s3.amazonaws.com/", Op.CORS_PREFLIGHT, "examplebucket", None, virtual_host=True),
@@ -343,3 +342,14 @@ def test_int_param() -> None:
         with pytest.raises(S3Error) as info:
             e.int_param(name, 0)
         assert info.value.code == "InvalidArgument"
+
+
+@pytest.mark.parametrize("method", ["GET", "PUT", "DELETE", "POST", "HEAD"])
+@pytest.mark.parametrize(
+    "query", ["cors", "cors&uploadId=x", "policy", "versioning", "lifecycle", "location", "delete"]
+)
+def test_bucket_sub_resources_on_an_object_are_refused(method: str, query: str) -> None:
+    """``DELETE /b/k?cors`` must not delete ``k`` (nor ``PUT`` overwrite it)."""
+    with pytest.raises(S3Error) as info:
+        route(method, "/b/k", query, Headers([("host", "s3.amazonaws.com")]))
+    assert info.value.code == "InvalidRequest"

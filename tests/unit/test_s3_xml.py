@@ -975,3 +975,22 @@ def test_garbage_tagging_bodies_are_a_400_never_a_crash(body: bytes, bucket: boo
         assert len(tags) <= (xml.MAX_BUCKET_TAGS if bucket else xml.MAX_OBJECT_TAGS)
         assert xml.parse_tagging(xml.tagging(tags), bucket=bucket) == tags
     assert refusal in (None, ("MalformedXML", 400), ("InvalidTag", 400))
+
+
+@pytest.mark.parametrize("bad", ["\x01", "a\x7fb", "line\nbreak", "\ud800", "\ufffe"])
+def test_tags_with_control_characters_are_invalid(bad: str) -> None:
+    """They could not be sent back in XML (a client could not read its tags again)."""
+    for pairs in ([(bad, "v")], [("k", bad)]):
+        with pytest.raises(S3Error) as info:
+            xml.check_tags(pairs)
+        assert info.value.code == "InvalidTag"
+    assert xml.check_tags([("k", "ballast & <co> é 🚀")]) == {"k": "ballast & <co> é 🚀"}
+
+
+def test_a_tag_with_two_keys_is_malformed() -> None:
+    body = (
+        b"<Tagging><TagSet><Tag><Key>a</Key><Key>b</Key><Value>v</Value></Tag></TagSet></Tagging>"
+    )
+    with pytest.raises(S3Error) as info:
+        xml.parse_tagging(body)
+    assert info.value.code == "MalformedXML"
