@@ -725,12 +725,18 @@ async def delete_object(app: S3App, req: Request) -> Response:
     return Response(204)
 
 
+async def _checked_body(req: Request, limit: int) -> bytes:
+    """A small request body (at most ``limit`` bytes), its ``Content-MD5`` checked when sent."""
+    md5 = _content_md5(req)
+    body = await req.body.read_all(limit)
+    if md5 is not None:
+        check_content_md5(md5, hashlib.md5(body, usedforsecurity=False).digest())
+    return body
+
+
 async def delete_objects(app: S3App, req: Request) -> Response:
     """DeleteObjects: up to 1000 keys, per-key errors, quiet mode."""
-    md5 = _content_md5(req)
-    raw = await req.body.read_all(xml.MAX_DELETE_XML_BYTES)
-    if md5 is not None:
-        check_content_md5(md5, hashlib.md5(raw, usedforsecurity=False).digest())
+    raw = await _checked_body(req, xml.MAX_DELETE_XML_BYTES)
     request = xml.parse_delete_objects(raw)
     deleted: list[xml.Deleted] = []
     errors: list[xml.DeleteError] = []
@@ -836,10 +842,7 @@ async def _put_acl_request(req: Request) -> str | list[xml.Grant]:
                 "InvalidRequest", "Specifying both Canned ACLs and Header Grants is not allowed"
             )
         raise S3Error("NotImplemented", "Only grants equal to a canned ACL are supported")
-    md5 = _content_md5(req)
-    body = await req.body.read_all(xml.MAX_ACL_XML_BYTES)
-    if md5 is not None:
-        check_content_md5(md5, hashlib.md5(body, usedforsecurity=False).digest())
+    body = await _checked_body(req, xml.MAX_ACL_XML_BYTES)
     if canned is not None:
         if body.strip():
             raise S3Error(
@@ -906,10 +909,7 @@ async def get_bucket_versioning(app: S3App, req: Request) -> Response:
 async def _tagging_body(req: Request, *, bucket: bool = False) -> dict[str, str]:
     """The tag set of a PutObjectTagging (or PutBucketTagging) body, its Content-MD5
     checked when sent."""
-    md5 = _content_md5(req)
-    body = await req.body.read_all(xml.MAX_TAGGING_XML_BYTES)
-    if md5 is not None:
-        check_content_md5(md5, hashlib.md5(body, usedforsecurity=False).digest())
+    body = await _checked_body(req, xml.MAX_TAGGING_XML_BYTES)
     return xml.parse_tagging(body, bucket=bucket)
 
 
@@ -961,10 +961,7 @@ async def delete_bucket_tagging(app: S3App, req: Request) -> Response:
 
 async def put_bucket_cors(app: S3App, req: Request) -> Response:
     """PutBucketCors: replace the bucket's CORS rules (up to 100, a body of up to 64 KiB)."""
-    md5 = _content_md5(req)
-    body = await req.body.read_all(xml.MAX_CORS_XML_BYTES)
-    if md5 is not None:
-        check_content_md5(md5, hashlib.md5(body, usedforsecurity=False).digest())
+    body = await _checked_body(req, xml.MAX_CORS_XML_BYTES)
     rules = xml.parse_cors_configuration(body)
     await app.objects.set_bucket_cors(req.bucket, rules)
     return Response(200)
