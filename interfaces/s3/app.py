@@ -831,27 +831,23 @@ class S3App:
 
 def _error_of(exc: Exception, request_id: str, method: str, path: str) -> S3Error:
     """The S3 error answering ``exc`` (called while it is being handled: a bug is logged)."""
+    known = _known_error(exc)
+    if known is None:
+        logger.exception("%s: internal error in %s %s", request_id, method, path)
+        return S3Error("InternalError")
+    return known
+
+
+def _known_error(exc: BaseException) -> S3Error | None:
+    """``exc`` as an S3 error if it is one or a storage error; in a group (a nursery inside
+    the store may wrap its error) the first such one."""
     if isinstance(exc, S3Error):
         return exc
     if isinstance(exc, storage_errors.StorageError):
         return s3_error_for(exc)
-    if isinstance(exc, ExceptionGroup):
-        # A nursery inside the store may wrap its error: answer the first known one.
-        leaf = _first_known(exc)
-        if leaf is not None:
-            return leaf
-    logger.exception("%s: internal error in %s %s", request_id, method, path)
-    return S3Error("InternalError")
-
-
-def _first_known(group: BaseExceptionGroup[BaseException]) -> S3Error | None:
-    for exc in group.exceptions:
-        if isinstance(exc, S3Error):
-            return exc
-        if isinstance(exc, storage_errors.StorageError):
-            return s3_error_for(exc)
-        if isinstance(exc, BaseExceptionGroup):
-            found = _first_known(exc)
+    if isinstance(exc, BaseExceptionGroup):
+        for leaf in exc.exceptions:
+            found = _known_error(leaf)
             if found is not None:
                 return found
     return None
