@@ -278,17 +278,10 @@ def _bucket_endpoint(method: str, params: dict[str, str], base: Endpoint) -> End
         unsupported -= BUCKET_GET_IMPLEMENTED
     if unsupported and method in ("GET", "PUT", "DELETE", "POST", "HEAD"):
         return make(Op.UNSUPPORTED, subresource=sorted(unsupported)[0])
-    if "acl" in params and method in ("DELETE", "POST", "HEAD"):
-        raise S3Error("MethodNotAllowed")
-    if ("cors" in params or "tagging" in params) and method in ("POST", "HEAD"):
-        raise S3Error("MethodNotAllowed")
+    config = _config_op(_BUCKET_CONFIG_OPS, method, params)
+    if config is not None:
+        return make(config)
     if method == "GET":
-        if "acl" in params:
-            return make(Op.GET_BUCKET_ACL)
-        if "cors" in params:
-            return make(Op.GET_BUCKET_CORS)
-        if "tagging" in params:
-            return make(Op.GET_BUCKET_TAGGING)
         if "versioning" in params:
             return make(Op.GET_BUCKET_VERSIONING)
         if "location" in params:
@@ -309,18 +302,8 @@ def _bucket_endpoint(method: str, params: dict[str, str], base: Endpoint) -> End
     if method == "HEAD":
         return make(Op.HEAD_BUCKET)
     if method == "PUT":
-        if "acl" in params:
-            return make(Op.PUT_BUCKET_ACL)
-        if "cors" in params:
-            return make(Op.PUT_BUCKET_CORS)
-        if "tagging" in params:
-            return make(Op.PUT_BUCKET_TAGGING)
         return make(Op.CREATE_BUCKET)
     if method == "DELETE":
-        if "cors" in params:
-            return make(Op.DELETE_BUCKET_CORS)
-        if "tagging" in params:
-            return make(Op.DELETE_BUCKET_TAGGING)
         return make(Op.DELETE_BUCKET)
     if method == "POST":
         if "delete" in params:
@@ -350,15 +333,9 @@ def _object_endpoint(
     unsupported = sorted(OBJECT_UNSUPPORTED & params.keys())
     if unsupported and method in ("GET", "PUT", "DELETE", "POST", "HEAD"):
         return make(Op.UNSUPPORTED, subresource=unsupported[0])
-    if "acl" in params:
-        if method == "GET":
-            return make(Op.GET_OBJECT_ACL)
-        if method == "PUT":
-            return make(Op.PUT_OBJECT_ACL)
-        if method in ("DELETE", "POST", "HEAD"):
-            raise S3Error("MethodNotAllowed")
-    if "tagging" in params:
-        return make(_tagging_op(method))
+    config = _config_op(_OBJECT_CONFIG_OPS, method, params)
+    if config is not None:
+        return make(config)
     upload_id = params.get("uploadId")
     if upload_id is not None and not upload_id:
         raise S3Error(
@@ -394,19 +371,44 @@ def _object_endpoint(
     raise S3Error("MethodNotAllowed")
 
 
-_OBJECT_TAGGING_OPS = {
-    "GET": Op.GET_OBJECT_TAGGING,
-    "PUT": Op.PUT_OBJECT_TAGGING,
-    "DELETE": Op.DELETE_OBJECT_TAGGING,
+#: Configuration sub-resources, the first present deciding: the operation of each method
+#: (any other method is ``MethodNotAllowed``, never the bucket's or object's own operation).
+_BUCKET_CONFIG_OPS: dict[str, dict[str, Op]] = {
+    "acl": {"GET": Op.GET_BUCKET_ACL, "PUT": Op.PUT_BUCKET_ACL},
+    "cors": {
+        "GET": Op.GET_BUCKET_CORS,
+        "PUT": Op.PUT_BUCKET_CORS,
+        "DELETE": Op.DELETE_BUCKET_CORS,
+    },
+    "tagging": {
+        "GET": Op.GET_BUCKET_TAGGING,
+        "PUT": Op.PUT_BUCKET_TAGGING,
+        "DELETE": Op.DELETE_BUCKET_TAGGING,
+    },
+}
+_OBJECT_CONFIG_OPS: dict[str, dict[str, Op]] = {
+    "acl": {"GET": Op.GET_OBJECT_ACL, "PUT": Op.PUT_OBJECT_ACL},
+    "tagging": {
+        "GET": Op.GET_OBJECT_TAGGING,
+        "PUT": Op.PUT_OBJECT_TAGGING,
+        "DELETE": Op.DELETE_OBJECT_TAGGING,
+    },
 }
 
 
-def _tagging_op(method: str) -> Op:
-    """The object tagging operation of ``method`` (``MethodNotAllowed`` for any other)."""
-    op = _OBJECT_TAGGING_OPS.get(method)
-    if op is None:
-        raise S3Error("MethodNotAllowed")
-    return op
+def _config_op(table: dict[str, dict[str, Op]], method: str, params: dict[str, str]) -> Op | None:
+    """The configuration operation ``params`` select in ``table`` (``None``: none does).
+
+    Raises:
+        S3Error: ``MethodNotAllowed`` for a method the sub-resource does not have.
+    """
+    for name, ops in table.items():
+        if name in params:
+            op = ops.get(method)
+            if op is None:
+                raise S3Error("MethodNotAllowed")
+            return op
+    return None
 
 
 def parse_copy_source(value: str) -> CopySource:
