@@ -25,9 +25,47 @@ from storage.errors import (
 from storage.object_records import PartRecord, StoredChunk
 from storage.objects import ObjectStore, ReleaseLater
 from tests.fake_blockstore import FakeBlockStore
-from tests.unit.test_objects import PART, body, fetch, make_store, payload, referenced
+from tests.unit.test_objects import PART, body, fetch, make_store, md5, payload, referenced
 
 WHO: contextvars.ContextVar[str] = contextvars.ContextVar("who", default="")
+
+
+def _group_0(name: bytes) -> bool:
+    return name.endswith(b"/p/0")
+
+
+def _is_upload_register(name: bytes) -> bool:
+    return name.startswith(b"s3/up/") and b"/p/" not in name
+
+
+async def _legacy_parts(fake: FakeBlockStore, parts: dict[int, bytes]) -> None:
+    """Give the only upload ``parts`` (number -> data) as written before parts had groups:
+    in its register, under ``"p"``."""
+    (name,) = [n for n in fake.live_registers() if n.startswith(b"s3/up/")]
+    obj = msgpack.unpackb(fake.registers[name].value, raw=False, strict_map_key=False)
+    obj.pop("g", None)
+    packed = {}
+    for number, data in parts.items():
+        ref = await fake.put_chunk(data)
+        chunk = StoredChunk(ref, len(data))
+        packed[number] = PartRecord(hashlib.md5(data).digest(), len(data), 1, (chunk,)).pack()
+    obj["p"] = packed
+    fake.registers[name].value = msgpack.packb(obj, use_bin_type=True)
+
+
+async def _two_part_upload(
+    *, existing: bool = False
+) -> tuple[FakeBlockStore, ObjectStore, str, list[tuple[int, str]]]:
+    """A store with an upload of two parts (a whole one and a short last one) at ``mp`` in
+    ``bkt`` (``existing``: an object is there already); returns its id and part list."""
+    fake, store = make_store()
+    await store.create_bucket("bkt", owner="alice")
+    if existing:
+        await store.put_object("bkt", "mp", body(b"existing"))
+    upload = await store.create_multipart_upload("bkt", "mp")
+    p1 = await store.upload_part("bkt", "mp", upload, 1, body(payload(PART, 1)))
+    p2 = await store.upload_part("bkt", "mp", upload, 2, body(payload(100, 2)))
+    return fake, store, upload, [(1, p1.etag), (2, p2.etag)]
 
 
 class Hold:
@@ -99,21 +137,16 @@ def group_regs(fake: FakeBlockStore) -> list[bytes]:
 
 
 # ---------------------------------------------------------------------------------------------
-# F1: a refused first attempt (A) takes over the groups a retry (B) closed, then reopens them;
-# a slow duplicate UploadPart replaces part 2 and releases its chunks; B commits the old part.
+# A first attempt (A) closing after its retry (B) closed the groups is refused: it neither
+# takes the groups over nor reopens them, so a slow duplicate UploadPart cannot replace (and
+# release) the part B commits.
 
 
-async def test_F1_refused_attempt_reopens_groups_a_retry_is_using() -> None:
-    fake, store = make_store()
-    await store.create_bucket("bkt", owner="alice")
-    await store.put_object("bkt", "mp", body(b"existing"))
-    upload = await store.create_multipart_upload("bkt", "mp")
-    p1 = await store.upload_part("bkt", "mp", upload, 1, body(payload(PART, 1)))
-    p2 = await store.upload_part("bkt", "mp", upload, 2, body(payload(100, 2)))
-    wanted = [(1, p1.etag), (2, p2.etag)]
+async def test_an_attempt_closing_after_its_retry_leaves_the_groups_to_it() -> None:
+    fake, store, upload, wanted = await _two_part_upload(existing=True)
     holds = Holds(fake, store)
-    w_write = holds.edit("W", lambda n: n.endswith(b"/p/0"))
-    a_close = holds.edit("A", lambda n: n.endswith(b"/p/0"))
+    w_write = holds.edit("W", _group_0)
+    a_close = holds.edit("A", _group_0)
     b_commit = holds.commit("B")
     res: dict[str, Any] = {}
     async with trio.open_nursery() as nursery:
@@ -155,9 +188,8 @@ async def test_F1_refused_attempt_reopens_groups_a_retry_is_using() -> None:
         await until_done(res, "W")
         await store.delete_object("bkt", "mp")
         b_commit.release()
-    print({k: v for k, v in res.items() if k != "done"})
     assert isinstance(res["A"], (PreconditionFailed, Conflict))
-    assert isinstance(res["W"], NoSuchUpload) or res["W"].etag == p2.etag
+    assert isinstance(res["W"], NoSuchUpload) or res["W"].etag == wanted[1][1]
     assert res["B"].etag.endswith("-2")  # B: committed
     chunks = await (await store.open_object("bkt", "mp")).chunks()
     missing = [c for c in chunks if c.ref.address not in fake.chunks]
@@ -170,12 +202,7 @@ async def test_F1_refused_attempt_reopens_groups_a_retry_is_using() -> None:
 
 
 async def test_a_refused_retry_leaves_the_first_attempts_groups_closed() -> None:
-    fake, store = make_store()
-    await store.create_bucket("bkt", owner="alice")
-    upload = await store.create_multipart_upload("bkt", "mp")
-    p1 = await store.upload_part("bkt", "mp", upload, 1, body(payload(PART, 1)))
-    p2 = await store.upload_part("bkt", "mp", upload, 2, body(payload(100, 2)))
-    wanted = [(1, p1.etag), (2, p2.etag)]
+    fake, store, upload, wanted = await _two_part_upload()
     holds = Holds(fake, store)
     a_commit = holds.commit("A")
     res: dict[str, Any] = {}
@@ -206,12 +233,12 @@ async def test_a_refused_retry_leaves_the_first_attempts_groups_closed() -> None
 
 
 # ---------------------------------------------------------------------------------------------
-# F2: destroy() deletes a group that a late first write created open between the clean-up's
-# close (group absent, create=False) and its destroy; the writer's withdraw then finds nothing.
+# A late first write creates its group between a clean-up's close (the group was absent) and
+# its destroy: destroy leaves the open group, and the writer withdraws and releases its part.
 
 
 @pytest.mark.parametrize("cleanup", ["abort", "delete_bucket"])
-async def test_F2_destroy_drops_a_part_written_between_close_and_destroy(cleanup: str) -> None:
+async def test_a_part_written_between_close_and_destroy_is_withdrawn(cleanup: str) -> None:
     fake, store = make_store()
     await store.create_bucket("bkt", owner="alice")
     upload = await store.create_multipart_upload("bkt", "mp")
@@ -237,7 +264,6 @@ async def test_F2_destroy_drops_a_part_written_between_close_and_destroy(cleanup
         x_destroy.release()
         await until_done(res, "X")
         w_withdraw.release()
-    print({k: v for k, v in res.items() if k != "done"})
     assert isinstance(res["W"], NoSuchUpload)
     assert not [n for n in fake.live_registers() if n.startswith(b"s3/up/")]
     buckets = ["bkt"] if cleanup == "abort" else []
@@ -246,18 +272,17 @@ async def test_F2_destroy_drops_a_part_written_between_close_and_destroy(cleanup
 
 
 # ---------------------------------------------------------------------------------------------
-# F3: a completion whose close runs after a bucket deletion collected the upload recreates the
-# group registers (create=True), then reopens them: registers leaked, and the client is told
-# InvalidPart for an upload that no longer exists.
+# A completion whose close runs after a bucket deletion collected the upload creates no group
+# register and answers NoSuchUpload.
 
 
-async def test_F3_completion_after_bucket_deletion_recreates_groups() -> None:
+async def test_a_completion_after_the_bucket_deletion_is_no_such_upload() -> None:
     fake, store = make_store()
     await store.create_bucket("bkt", owner="alice")
     upload = await store.create_multipart_upload("bkt", "mp")
     p1 = await store.upload_part("bkt", "mp", upload, 1, body(payload(PART, 1)))
     holds = Holds(fake, store)
-    a_close = holds.edit("A", lambda n: n.endswith(b"/p/0"))
+    a_close = holds.edit("A", _group_0)
     res: dict[str, Any] = {}
     async with trio.open_nursery() as nursery:
         nursery.start_soon(
@@ -269,30 +294,23 @@ async def test_F3_completion_after_bucket_deletion_recreates_groups() -> None:
         await store.delete_bucket("bkt")
         assert not group_regs(fake)
         a_close.release()
-    print({k: v for k, v in res.items() if k != "done"}, group_regs(fake))
     assert isinstance(res["A"], NoSuchUpload), f"completion answered {res['A']!r}"
     assert not group_regs(fake), "group registers left behind"
 
 
 # ---------------------------------------------------------------------------------------------
-# F5: an upload register written by the previous code (parts inline under "p", same format
-# version) loses its parts: completion says InvalidPart, abort leaks the chunks.
+# An upload register written before parts had groups (parts inline under "p") keeps them:
+# ListParts shows them and an abort releases them.
 
 
-async def test_F5_upload_in_progress_across_the_upgrade() -> None:
+async def test_an_upload_from_before_groups_keeps_its_parts() -> None:
     fake, store = make_store()
     await store.create_bucket("bkt", owner="alice")
     upload = await store.create_multipart_upload("bkt", "mp")
-    (name,) = [n for n in fake.live_registers() if n.startswith(b"s3/up/")]
     data = payload(PART, 1)
-    ref = await fake.put_chunk(data)
-    part = PartRecord(hashlib.md5(data).digest(), len(data), 1, (StoredChunk(ref, len(data)),))
-    obj = msgpack.unpackb(fake.registers[name].value, raw=False, strict_map_key=False)
-    obj.pop("g", None)
-    obj["p"] = {1: part.pack()}  # what the previous UploadPart wrote
-    fake.registers[name].value = msgpack.packb(obj, use_bin_type=True)
+    await _legacy_parts(fake, {1: data})
     page = await store.list_parts("bkt", "mp", upload)
-    print("list_parts:", page.parts)
+    assert [(p.part_number, p.etag) for p in page.parts] == [(1, md5(data))]
     await store.abort_multipart_upload("bkt", "mp", upload)
     assert not fake.chunks, "the pre-upgrade part's chunks leaked"
 
@@ -303,24 +321,15 @@ async def test_F5_upload_in_progress_across_the_upgrade() -> None:
 # releases the rest, the late part included.
 
 
-def _with_legacy_part(fake: FakeBlockStore, data: bytes, ref: Any) -> None:
-    (name,) = [n for n in fake.live_registers() if n.startswith(b"s3/up/")]
-    part = PartRecord(hashlib.md5(data).digest(), len(data), 1, (StoredChunk(ref, len(data)),))
-    obj = msgpack.unpackb(fake.registers[name].value, raw=False, strict_map_key=False)
-    obj.pop("g", None)
-    obj["p"] = {1: part.pack()}  # as written before parts had groups
-    fake.registers[name].value = msgpack.packb(obj, use_bin_type=True)
-
-
 async def test_a_late_reupload_of_a_completed_legacy_part() -> None:
     fake, store = make_store()
     await store.create_bucket("bkt", owner="alice")
     upload = await store.create_multipart_upload("bkt", "mp")
     data = payload(PART, 1)
-    _with_legacy_part(fake, data, await fake.put_chunk(data))
+    await _legacy_parts(fake, {1: data})
     etag = hashlib.md5(data).hexdigest()
     holds = Holds(fake, store)
-    w_write = holds.edit("W", lambda n: n.endswith(b"/p/0"))
+    w_write = holds.edit("W", _group_0)
     c_commit = holds.commit("C")
     res: dict[str, Any] = {}
     async with trio.open_nursery() as nursery:
@@ -349,20 +358,12 @@ async def test_a_late_reupload_of_a_completed_legacy_part() -> None:
 
 @pytest.mark.parametrize("reupload", [True, False])
 async def test_an_attempt_overtaken_by_a_refused_retry_stops(reupload: bool) -> None:
-    fake, store = make_store()
-    await store.create_bucket("bkt", owner="alice")
-    up = await store.create_multipart_upload("bkt", "mp")
-    p1 = await store.upload_part("bkt", "mp", up, 1, body(payload(PART, 1)))
-    p2 = await store.upload_part("bkt", "mp", up, 2, body(payload(100, 2)))
-    wanted = [(1, p1.etag), (2, p2.etag)]
+    fake, store, up, wanted = await _two_part_upload()
     holds = Holds(fake, store)
 
-    def group_0(name: bytes) -> bool:
-        return name.endswith(b"/p/0")
-
-    w1_write = holds.edit("W1", group_0)
-    a0_close = holds.edit("A0", group_0)
-    a1_close = holds.edit("A1", group_0)
+    w1_write = holds.edit("W1", _group_0)
+    a0_close = holds.edit("A0", _group_0)
+    a1_close = holds.edit("A1", _group_0)
     res: dict[str, Any] = {}
     complete = store.complete_multipart_upload
     async with trio.open_nursery() as nursery:
@@ -387,7 +388,7 @@ async def test_an_attempt_overtaken_by_a_refused_retry_stops(reupload: bool) -> 
     await store.upload_part("bkt", "mp", up, 3, body(payload(10, 3)))  # the upload goes on
     p2 = await store.upload_part("bkt", "mp", up, 2, body(payload(PART, 2)))
     p3 = await store.upload_part("bkt", "mp", up, 3, body(payload(10, 3)))
-    await complete("bkt", "mp", up, [(1, p1.etag), (2, p2.etag), (3, p3.etag)])
+    await complete("bkt", "mp", up, [wanted[0], (2, p2.etag), (3, p3.etag)])
     assert await fetch(store, "bkt", "mp") == payload(PART, 1) + payload(PART, 2) + payload(10, 3)
     assert set(fake.chunks) == await referenced(store, ["bkt"])
     assert not [n for n in fake.live_registers() if n.startswith(b"s3/up/")]
@@ -399,20 +400,11 @@ async def test_an_attempt_overtaken_by_a_refused_retry_stops(reupload: bool) -> 
 
 
 async def test_a_reopen_never_opens_a_group_a_newer_claim_read() -> None:
-    fake, store = make_store()
-    await store.create_bucket("bkt", owner="alice")
-    await store.put_object("bkt", "mp", body(b"existing"))
-    up = await store.create_multipart_upload("bkt", "mp")
-    p1 = await store.upload_part("bkt", "mp", up, 1, body(payload(PART, 1)))
-    p2 = await store.upload_part("bkt", "mp", up, 2, body(payload(100, 2)))
-    wanted = [(1, p1.etag), (2, p2.etag)]
+    fake, store, up, wanted = await _two_part_upload(existing=True)
     holds = Holds(fake, store)
 
-    def group_0(name: bytes) -> bool:
-        return name.endswith(b"/p/0")
-
-    w_write = holds.edit("W", group_0)  # a slow UploadPart of part 2
-    a_reopen = holds.edit("A", group_0, skip=1)  # A's first edit of group 0 closes it
+    w_write = holds.edit("W", _group_0)  # a slow UploadPart of part 2
+    a_reopen = holds.edit("A", _group_0, skip=1)  # A's first edit of group 0 closes it
     c_commit = holds.commit("C")
     res: dict[str, Any] = {}
     complete = store.complete_multipart_upload
@@ -445,21 +437,6 @@ async def test_a_reopen_never_opens_a_group_a_newer_claim_read() -> None:
 # of a re-uploaded legacy part shown).
 
 
-async def _legacy_parts(fake: FakeBlockStore, numbers: list[int]) -> None:
-    (name,) = [n for n in fake.live_registers() if n.startswith(b"s3/up/")]
-    obj = msgpack.unpackb(fake.registers[name].value, raw=False, strict_map_key=False)
-    obj.pop("g", None)
-    parts = {}
-    for n in numbers:
-        data = payload(10, n)
-        ref = await fake.put_chunk(data)
-        parts[n] = PartRecord(
-            hashlib.md5(data).digest(), len(data), 1, (StoredChunk(ref, len(data)),)
-        ).pack()
-    obj["p"] = parts
-    fake.registers[name].value = msgpack.packb(obj, use_bin_type=True)
-
-
 async def _all_pages(store: ObjectStore, up: str, max_parts: int) -> list[tuple[int, str]]:
     seen: list[tuple[int, str]] = []
     marker = 0
@@ -479,7 +456,7 @@ async def test_list_parts_pages_over_legacy_and_grouped_parts() -> None:
     fake, store = make_store()
     await store.create_bucket("bkt", owner="alice")
     up = await store.create_multipart_upload("bkt", "mp")
-    await _legacy_parts(fake, [150, 250, 350])
+    await _legacy_parts(fake, {n: payload(10, n) for n in (150, 250, 350)})
     await store.upload_part("bkt", "mp", up, 1, body(payload(10, 1)))
     await store.upload_part("bkt", "mp", up, 101, body(payload(10, 101)))
     new = await store.upload_part("bkt", "mp", up, 150, body(payload(20, 150)))  # re-upload
@@ -532,14 +509,9 @@ async def test_a_retry_racing_the_first_attempts_clean_up_is_no_such_upload() ->
 
 @pytest.mark.parametrize("retry", [True, False])
 async def test_an_object_dropped_before_its_completion_cleaned_up(retry: bool) -> None:
-    fake, store = make_store()
-    await store.create_bucket("bkt", owner="alice")
-    up = await store.create_multipart_upload("bkt", "mp")
-    p1 = await store.upload_part("bkt", "mp", up, 1, body(payload(PART, 1)))
-    p2 = await store.upload_part("bkt", "mp", up, 2, body(payload(100, 2)))
-    wanted = [(1, p1.etag), (2, p2.etag)]
+    fake, store, up, wanted = await _two_part_upload()
     holds = Holds(fake, store)
-    a_finish = holds.edit("A", lambda n: n.startswith(b"s3/up/") and b"/p/" not in n, skip=1)
+    a_finish = holds.edit("A", _is_upload_register, skip=1)
     res: dict[str, Any] = {}
     complete = store.complete_multipart_upload
     async with trio.open_nursery() as nursery:
@@ -564,10 +536,6 @@ async def test_an_object_dropped_before_its_completion_cleaned_up(retry: bool) -
 # before the drop's release runs: the release must keep what the retry's object holds.
 
 
-def _is_upload_register(name: bytes) -> bool:
-    return name.startswith(b"s3/up/") and b"/p/" not in name
-
-
 async def _drop(store: ObjectStore, how: str, later: ReleaseLater | None) -> None:
     if how == "delete":
         await store.delete_object("bkt", "mp", release_later=later)
@@ -580,12 +548,7 @@ async def _drop(store: ObjectStore, how: str, later: ReleaseLater | None) -> Non
 @pytest.mark.parametrize("how", ["delete", "delete_objects", "put"])
 @pytest.mark.parametrize("deferred", [True, False])
 async def test_a_drop_released_after_a_retry_recommitted(how: str, deferred: bool) -> None:
-    fake, store = make_store()
-    await store.create_bucket("bkt", owner="alice")
-    up = await store.create_multipart_upload("bkt", "mp")
-    p1 = await store.upload_part("bkt", "mp", up, 1, body(payload(PART, 1)))
-    p2 = await store.upload_part("bkt", "mp", up, 2, body(payload(100, 2)))
-    wanted = [(1, p1.etag), (2, p2.etag)]
+    fake, store, up, wanted = await _two_part_upload()
     holds = Holds(fake, store)
     a_finish = holds.edit("A", _is_upload_register, skip=1)  # A's clean-up, after its claim
     reached, go = trio.Event(), trio.Event()
