@@ -760,10 +760,9 @@ class S3App:
             sent = await response.stream(sink)
         except Exception as exc:  # translated below, or the connection is dropped
             if not started:
-                if isinstance(exc, S3Error):
-                    raise _Failure(exc) from None
-                if isinstance(exc, storage_errors.StorageError):
-                    raise _Failure(s3_error_for(exc)) from None
+                known = _known_error(exc)
+                if known is not None:
+                    raise _Failure(known) from None
                 logger.exception("%s: internal error while streaming", request_id)
                 raise _Failure(S3Error("InternalError")) from None
             logger.warning("%s: response aborted after the head was sent: %r", request_id, exc)

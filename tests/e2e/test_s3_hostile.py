@@ -35,8 +35,9 @@ from interfaces.s3.sigv4 import (
     sign,
     string_to_sign,
 )
+from storage.errors import Unavailable
 from storage.object_records import CorsRule
-from storage.objects import GET_PREFETCH, PUT_PIPELINE, REGISTRY, ObjectStore
+from storage.objects import GET_PREFETCH, PUT_PIPELINE, REGISTRY, ObjectReader, ObjectStore
 from tests.e2e.conftest import S3Server
 from tests.fake_blockstore import FakeBlockStore
 
@@ -400,6 +401,33 @@ async def test_credential_register_unavailable() -> None:
     assert sent[0]["status"] == 503
     assert _error_code(sent[1]["body"]) == "ServiceUnavailable"
     store.clear_faults()
+
+
+async def test_store_error_in_a_group_before_the_head_keeps_its_code(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A GET whose stream fails before the head with a storage error wrapped in a group (a
+    nursery inside the store) answers that error's S3 code, not InternalError."""
+    store = FakeBlockStore()
+    objects = ObjectStore(store)
+    credentials = CredentialStore(store)
+    await credentials.add_key(ACCESS_KEY, SECRET)
+    await objects.create_bucket("bkt", owner=ACCESS_KEY)
+
+    async def body() -> AsyncIterator[bytes]:
+        yield b"x" * 100
+
+    await objects.put_object("bkt", "k", body(), owner=ACCESS_KEY)
+    app = S3App(objects, credentials, clock=lambda: NOW)
+
+    async def fail(*_args: Any, **_kwargs: Any) -> int:
+        raise ExceptionGroup("fetch", [Unavailable(2, 1)])
+
+    monkeypatch.setattr(ObjectReader, "send_to", fail)
+    headers = _sign("GET", "/bkt/k", "", [("host", "localhost")], hashlib.sha256(b"").hexdigest())
+    sent = await _call_without_body(app, "GET", "/bkt/k", headers)
+    assert sent[0]["status"] == 503
+    assert _error_code(sent[1]["body"]) == "ServiceUnavailable"
 
 
 async def test_unavailable_credential_register_is_retried_once_per_ttl() -> None:
