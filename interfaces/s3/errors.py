@@ -113,8 +113,13 @@ ERROR_TABLE: Mapping[str, tuple[int, str]] = MappingProxyType(
         "MissingContentLength": (411, "You must provide the Content-Length HTTP header."),
         "MissingSecurityHeader": (400, "Your request is missing a required header."),
         "NoSuchBucket": (404, "The specified bucket does not exist"),
+        "NoSuchBucketPolicy": (404, "The bucket policy does not exist"),
         "NoSuchCORSConfiguration": (404, "The CORS configuration does not exist"),
         "NoSuchKey": (404, "The specified key does not exist."),
+        "NoSuchPublicAccessBlockConfiguration": (
+            404,
+            "The public access block configuration was not found",
+        ),
         "NoSuchTagSet": (404, "The TagSet does not exist"),
         "NoSuchUpload": (
             404,
@@ -125,11 +130,23 @@ ERROR_TABLE: Mapping[str, tuple[int, str]] = MappingProxyType(
             404,
             "The version ID specified in the request does not match an existing version.",
         ),
+        "NoSuchWebsiteConfiguration": (
+            404,
+            "The specified bucket does not have a website configuration",
+        ),
         "NotImplemented": (
             501,
             "A header you provided implies functionality that is not implemented",
         ),
         "NotModified": (304, "Not Modified"),
+        "ObjectLockConfigurationNotFoundError": (
+            404,
+            "Object Lock configuration does not exist for this bucket",
+        ),
+        "OwnershipControlsNotFoundError": (
+            404,
+            "The bucket ownership controls were not found",
+        ),
         "PreconditionFailed": (
             412,
             "At least one of the pre-conditions you specified did not hold",
@@ -146,6 +163,14 @@ ERROR_TABLE: Mapping[str, tuple[int, str]] = MappingProxyType(
             400,
             "Your socket connection to the server was not read from or written to within "
             "the timeout period.",
+        ),
+        "ReplicationConfigurationNotFoundError": (
+            404,
+            "The replication configuration was not found",
+        ),
+        "ServerSideEncryptionConfigurationNotFoundError": (
+            404,
+            "The server side encryption configuration was not found",
         ),
         "ServiceUnavailable": (503, "Please reduce your request rate."),
         "SignatureDoesNotMatch": (

@@ -900,7 +900,43 @@ async def put_object_acl(app: S3App, req: Request) -> Response:
 async def get_bucket_versioning(app: S3App, req: Request) -> Response:
     """GetBucketVersioning: never enabled (Ballast keeps one version per key)."""
     await app.objects.head_bucket(req.bucket)
-    return xml_response(xml.versioning_configuration())
+    return xml_response(xml.empty_configuration("VersioningConfiguration"))
+
+
+# -- configurations Ballast does not keep ----------------------------------------------------
+
+#: What S3 answers for a configuration never set on a bucket: a 404 error code, or the
+#: document of the default.
+_UNSET_CONFIGURATIONS: dict[Op, str | bytes] = {
+    Op.GET_BUCKET_POLICY: "NoSuchBucketPolicy",
+    Op.GET_BUCKET_POLICY_STATUS: "NoSuchBucketPolicy",
+    Op.GET_BUCKET_WEBSITE: "NoSuchWebsiteConfiguration",
+    Op.GET_BUCKET_ENCRYPTION: "ServerSideEncryptionConfigurationNotFoundError",
+    Op.GET_BUCKET_REPLICATION: "ReplicationConfigurationNotFoundError",
+    Op.GET_BUCKET_OWNERSHIP_CONTROLS: "OwnershipControlsNotFoundError",
+    Op.GET_PUBLIC_ACCESS_BLOCK: "NoSuchPublicAccessBlockConfiguration",
+    Op.GET_OBJECT_LOCK_CONFIGURATION: "ObjectLockConfigurationNotFoundError",
+    Op.GET_BUCKET_LOGGING: xml.empty_configuration("BucketLoggingStatus"),
+    Op.GET_BUCKET_REQUEST_PAYMENT: xml.request_payment_configuration(),
+    Op.GET_BUCKET_ACCELERATE_CONFIGURATION: xml.empty_configuration("AccelerateConfiguration"),
+    Op.GET_BUCKET_NOTIFICATION_CONFIGURATION: xml.empty_configuration("NotificationConfiguration"),
+}
+
+
+async def get_unset_configuration(app: S3App, req: Request) -> Response:
+    """GetBucketPolicy, GetBucketEncryption, …: what S3 answers for a bucket where the
+    configuration was never set (Ballast keeps none of them)."""
+    await app.objects.head_bucket(req.bucket)
+    answer = _UNSET_CONFIGURATIONS[req.endpoint.op]
+    if isinstance(answer, str):
+        raise S3Error(answer, extra={"BucketName": req.bucket})
+    return xml_response(answer)
+
+
+async def delete_unset_configuration(app: S3App, req: Request) -> Response:
+    """DeleteBucketPolicy, DeleteBucketEncryption, …: nothing is set, nothing to remove."""
+    await app.objects.head_bucket(req.bucket)
+    return Response(204)
 
 
 # -- tagging --------------------------------------------------------------------------------
@@ -1237,6 +1273,13 @@ _OPERATIONS: Mapping[Op, Handler] = {
     Op.COMPLETE_MULTIPART_UPLOAD: complete_multipart_upload,
     Op.ABORT_MULTIPART_UPLOAD: abort_multipart_upload,
     Op.LIST_PARTS: list_parts,
+    **{op: get_unset_configuration for op in _UNSET_CONFIGURATIONS},
+    Op.DELETE_BUCKET_POLICY: delete_unset_configuration,
+    Op.DELETE_BUCKET_WEBSITE: delete_unset_configuration,
+    Op.DELETE_BUCKET_ENCRYPTION: delete_unset_configuration,
+    Op.DELETE_BUCKET_REPLICATION: delete_unset_configuration,
+    Op.DELETE_BUCKET_OWNERSHIP_CONTROLS: delete_unset_configuration,
+    Op.DELETE_PUBLIC_ACCESS_BLOCK: delete_unset_configuration,
 }
 #: The handler of every implemented operation.
 HANDLERS: Mapping[Op, Handler] = {op: _naming_errors(h) for op, h in _OPERATIONS.items()}

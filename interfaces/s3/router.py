@@ -20,10 +20,13 @@ against the S3 API reference's request syntax for every supported operation.
    deletion), ``cors`` GET, PUT or DELETE (``DELETE /bucket?cors`` is DeleteBucketCors, never
    DeleteBucket), and ``tagging`` GET, PUT or DELETE on a bucket or an object
    (``DELETE /bucket?tagging`` is DeleteBucketTagging, ``DELETE /bucket/key?tagging``
-   DeleteObjectTagging: never a deletion). Sub-resources we know but do not implement
-   (``policy``, PUT ``versioning``, …: the sets :data:`BUCKET_UNSUPPORTED` and
-   :data:`OBJECT_UNSUPPORTED`, less :data:`BUCKET_GET_IMPLEMENTED` for GET) yield
-   :attr:`Op.UNSUPPORTED`, answered ``NotImplemented`` by the server. A bucket's
+   DeleteObjectTagging: never a deletion). Configurations Ballast does not keep
+   (``policy``, ``encryption``, ``website``, …) route for GET (answered as S3 answers a
+   bucket where they were never set) and, where S3 has one, DELETE (nothing to remove).
+   Sub-resources we know but do not implement for the method (PUT ``policy``, PUT
+   ``versioning``, …: the sets :data:`BUCKET_UNSUPPORTED` and :data:`OBJECT_UNSUPPORTED`,
+   less what the configuration tables route) yield :attr:`Op.UNSUPPORTED`, answered
+   ``NotImplemented`` by the server. A bucket's
    sub-resource on an object's path (:data:`BUCKET_ONLY`: ``DELETE /b/k?cors``) is
    ``InvalidRequest``, never an argument of an object operation. Every other query
    parameter (``prefix``, ``max-keys``, ``x-id``, ``response-*``, ``X-Amz-*``, …) is an
@@ -67,6 +70,24 @@ class Op(enum.Enum):
     GET_BUCKET_TAGGING = "GetBucketTagging"
     PUT_BUCKET_TAGGING = "PutBucketTagging"
     DELETE_BUCKET_TAGGING = "DeleteBucketTagging"
+    GET_BUCKET_POLICY = "GetBucketPolicy"
+    DELETE_BUCKET_POLICY = "DeleteBucketPolicy"
+    GET_BUCKET_POLICY_STATUS = "GetBucketPolicyStatus"
+    GET_BUCKET_WEBSITE = "GetBucketWebsite"
+    DELETE_BUCKET_WEBSITE = "DeleteBucketWebsite"
+    GET_BUCKET_ENCRYPTION = "GetBucketEncryption"
+    DELETE_BUCKET_ENCRYPTION = "DeleteBucketEncryption"
+    GET_BUCKET_REPLICATION = "GetBucketReplication"
+    DELETE_BUCKET_REPLICATION = "DeleteBucketReplication"
+    GET_BUCKET_OWNERSHIP_CONTROLS = "GetBucketOwnershipControls"
+    DELETE_BUCKET_OWNERSHIP_CONTROLS = "DeleteBucketOwnershipControls"
+    GET_PUBLIC_ACCESS_BLOCK = "GetPublicAccessBlock"
+    DELETE_PUBLIC_ACCESS_BLOCK = "DeletePublicAccessBlock"
+    GET_OBJECT_LOCK_CONFIGURATION = "GetObjectLockConfiguration"
+    GET_BUCKET_LOGGING = "GetBucketLogging"
+    GET_BUCKET_REQUEST_PAYMENT = "GetBucketRequestPayment"
+    GET_BUCKET_ACCELERATE_CONFIGURATION = "GetBucketAccelerateConfiguration"
+    GET_BUCKET_NOTIFICATION_CONFIGURATION = "GetBucketNotificationConfiguration"
     CORS_PREFLIGHT = "PreflightRequest"
     LIST_OBJECTS = "ListObjects"
     LIST_OBJECTS_V2 = "ListObjectsV2"
@@ -194,9 +215,6 @@ BUCKET_UNSUPPORTED = frozenset(
         "website",
     }
 )
-#: Sub-resources of :data:`BUCKET_UNSUPPORTED` implemented for GET (``versioning``: a bucket
-#: never versioned; PutBucketVersioning stays unsupported).
-BUCKET_GET_IMPLEMENTED = frozenset({"versioning"})
 #: Sub-resources of buckets only: on an object's path they are refused, never taken for an
 #: argument of an object operation.
 BUCKET_ONLY = BUCKET_UNSUPPORTED | {"cors", "delete", "list-type", "location", "versions"}
@@ -273,17 +291,17 @@ def _bucket_endpoint(method: str, params: dict[str, str], base: Endpoint) -> End
 
     if method == "OPTIONS":
         return make(Op.CORS_PREFLIGHT)
-    unsupported = BUCKET_UNSUPPORTED & params.keys()
-    if method == "GET":
-        unsupported -= BUCKET_GET_IMPLEMENTED
+    unsupported = sorted(
+        name
+        for name in BUCKET_UNSUPPORTED & params.keys()
+        if method not in _BUCKET_CONFIG_OPS.get(name, {})
+    )
     if unsupported and method in ("GET", "PUT", "DELETE", "POST", "HEAD"):
-        return make(Op.UNSUPPORTED, subresource=sorted(unsupported)[0])
+        return make(Op.UNSUPPORTED, subresource=unsupported[0])
     config = _config_op(_BUCKET_CONFIG_OPS, method, params)
     if config is not None:
         return make(config)
     if method == "GET":
-        if "versioning" in params:
-            return make(Op.GET_BUCKET_VERSIONING)
         if "location" in params:
             return make(Op.GET_BUCKET_LOCATION)
         if "uploads" in params:
@@ -385,6 +403,28 @@ _BUCKET_CONFIG_OPS: dict[str, dict[str, Op]] = {
         "PUT": Op.PUT_BUCKET_TAGGING,
         "DELETE": Op.DELETE_BUCKET_TAGGING,
     },
+    # Never enabled, never configurable: what S3 answers for a bucket where it was never set.
+    "versioning": {"GET": Op.GET_BUCKET_VERSIONING},
+    # Configurations Ballast does not keep: GET answers as S3 does for a bucket where they
+    # were never set, DELETE has nothing to remove; PUT stays unsupported.
+    "policy": {"GET": Op.GET_BUCKET_POLICY, "DELETE": Op.DELETE_BUCKET_POLICY},
+    "policyStatus": {"GET": Op.GET_BUCKET_POLICY_STATUS},
+    "website": {"GET": Op.GET_BUCKET_WEBSITE, "DELETE": Op.DELETE_BUCKET_WEBSITE},
+    "encryption": {"GET": Op.GET_BUCKET_ENCRYPTION, "DELETE": Op.DELETE_BUCKET_ENCRYPTION},
+    "replication": {"GET": Op.GET_BUCKET_REPLICATION, "DELETE": Op.DELETE_BUCKET_REPLICATION},
+    "ownershipControls": {
+        "GET": Op.GET_BUCKET_OWNERSHIP_CONTROLS,
+        "DELETE": Op.DELETE_BUCKET_OWNERSHIP_CONTROLS,
+    },
+    "publicAccessBlock": {
+        "GET": Op.GET_PUBLIC_ACCESS_BLOCK,
+        "DELETE": Op.DELETE_PUBLIC_ACCESS_BLOCK,
+    },
+    "object-lock": {"GET": Op.GET_OBJECT_LOCK_CONFIGURATION},
+    "logging": {"GET": Op.GET_BUCKET_LOGGING},
+    "requestPayment": {"GET": Op.GET_BUCKET_REQUEST_PAYMENT},
+    "accelerate": {"GET": Op.GET_BUCKET_ACCELERATE_CONFIGURATION},
+    "notification": {"GET": Op.GET_BUCKET_NOTIFICATION_CONFIGURATION},
 }
 _OBJECT_CONFIG_OPS: dict[str, dict[str, Op]] = {
     "acl": {"GET": Op.GET_OBJECT_ACL, "PUT": Op.PUT_OBJECT_ACL},

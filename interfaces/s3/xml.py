@@ -471,9 +471,19 @@ def location_constraint(region: str | None) -> bytes:
     ).encode("utf-8")
 
 
-def versioning_configuration() -> bytes:
-    """The VersioningConfiguration body of a bucket that was never versioned (no Status)."""
-    return (_DECLARATION + f'<VersioningConfiguration xmlns="{S3_NAMESPACE}"/>').encode("utf-8")
+def empty_configuration(root: str) -> bytes:
+    """A configuration document with nothing set: what S3 answers for a bucket never
+    configured (``VersioningConfiguration``: never versioned, no Status)."""
+    return (_DECLARATION + f'<{root} xmlns="{S3_NAMESPACE}"/>').encode("utf-8")
+
+
+def request_payment_configuration() -> bytes:
+    """The RequestPaymentConfiguration body: the bucket owner pays, as on every bucket."""
+    return (
+        _DECLARATION
+        + f'<RequestPaymentConfiguration xmlns="{S3_NAMESPACE}">'
+        + "<Payer>BucketOwner</Payer></RequestPaymentConfiguration>"
+    ).encode("utf-8")
 
 
 def cors_configuration(rules: Iterable[CorsRule]) -> bytes:

@@ -1426,7 +1426,16 @@ def test_awscli(s3_server: S3Server, bucket: str, tmp_path: Path) -> None:
 
 def test_unsupported_operations(s3: Any, bucket: str) -> None:
     for call, kwargs in (
-        (s3.get_bucket_policy, {"Bucket": bucket}),
+        (s3.put_bucket_policy, {"Bucket": bucket, "Policy": "{}"}),
+        (
+            s3.put_bucket_encryption,
+            {
+                "Bucket": bucket,
+                "ServerSideEncryptionConfiguration": {
+                    "Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]
+                },
+            },
+        ),
         (s3.get_object_retention, {"Bucket": bucket, "Key": "k"}),
     ):
         with pytest.raises(ClientError) as info:
@@ -1636,6 +1645,58 @@ def test_bucket_versioning(s3_server: S3Server, s3: Any, bucket: str) -> None:
     assert (_code(info), _status(info)) == ("NotImplemented", 501)
     assert "one version per key" in info.value.response["Error"]["Message"]
     assert "Status" not in s3.get_bucket_versioning(Bucket=bucket)
+
+
+#: Bucket configurations Ballast does not keep: boto3 call -> (error code, or the keys of a
+#: 200 answer besides ResponseMetadata).
+_UNSET_CONFIGURATIONS: dict[str, str | set[str]] = {
+    "get_bucket_policy": "NoSuchBucketPolicy",
+    "get_bucket_policy_status": "NoSuchBucketPolicy",
+    "get_bucket_website": "NoSuchWebsiteConfiguration",
+    "get_bucket_encryption": "ServerSideEncryptionConfigurationNotFoundError",
+    "get_bucket_replication": "ReplicationConfigurationNotFoundError",
+    "get_bucket_ownership_controls": "OwnershipControlsNotFoundError",
+    "get_public_access_block": "NoSuchPublicAccessBlockConfiguration",
+    "get_object_lock_configuration": "ObjectLockConfigurationNotFoundError",
+    "get_bucket_logging": set(),
+    "get_bucket_request_payment": {"Payer"},
+    "get_bucket_accelerate_configuration": set(),
+    "get_bucket_notification_configuration": set(),
+}
+
+
+def test_configurations_never_set(s3: Any, bucket: str) -> None:
+    """What Terraform and SDKs read of every bucket answers as on a bucket never configured."""
+    for call, expected in _UNSET_CONFIGURATIONS.items():
+        if isinstance(expected, str):
+            with pytest.raises(ClientError) as info:
+                getattr(s3, call)(Bucket=bucket)
+            assert (call, _code(info), _status(info)) == (call, expected, 404)
+            assert info.value.response["Error"]["BucketName"] == bucket
+        else:
+            answer = getattr(s3, call)(Bucket=bucket)
+            assert (call, set(answer) - {"ResponseMetadata"}) == (call, expected)
+    assert s3.get_bucket_request_payment(Bucket=bucket)["Payer"] == "BucketOwner"
+    for call in (
+        "delete_bucket_policy",
+        "delete_bucket_website",
+        "delete_bucket_encryption",
+        "delete_bucket_replication",
+        "delete_bucket_ownership_controls",
+        "delete_public_access_block",
+    ):
+        status = getattr(s3, call)(Bucket=bucket)["ResponseMetadata"]["HTTPStatusCode"]
+        assert (call, status) == (call, 204)
+    s3.head_bucket(Bucket=bucket)  # a DELETE of a configuration never deletes the bucket
+    with pytest.raises(ClientError) as info:
+        s3.put_bucket_policy(Bucket=bucket, Policy='{"Version": "2012-10-17", "Statement": []}')
+    assert (_code(info), _status(info)) == ("NotImplemented", 501)
+    with pytest.raises(ClientError) as info:
+        s3.get_bucket_policy(Bucket="e2e-no-such-bucket-config")
+    assert _code(info) == "NoSuchBucket"
+    with pytest.raises(ClientError) as info:
+        s3.delete_bucket_encryption(Bucket="e2e-no-such-bucket-config")
+    assert _code(info) == "NoSuchBucket"
 
 
 def test_acl_and_versioning_of_a_missing_bucket(s3: Any) -> None:

@@ -588,7 +588,7 @@ def test_oversized_acl_refused() -> None:
 
 
 def test_versioning_configuration() -> None:
-    body = xml.versioning_configuration()
+    body = xml.empty_configuration("VersioningConfiguration")
     parsed = boto_parse("GetBucketVersioning", body)
     assert parsed.keys() == {"ResponseMetadata"}
     root = ElementTree.fromstring(body)
