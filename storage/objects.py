@@ -2018,6 +2018,7 @@ class ObjectStore:
                 upload_id=upload_id,
                 part_sizes=tuple(p.size for p in chosen),
             )
+            await self._check_claim(cfg, key, upload_id, epoch)
             keep = True
             try:
                 old = await self._commit_object(cfg, raw_key, record, if_match, if_none_match)
@@ -2089,6 +2090,22 @@ class ObjectStore:
             if gone:  # aborted or its bucket deleted while claimed: the groups were collected
                 raise NoSuchUpload(f"upload {upload.upload_id!r} was aborted") from None
             raise
+
+    async def _check_claim(self, cfg: BucketConfig, key: str, upload_id: str, epoch: int) -> None:
+        """Raise unless the completion claim made at ``epoch`` is still the upload's newest.
+
+        Checked just before the commit: an attempt that stalled after reading its parts while
+        a retry completed, cleaned up and had its object deleted (the parts released) would
+        otherwise commit an object of released data. What is left is the commit's own
+        round: the registers of the upload and of the index change separately.
+
+        Raises:
+            NoSuchUpload: the upload was completed (by a retry) or aborted meanwhile.
+            Conflict: a retry of this completion claimed the upload since.
+        """
+        upload = await self._read_upload(cfg, key, upload_id)
+        if upload.claim_epoch != epoch:
+            raise Conflict(None, "a retry of this completion took it over")
 
     async def _committed_by(
         self, cfg: BucketConfig, raw_key: bytes, upload_id: str

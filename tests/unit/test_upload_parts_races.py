@@ -85,6 +85,7 @@ class Holds:
         self.rules: list[Hold] = []
         real_edit = fake.edit
         real_commit = store._commit_object
+        real_record = store._record_chunks
 
         async def edit(name: bytes, fn: Any, **kw: Any) -> Any:
             await self._maybe_wait(name)
@@ -94,8 +95,13 @@ class Holds:
             await self._maybe_wait(b"<commit>")
             return await real_commit(*args, **kw)
 
+        async def record(*args: Any, **kw: Any) -> Any:
+            await self._maybe_wait(b"<record>")
+            return await real_record(*args, **kw)
+
         fake.edit = edit  # type: ignore[method-assign,assignment]
         store._commit_object = commit  # type: ignore[method-assign]
+        store._record_chunks = record  # type: ignore[method-assign]
 
     async def _maybe_wait(self, name: bytes) -> None:
         for r in self.rules:
@@ -115,6 +121,10 @@ class Holds:
 
     def commit(self, who: str) -> Hold:
         return self.edit(who, lambda n: n == b"<commit>")
+
+    def record(self, who: str) -> Hold:
+        """Pause ``who`` once it read its parts, before it records the object's chunks."""
+        return self.edit(who, lambda n: n == b"<record>")
 
 
 async def run_as(who: str, results: dict[str, Any], fn: Any, *args: Any, **kw: Any) -> None:
@@ -584,3 +594,28 @@ async def test_a_drop_released_after_a_retry_recommitted(how: str, deferred: boo
             await until_done(res, "D")
     assert await fetch(store, "bkt", "mp") == payload(PART, 1) + payload(100, 2)
     assert set(fake.chunks) == await referenced(store, ["bkt"])
+
+
+# ---------------------------------------------------------------------------------------------
+# An attempt that read its parts, then stalled while its retry completed, cleaned up, and the
+# new object was deleted (its parts released): it must not commit an object of released data.
+
+
+async def test_an_attempt_stalled_past_its_retry_and_a_delete_commits_nothing() -> None:
+    fake, store, up, wanted = await _two_part_upload()
+    holds = Holds(fake, store)
+    a_record = holds.record("A")
+    res: dict[str, Any] = {}
+    complete = store.complete_multipart_upload
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(lambda: run_as("A", res, complete, "bkt", "mp", up, wanted))
+        await a_record.reached.wait()  # A claimed, closed the groups and read its parts
+        await run_as("B", res, complete, "bkt", "mp", up, wanted)  # the retry: done
+        assert not isinstance(res["B"], Exception), res["B"]
+        await store.delete_object("bkt", "mp")  # releases the parts
+        a_record.release()
+        await until_done(res, "A")
+    assert isinstance(res["A"], NoSuchUpload), res["A"]
+    assert not (await store.list_objects("bkt")).objects
+    assert set(fake.chunks) == await referenced(store, ["bkt"])  # no object names lost data
+    assert not [n for n in fake.live_registers() if n.startswith(b"s3/up/")]
