@@ -123,6 +123,7 @@ class GatewayAdmin:
         s3: the S3 front end, for its request counters (optional).
         kv_statistics: the key-value client's ``statistics`` (optional).
         sweeper_statistics: the stale-upload sweeper's ``statistics`` (optional).
+        lifecycle_statistics: the lifecycle worker's ``statistics`` (optional).
     """
 
     def __init__(
@@ -134,6 +135,7 @@ class GatewayAdmin:
         s3: S3App | None = None,
         kv_statistics: Callable[[], object] | None = None,
         sweeper_statistics: Callable[[], object] | None = None,
+        lifecycle_statistics: Callable[[], object] | None = None,
     ) -> None:
         self.objects = objects
         self.credentials = credentials
@@ -141,6 +143,7 @@ class GatewayAdmin:
         self.s3 = s3
         self.kv_statistics = kv_statistics
         self.sweeper_statistics = sweeper_statistics
+        self.lifecycle_statistics = lifecycle_statistics
 
     # -- HTTP edge ----------------------------------------------------------------------
 
@@ -257,6 +260,8 @@ class GatewayAdmin:
             sources.append(("kv_client", self.kv_statistics))
         if self.sweeper_statistics is not None:
             sources.append(("upload_sweeper", self.sweeper_statistics))
+        if self.lifecycle_statistics is not None:
+            sources.append(("lifecycle", self.lifecycle_statistics))
         return sources
 
     def metric_counters(self) -> list[LabelledCounter]:

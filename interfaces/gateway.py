@@ -16,6 +16,7 @@ import trio
 from dht.errors import CredentialError
 from dht.ids import Address
 from storage.kv_client import KVClient
+from storage.lifecycle_worker import LifecycleWorker
 from storage.objects import ObjectStore
 from storage.placement import OverlayPlacement
 from storage.policy import Redundancy
@@ -59,7 +60,8 @@ async def run_gateway(
 ) -> None:
     """Serve S3 from ``node`` until cancelled; report the :class:`Gateway` once listening.
 
-    Multipart uploads left unfinished for ``upload_expiry`` seconds are aborted. Requests for
+    Multipart uploads left unfinished for ``upload_expiry`` seconds are aborted, and buckets'
+    lifecycle rules are applied every hour (:class:`LifecycleWorker`). Requests for
     ``BUCKET.DOMAIN`` (``DOMAIN`` in ``domains``) use virtual-host addressing.
 
     Raises:
@@ -78,6 +80,7 @@ async def run_gateway(
         credentials = CredentialStore(client)
         app = S3App(objects, credentials, region=region, base_domains=domains)
         sweeper = UploadSweeper(objects, expiry=upload_expiry)
+        lifecycle = LifecycleWorker(objects)
         node.gateway = GatewayAdmin(
             objects,
             credentials,
@@ -85,12 +88,14 @@ async def run_gateway(
             s3=app,
             kv_statistics=client.statistics,
             sweeper_statistics=sweeper.statistics,
+            lifecycle_statistics=lifecycle.statistics,
         )
         try:
             bound = await nursery.start(serve_app, app, listen)
         except OSError as error:
             raise NodeStartError(f"cannot listen on {listen} (S3): {error.strerror}") from None
         await nursery.start(sweeper.run)
+        await nursery.start(lifecycle.run)
         task_status.started(Gateway(bound, objects, credentials, client))
 
 

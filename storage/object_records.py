@@ -28,6 +28,7 @@ import msgpack
 from .api import ChunkRef
 from .errors import Corrupt, InvalidArgument
 from .ids import BlockAddress
+from .lifecycle import LifecycleRule, pack_rules, unpack_rules
 from .policy import Redundancy
 
 FORMAT_VERSION = 1
@@ -350,8 +351,8 @@ class BucketConfig:
 
     ``index_id`` names this incarnation's registers: a bucket deleted and created again gets
     a fresh one, so leftovers of the old incarnation can never leak into the new. ``cors`` is
-    the bucket's CORS configuration and ``tags`` its tag set (``None``: none; entries written
-    before they existed have none).
+    the bucket's CORS configuration, ``tags`` its tag set and ``lifecycle`` its lifecycle
+    rules (``None``: none; entries written before they existed have none).
     """
 
     name: str
@@ -363,6 +364,7 @@ class BucketConfig:
     region: str | None = None
     cors: tuple[CorsRule, ...] | None = None
     tags: Mapping[str, str] | None = None
+    lifecycle: tuple[LifecycleRule, ...] | None = None
 
     def pack_entry(self) -> dict[str, object]:
         """The registry map value for this bucket."""
@@ -379,6 +381,8 @@ class BucketConfig:
             out["cr"] = [rule.pack() for rule in self.cors]
         if self.tags is not None:
             out["tg"] = dict(self.tags)
+        if self.lifecycle is not None:
+            out["lc"] = pack_rules(self.lifecycle)
         return out
 
     @classmethod
@@ -395,6 +399,7 @@ class BucketConfig:
                 region=obj.get("rg"),
                 cors=_unpack_cors(obj.get("cr")),
                 tags=_unpack_tags(obj.get("tg")),
+                lifecycle=unpack_rules(obj.get("lc")),
             )
         except (KeyError, TypeError, ValueError, InvalidArgument):
             raise Corrupt(f"malformed config of bucket {name!r}") from None

@@ -124,6 +124,7 @@ from .errors import (
     Unavailable,
 )
 from .hash_lane import HashLane
+from .lifecycle import LifecycleRule
 from .object_records import (
     PART_INLINE_CHUNKS,
     BucketConfig,
@@ -194,7 +195,8 @@ class _NoChange(Exception):
 @dataclass(frozen=True)
 class BucketInfo:
     """A bucket's configuration as the S3 layer needs it (``cors``: its CORS rules, ``None``
-    when it has no CORS configuration; ``tags``: its tag set, ``None`` when it has none)."""
+    when it has no CORS configuration; ``tags``: its tag set, ``None`` when it has none;
+    ``lifecycle``: its lifecycle rules, ``None`` when it has no lifecycle configuration)."""
 
     name: str
     owner: str
@@ -204,6 +206,7 @@ class BucketInfo:
     region: str | None = None
     cors: tuple[CorsRule, ...] | None = None
     tags: Mapping[str, str] | None = None
+    lifecycle: tuple[LifecycleRule, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -430,6 +433,7 @@ def _bucket_info(cfg: BucketConfig) -> BucketInfo:
         region=cfg.region,
         cors=cfg.cors,
         tags=cfg.tags,
+        lifecycle=cfg.lifecycle,
     )
 
 
@@ -1238,6 +1242,11 @@ class ObjectStore:
         """Replace the bucket's tag set (``None`` removes it). Raises ``NoSuchBucket``."""
         await self._change_bucket(name, tags=None if tags is None else dict(tags))
 
+    async def set_bucket_lifecycle(self, name: str, rules: Sequence[LifecycleRule] | None) -> None:
+        """Replace the bucket's lifecycle configuration (``None`` removes it). Raises
+        ``NoSuchBucket``."""
+        await self._change_bucket(name, lifecycle=None if rules is None else tuple(rules))
+
     async def _change_bucket(self, name: str, **changes: object) -> None:
         """Replace fields of the bucket's registry entry (``NoSuchBucket`` if none)."""
 
@@ -1257,6 +1266,13 @@ class ObjectStore:
         request costs no registry read while it is cached. Raises ``NoSuchBucket``."""
         cfg, _fresh = await self._object_bucket(name)
         return cfg.cors
+
+    async def lifecycle_rules(self, name: str) -> tuple[LifecycleRule, ...] | None:
+        """The bucket's lifecycle rules (``None``: no configuration), from a configuration up
+        to :data:`BUCKET_CACHE_SECONDS` old, as object operations use (so GET and HEAD can
+        tell an object's expiry at no cost while it is cached). Raises ``NoSuchBucket``."""
+        cfg, _fresh = await self._object_bucket(name)
+        return cfg.lifecycle
 
     async def delete_bucket(self, name: str) -> None:
         """Delete an empty bucket; multipart uploads still in progress are aborted.
@@ -1463,6 +1479,47 @@ class ObjectStore:
             return await self._delete(cfg, key, release_later)
 
         return await self._on_bucket(bucket, delete)
+
+    async def delete_object_if(
+        self,
+        bucket: str,
+        key: str,
+        condition: Callable[[ObjectInfo], bool],
+        *,
+        release_later: ReleaseLater | None = None,
+    ) -> bool:
+        """Delete the object at ``key`` only if ``condition`` holds for the object stored
+        there at the moment of the deletion; return whether it was deleted.
+
+        ``condition`` runs inside the index edit that deletes (so nothing written at the key
+        meanwhile can slip between the check and the deletion); it may run more than once
+        and must be pure. An absent key is not deleted (``False``).
+
+        Raises:
+            NoSuchBucket.
+        """
+        raw_key = _key_bytes(key)
+
+        def delete(current: bytes | None) -> None:
+            if current is None:
+                raise _NoChange
+            if not condition(_object_info(bucket, key, ObjectRecord.unpack(current))):
+                raise _NoChange
+            return None
+
+        async def run(cfg: BucketConfig) -> bool:
+            try:
+                old, _ = await self._index_update(cfg, raw_key, delete)
+            except _NoChange:
+                return False
+            if old is None:
+                return False
+            self._counts["objects_deleted"] += 1
+            record = ObjectRecord.unpack(old)
+            await self._release_record(cfg, raw_key, record, frozenset(), release_later)
+            return True
+
+        return await self._on_bucket(bucket, run)
 
     async def _delete(self, cfg: BucketConfig, key: str, later: ReleaseLater | None) -> bool:
         raw_key = _key_bytes(key)

@@ -28,11 +28,11 @@ from datetime import UTC, datetime
 import trio
 
 from .errors import Conflict, InvalidArgument, NoSuchBucket, NoSuchUpload, StorageError
-from .objects import ObjectStore
+from .objects import ObjectStore, UploadInfo
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SweepStatistics", "UploadSweeper", "sweep_interval"]
+__all__ = ["SweepStatistics", "UploadSweeper", "abort_uploads", "sweep_interval"]
 
 #: The longest time between two sweeps.
 MAX_INTERVAL = 6 * 3600.0
@@ -110,24 +110,8 @@ class UploadSweeper:
         return aborted
 
     async def _sweep_bucket(self, bucket: str, cutoff: datetime) -> int:
-        stale: list[tuple[str, str]] = []
-        key_marker: str | None = None
-        upload_marker: str | None = None
-        while True:
-            page = await self._objects.list_multipart_uploads(
-                bucket, key_marker=key_marker, upload_id_marker=upload_marker
-            )
-            stale += [(u.key, u.upload_id) for u in page.uploads if u.initiated < cutoff]
-            if not page.is_truncated:
-                break
-            key_marker, upload_marker = page.next_key_marker, page.next_upload_id_marker
-        aborted = 0
-        for key, upload_id in stale:
-            try:
-                await self._objects.abort_multipart_upload(bucket, key, upload_id)
-            except (NoSuchUpload, Conflict):
-                continue  # another gateway was first, or a completion is under way
-            aborted += 1
+        aborted = await abort_uploads(self._objects, bucket, lambda u: u.initiated < cutoff)
+        for key, upload_id in aborted:
             self._aborted += 1
             logger.info(
                 "upload sweep: aborted upload %s of %s/%s (unfinished for over %.0f s)",
@@ -136,4 +120,35 @@ class UploadSweeper:
                 key,
                 self._expiry,
             )
-        return aborted
+        return len(aborted)
+
+
+async def abort_uploads(
+    objects: ObjectStore, bucket: str, stale: Callable[[UploadInfo], bool]
+) -> list[tuple[str, str]]:
+    """Abort the uploads in progress in ``bucket`` that ``stale`` picks; return the
+    ``(key, upload id)`` of those this call aborted.
+
+    Uploads are listed first (every page), then aborted one by one. An abort that lost a race
+    (``NoSuchUpload``: another gateway was first) or meets a completion under way
+    (``Conflict``) is skipped; other storage errors propagate.
+    """
+    picked: list[tuple[str, str]] = []
+    key_marker: str | None = None
+    upload_marker: str | None = None
+    while True:
+        page = await objects.list_multipart_uploads(
+            bucket, key_marker=key_marker, upload_id_marker=upload_marker
+        )
+        picked += [(u.key, u.upload_id) for u in page.uploads if stale(u)]
+        if not page.is_truncated:
+            break
+        key_marker, upload_marker = page.next_key_marker, page.next_upload_id_marker
+    aborted = []
+    for key, upload_id in picked:
+        try:
+            await objects.abort_multipart_upload(bucket, key, upload_id)
+        except (NoSuchUpload, Conflict):
+            continue
+        aborted.append((key, upload_id))
+    return aborted

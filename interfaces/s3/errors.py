@@ -116,6 +116,7 @@ ERROR_TABLE: Mapping[str, tuple[int, str]] = MappingProxyType(
         "NoSuchBucketPolicy": (404, "The bucket policy does not exist"),
         "NoSuchCORSConfiguration": (404, "The CORS configuration does not exist"),
         "NoSuchKey": (404, "The specified key does not exist."),
+        "NoSuchLifecycleConfiguration": (404, "The lifecycle configuration does not exist"),
         "NoSuchPublicAccessBlockConfiguration": (
             404,
             "The public access block configuration was not found",
@@ -252,6 +253,7 @@ NAMED_BY: Mapping[str, str] = MappingProxyType(
         "NoSuchBucket": "BucketName",
         "NoSuchCORSConfiguration": "BucketName",
         "NoSuchKey": "Key",
+        "NoSuchLifecycleConfiguration": "BucketName",
         "NoSuchTagSet": "BucketName",
         "NoSuchUpload": "UploadId",
     }

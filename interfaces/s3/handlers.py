@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TypedDict
 from urllib.parse import quote, unquote_plus
 
 from storage import errors as storage_errors
+from storage.lifecycle import object_expiry
 from storage.object_records import CANNED_ACLS
 from storage.objects import NULL_VERSION, ObjectInfo, ObjectReader
 from storage.policy import Redundancy
@@ -30,6 +32,8 @@ from .etag import ChecksumClaim, check_content_md5, parse_content_md5, quote_eta
 from .names import validate_bucket_name
 from .ranges import ByteRange, parse_copy_source_range, parse_range
 from .router import CopySource, Op
+
+logger = logging.getLogger(__name__)
 
 Handler = Callable[[S3App, Request], Awaitable[Response]]
 
@@ -276,6 +280,28 @@ def _object_headers(info: ObjectInfo) -> list[tuple[str, str]]:
     if info.tags:
         headers.append(("x-amz-tagging-count", str(len(info.tags))))
     return headers
+
+
+async def _expiration_headers(app: S3App, bucket: str, info: ObjectInfo) -> list[tuple[str, str]]:
+    """``x-amz-expiration`` when a lifecycle rule of the bucket expires the object; none if
+    the bucket's rules cannot be read now (gone, no quorum): the operation itself succeeded
+    and must not fail for want of an informative header."""
+    try:
+        rules = await app.objects.lifecycle_rules(bucket)
+    except storage_errors.StorageError as exc:
+        logger.info(
+            "%s/%s: no x-amz-expiration (bucket rules unreadable: %s)", bucket, info.key, exc
+        )
+        return []
+    found = None
+    if rules:
+        found = object_expiry(
+            rules, key=info.key, size=info.size, tags=info.tags, last_modified=info.last_modified
+        )
+    if found is None:
+        return []
+    value = f'expiry-date="{format_http_date(found.date)}", rule-id="{found.rule_id}"'
+    return [("x-amz-expiration", value)]
 
 
 def _check_copy_size(size: int) -> None:
@@ -566,7 +592,8 @@ async def put_object(app: S3App, req: Request) -> Response:
         checksum=functools.partial(_verified_checksum, req),
         **content,
     )
-    return Response(200, [("etag", quote_etag(info.etag)), *_checksum_headers(req)])
+    expiration = await _expiration_headers(app, req.bucket, info)
+    return Response(200, [("etag", quote_etag(info.etag)), *_checksum_headers(req), *expiration])
 
 
 async def _open_readable(app: S3App, req: Request) -> ObjectReader:
@@ -701,7 +728,8 @@ async def get_object(app: S3App, req: Request) -> Response:
             return 0
         return await reader.send_to(sink, plan.start, plan.end)
 
-    return Response(plan.status, plan.headers, stream=stream, length=plan.length)
+    headers = plan.headers + await _expiration_headers(app, req.bucket, reader.info)
+    return Response(plan.status, headers, stream=stream, length=plan.length)
 
 
 async def head_object(app: S3App, req: Request) -> Response:
@@ -715,7 +743,8 @@ async def head_object(app: S3App, req: Request) -> Response:
     async def nothing(_sink: Sink) -> int:
         return 0
 
-    return Response(plan.status, plan.headers, stream=nothing, length=plan.length)
+    headers = plan.headers + await _expiration_headers(app, req.bucket, reader.info)
+    return Response(plan.status, headers, stream=nothing, length=plan.length)
 
 
 async def delete_object(app: S3App, req: Request) -> Response:
@@ -1017,6 +1046,33 @@ async def delete_bucket_cors(app: S3App, req: Request) -> Response:
     return Response(204)
 
 
+# -- lifecycle ------------------------------------------------------------------------------
+
+
+async def put_bucket_lifecycle(app: S3App, req: Request) -> Response:
+    """PutBucketLifecycleConfiguration: replace the bucket's lifecycle rules (up to 1000, a
+    body of up to 64 KiB)."""
+    body = await _checked_body(req, xml.MAX_LIFECYCLE_XML_BYTES)
+    rules = xml.parse_lifecycle_configuration(body)
+    await app.objects.set_bucket_lifecycle(req.bucket, rules)
+    return Response(200)
+
+
+async def get_bucket_lifecycle(app: S3App, req: Request) -> Response:
+    """GetBucketLifecycleConfiguration: the rules as stored (``NoSuchLifecycleConfiguration``
+    if there are none)."""
+    info = await app.objects.head_bucket(req.bucket)
+    if info.lifecycle is None:
+        raise S3Error("NoSuchLifecycleConfiguration", extra={"BucketName": req.bucket})
+    return xml_response(xml.lifecycle_configuration(info.lifecycle))
+
+
+async def delete_bucket_lifecycle(app: S3App, req: Request) -> Response:
+    """DeleteBucketLifecycle (a bucket without rules is fine)."""
+    await app.objects.set_bucket_lifecycle(req.bucket, None)
+    return Response(204)
+
+
 async def cors_preflight(app: S3App, req: Request) -> Response:
     """A CORS preflight (OPTIONS on a bucket or an object), unsigned: 200 with the
     ``Access-Control-*`` headers of the first rule that allows the request, else 403
@@ -1248,6 +1304,9 @@ _OPERATIONS: Mapping[Op, Handler] = {
     Op.GET_BUCKET_CORS: get_bucket_cors,
     Op.PUT_BUCKET_CORS: put_bucket_cors,
     Op.DELETE_BUCKET_CORS: delete_bucket_cors,
+    Op.GET_BUCKET_LIFECYCLE: get_bucket_lifecycle,
+    Op.PUT_BUCKET_LIFECYCLE: put_bucket_lifecycle,
+    Op.DELETE_BUCKET_LIFECYCLE: delete_bucket_lifecycle,
     Op.GET_BUCKET_TAGGING: get_bucket_tagging,
     Op.PUT_BUCKET_TAGGING: put_bucket_tagging,
     Op.DELETE_BUCKET_TAGGING: delete_bucket_tagging,

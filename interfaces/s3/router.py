@@ -15,11 +15,11 @@ against the S3 API reference's request syntax for every supported operation.
    object level. ``/bucket/`` is bucket level.
 3. **Sub-resources.** Query parameters that select an operation (``uploads``, ``uploadId``,
    ``location``, ``versions``, ``list-type``, ``delete``, ``acl``, ``cors``, ``tagging``,
-   ``versioning`` for GET, ``partNumber`` for PUT) decide the endpoint together with the
-   method: ``acl`` is GET or PUT only (``DELETE /bucket?acl`` is ``MethodNotAllowed``, never a
-   deletion), ``cors`` GET, PUT or DELETE (``DELETE /bucket?cors`` is DeleteBucketCors, never
-   DeleteBucket), and ``tagging`` GET, PUT or DELETE on a bucket or an object
-   (``DELETE /bucket?tagging`` is DeleteBucketTagging, ``DELETE /bucket/key?tagging``
+   ``lifecycle``, ``versioning`` for GET, ``partNumber`` for PUT) decide the endpoint together
+   with the method: ``acl`` is GET or PUT only (``DELETE /bucket?acl`` is ``MethodNotAllowed``,
+   never a deletion), ``cors`` and ``lifecycle`` GET, PUT or DELETE (``DELETE /bucket?cors`` is
+   DeleteBucketCors, never DeleteBucket), and ``tagging`` GET, PUT or DELETE on a bucket or
+   an object (``DELETE /bucket?tagging`` is DeleteBucketTagging, ``DELETE /bucket/key?tagging``
    DeleteObjectTagging: never a deletion). Configurations Ballast does not keep
    (``policy``, ``encryption``, ``website``, …) route for GET (answered as S3 answers a
    bucket where they were never set) and, where S3 has one, DELETE (nothing to remove).
@@ -67,6 +67,9 @@ class Op(enum.Enum):
     GET_BUCKET_CORS = "GetBucketCors"
     PUT_BUCKET_CORS = "PutBucketCors"
     DELETE_BUCKET_CORS = "DeleteBucketCors"
+    GET_BUCKET_LIFECYCLE = "GetBucketLifecycleConfiguration"
+    PUT_BUCKET_LIFECYCLE = "PutBucketLifecycleConfiguration"
+    DELETE_BUCKET_LIFECYCLE = "DeleteBucketLifecycle"
     GET_BUCKET_TAGGING = "GetBucketTagging"
     PUT_BUCKET_TAGGING = "PutBucketTagging"
     DELETE_BUCKET_TAGGING = "DeleteBucketTagging"
@@ -197,7 +200,6 @@ BUCKET_UNSUPPORTED = frozenset(
         "encryption",
         "intelligent-tiering",
         "inventory",
-        "lifecycle",
         "logging",
         "metadataConfiguration",
         "metadataTable",
@@ -217,7 +219,14 @@ BUCKET_UNSUPPORTED = frozenset(
 )
 #: Sub-resources of buckets only: on an object's path they are refused, never taken for an
 #: argument of an object operation.
-BUCKET_ONLY = BUCKET_UNSUPPORTED | {"cors", "delete", "list-type", "location", "versions"}
+BUCKET_ONLY = BUCKET_UNSUPPORTED | {
+    "cors",
+    "delete",
+    "lifecycle",
+    "list-type",
+    "location",
+    "versions",
+}
 #: Object sub-resources S3 defines that we do not implement.
 OBJECT_UNSUPPORTED = frozenset(
     {
@@ -397,6 +406,11 @@ _BUCKET_CONFIG_OPS: dict[str, dict[str, Op]] = {
         "GET": Op.GET_BUCKET_CORS,
         "PUT": Op.PUT_BUCKET_CORS,
         "DELETE": Op.DELETE_BUCKET_CORS,
+    },
+    "lifecycle": {
+        "GET": Op.GET_BUCKET_LIFECYCLE,
+        "PUT": Op.PUT_BUCKET_LIFECYCLE,
+        "DELETE": Op.DELETE_BUCKET_LIFECYCLE,
     },
     "tagging": {
         "GET": Op.GET_BUCKET_TAGGING,

@@ -24,6 +24,16 @@ from types import MappingProxyType
 from urllib.parse import quote
 from xml.parsers import expat
 
+from storage.lifecycle import (
+    MAX_RULE_ID,
+    MAX_RULES,
+    Expiration,
+    FilterForm,
+    LifecycleFilter,
+    LifecycleRule,
+    NoncurrentVersionExpiration,
+    new_rule_id,
+)
 from storage.object_records import CorsRule
 
 from .errors import S3Error
@@ -52,6 +62,8 @@ MAX_TAG_KEY = 128
 MAX_TAG_VALUE = 256
 #: Largest Tagging body: 50 tags of 128 + 256 characters, each escaped as a reference.
 MAX_TAGGING_XML_BYTES = 256 * 1024
+#: Largest PutBucketLifecycleConfiguration body (as for CORS).
+MAX_LIFECYCLE_XML_BYTES = 64 * 1024
 _MAX_DEPTH = 8
 _MAX_ELEMENTS = 100_000
 
@@ -501,6 +513,60 @@ def cors_configuration(rules: Iterable[CorsRule]) -> bytes:
             + "</CORSRule>"
         )
     return _doc("CORSConfiguration", items)
+
+
+def _lifecycle_filter(f: LifecycleFilter) -> str:
+    if f.form is FilterForm.LEGACY_PREFIX:
+        return f"<Prefix>{escape(f.prefix or '')}</Prefix>"
+    tags = "".join(
+        "<Tag>" + _tag("Key", k) + f"<Value>{escape(v)}</Value></Tag>" for k, v in f.tags
+    )
+    predicates = (
+        ("" if f.prefix is None else f"<Prefix>{escape(f.prefix)}</Prefix>")
+        + tags
+        + _tag("ObjectSizeGreaterThan", f.size_greater_than)
+        + _tag("ObjectSizeLessThan", f.size_less_than)
+    )
+    if f.form is FilterForm.AND:
+        predicates = f"<And>{predicates}</And>"
+    return f"<Filter>{predicates}</Filter>"
+
+
+def lifecycle_configuration(rules: Iterable[LifecycleRule]) -> bytes:
+    """The LifecycleConfiguration body of GetBucketLifecycleConfiguration (elements in the
+    order of S3's model; dates as ISO 8601)."""
+    items = []
+    for rule in rules:
+        parts = ["<Rule>"]
+        e = rule.expiration
+        if e is not None:
+            parts.append(
+                "<Expiration>"
+                + ("" if e.date is None else _tag("Date", iso8601(e.date)))
+                + _tag("Days", e.days)
+                + _tag("ExpiredObjectDeleteMarker", e.expired_object_delete_marker)
+                + "</Expiration>"
+            )
+        parts.append(_tag("ID", rule.id))
+        parts.append(_lifecycle_filter(rule.filter))
+        parts.append(_tag("Status", "Enabled" if rule.enabled else "Disabled"))
+        nc = rule.noncurrent_expiration
+        if nc is not None:
+            parts.append(
+                "<NoncurrentVersionExpiration>"
+                + _tag("NoncurrentDays", nc.noncurrent_days)
+                + _tag("NewerNoncurrentVersions", nc.newer_noncurrent_versions)
+                + "</NoncurrentVersionExpiration>"
+            )
+        if rule.abort_upload_days is not None:
+            parts.append(
+                "<AbortIncompleteMultipartUpload>"
+                + _tag("DaysAfterInitiation", rule.abort_upload_days)
+                + "</AbortIncompleteMultipartUpload>"
+            )
+        parts.append("</Rule>")
+        items.append("".join(parts))
+    return _doc("LifecycleConfiguration", items)
 
 
 def tagging(tags: Mapping[str, str]) -> bytes:
@@ -1041,3 +1107,266 @@ def parse_tagging(body: bytes, *, bucket: bool = False) -> dict[str, str]:
     if root.tag != "Tagging" or [c.tag for c in root.children] != ["TagSet"]:
         raise S3Error("MalformedXML")
     return check_tags([_parse_tag(node) for node in root.children[0].children], bucket=bucket)
+
+
+# -- lifecycle ------------------------------------------------------------------------------
+
+_RULE_ELEMENTS = frozenset(
+    {
+        "ID",
+        "Status",
+        "Filter",
+        "Prefix",
+        "Expiration",
+        "Transition",
+        "NoncurrentVersionTransition",
+        "NoncurrentVersionExpiration",
+        "AbortIncompleteMultipartUpload",
+    }
+)
+_FILTER_ELEMENTS = frozenset(
+    {"Prefix", "Tag", "ObjectSizeGreaterThan", "ObjectSizeLessThan", "And"}
+)
+_AND_ELEMENTS = frozenset({"Prefix", "Tag", "ObjectSizeGreaterThan", "ObjectSizeLessThan"})
+#: Largest values of S3's ``Integer`` and ``Long`` fields.
+_MAX_INTEGER = 2**31 - 1
+_MAX_LONG = 2**63 - 1
+
+
+def _malformed() -> S3Error:
+    return S3Error("MalformedXML")
+
+
+def _children(node: XmlNode, allowed: frozenset[str]) -> None:
+    """Refuse (``MalformedXML``) a child of ``node`` not in ``allowed``."""
+    if {c.tag for c in node.children} - allowed:
+        raise _malformed()
+
+
+def _text(node: XmlNode) -> str:
+    """The text of an element that must hold only text (``MalformedXML`` otherwise)."""
+    if node.children:
+        raise _malformed()
+    return node.value()
+
+
+def _integer(node: XmlNode, maximum: int) -> int:
+    """An integer element (``MalformedXML`` if it is none, or beyond ``maximum``)."""
+    text = _text(node).strip()
+    digits = text.removeprefix("-")
+    if not (digits.isascii() and digits.isdigit()) or len(digits) > 19:
+        raise _malformed()
+    value = int(text)
+    if abs(value) > maximum:
+        raise _malformed()
+    return value
+
+
+def _positive(node: XmlNode, message: str) -> int:
+    value = _integer(node, _MAX_INTEGER)
+    if value <= 0:
+        raise S3Error("InvalidArgument", message)
+    return value
+
+
+def _lifecycle_date(node: XmlNode) -> datetime:
+    """An ``Expiration`` ``Date``: ISO 8601, at midnight UTC."""
+    text = _text(node).strip()
+    if not text or not text[0].isdigit():
+        raise _malformed()
+    try:
+        when = datetime.fromisoformat(text)
+        when = when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+    except (ValueError, OverflowError):
+        raise _malformed() from None
+    if (when.hour, when.minute, when.second, when.microsecond) != (0, 0, 0, 0):
+        raise S3Error("InvalidArgument", "'Date' must be at midnight GMT")
+    return when
+
+
+def _filter_tags(nodes: Sequence[XmlNode]) -> tuple[tuple[str, str], ...]:
+    pairs = [_parse_tag(node) for node in nodes]
+    if len({k for k, _ in pairs}) != len(pairs):
+        raise S3Error("InvalidRequest", "Duplicate Tag Keys are not allowed.")
+    check_tags(pairs, bucket=True)
+    return tuple(pairs)
+
+
+def _predicates(node: XmlNode, form: FilterForm) -> LifecycleFilter:
+    """The predicates directly under ``node`` (a ``Filter`` or an ``And``)."""
+    prefix, greater, less = node.find("Prefix"), None, None
+    found = node.find("ObjectSizeGreaterThan")
+    if found is not None:
+        greater = _integer(found, _MAX_LONG)
+    found = node.find("ObjectSizeLessThan")
+    if found is not None:
+        less = _integer(found, _MAX_LONG)
+    if greater is not None and greater < 0:
+        raise S3Error("InvalidRequest", "'ObjectSizeGreaterThan' should not be negative")
+    if less is not None and less <= 0:
+        raise S3Error("InvalidRequest", "'ObjectSizeLessThan' must be a positive integer")
+    if greater is not None and less is not None and greater >= less:
+        raise S3Error(
+            "InvalidRequest",
+            f"Invalid filter: ObjectSizeLessThan ({less}) must be greater than "
+            f"ObjectSizeGreaterThan ({greater})",
+        )
+    return LifecycleFilter(
+        prefix=None if prefix is None else _text(prefix),
+        tags=_filter_tags(node.find_all("Tag")),
+        size_greater_than=greater,
+        size_less_than=less,
+        form=form,
+    )
+
+
+def _lifecycle_filter_of(rule: XmlNode) -> LifecycleFilter:
+    legacy, node = rule.find("Prefix"), rule.find("Filter")
+    if (legacy is None) == (node is None):  # S3 wants exactly one of the two
+        raise _malformed()
+    if legacy is not None:
+        return LifecycleFilter(prefix=_text(legacy), form=FilterForm.LEGACY_PREFIX)
+    assert node is not None
+    _children(node, _FILTER_ELEMENTS)
+    if len(node.children) > 1:  # several predicates go in an And
+        raise _malformed()
+    conjunction = node.find("And")
+    if conjunction is None:
+        return _predicates(node, FilterForm.FILTER)
+    _children(conjunction, _AND_ELEMENTS)
+    return _predicates(conjunction, FilterForm.AND)
+
+
+def _expiration(node: XmlNode) -> Expiration:
+    _children(node, frozenset({"Days", "Date", "ExpiredObjectDeleteMarker"}))
+    days, date = node.find("Days"), node.find("Date")
+    marker = node.find("ExpiredObjectDeleteMarker")
+    if days is not None and date is not None:
+        raise _malformed()
+    if marker is not None and (days is not None or date is not None):
+        raise S3Error(
+            "InvalidRequest",
+            "ExpiredObjectDeleteMarker cannot be specified with Days or Date in a Lifecycle "
+            "Expiration Policy.",
+        )
+    if days is not None:
+        return Expiration(
+            days=_positive(days, "'Days' for Expiration action must be a positive integer")
+        )
+    if date is not None:
+        return Expiration(date=_lifecycle_date(date))
+    if marker is None:
+        raise _malformed()
+    text = _text(marker).strip()
+    if text not in ("true", "false"):
+        raise _malformed()
+    return Expiration(expired_object_delete_marker=text == "true")
+
+
+def _noncurrent_expiration(node: XmlNode) -> NoncurrentVersionExpiration:
+    _children(node, frozenset({"NoncurrentDays", "NewerNoncurrentVersions"}))
+    days, newer = node.find("NoncurrentDays"), node.find("NewerNoncurrentVersions")
+    if days is None:
+        raise _malformed()
+    return NoncurrentVersionExpiration(
+        _positive(
+            days,
+            "'NoncurrentDays' for NoncurrentVersionExpiration action must be a positive integer",
+        ),
+        None
+        if newer is None
+        else _positive(newer, "'NewerNoncurrentVersions' must be a positive integer"),
+    )
+
+
+def _abort_days(node: XmlNode) -> int:
+    _children(node, frozenset({"DaysAfterInitiation"}))
+    days = node.find("DaysAfterInitiation")
+    if days is None:
+        raise _malformed()
+    return _positive(
+        days,
+        "'DaysAfterInitiation' for AbortIncompleteMultipartUpload action must be a "
+        "positive integer",
+    )
+
+
+def _parse_lifecycle_rule(node: XmlNode) -> LifecycleRule:
+    if node.tag != "Rule":
+        raise _malformed()
+    _children(node, _RULE_ELEMENTS)
+    for name in ("Transition", "NoncurrentVersionTransition"):
+        if node.find_all(name):
+            raise S3Error(
+                "NotImplemented",
+                f"{name} is not implemented: there are no storage classes to move objects to",
+            )
+    id_node, status = node.find("ID"), node.find("Status")
+    rule_id = None if id_node is None else _text(id_node)
+    if rule_id is not None and len(rule_id) > MAX_RULE_ID:
+        raise S3Error(
+            "InvalidArgument", f"ID length should not exceed allowed limit of {MAX_RULE_ID}"
+        )
+    if status is None or _text(status) not in ("Enabled", "Disabled"):
+        raise _malformed()
+    rule_filter = _lifecycle_filter_of(node)
+    expiration_node = node.find("Expiration")
+    noncurrent_node = node.find("NoncurrentVersionExpiration")
+    abort_node = node.find("AbortIncompleteMultipartUpload")
+    if expiration_node is None and noncurrent_node is None and abort_node is None:
+        raise S3Error("InvalidRequest", "At least one action needs to be specified in a rule")
+    expiration = None if expiration_node is None else _expiration(expiration_node)
+    abort_days = None if abort_node is None else _abort_days(abort_node)
+    if abort_days is not None and (rule_filter.tags or rule_filter.has_size):
+        raise S3Error(
+            "InvalidRequest",
+            "AbortIncompleteMultipartUpload cannot be specified with Tags or object size filters.",
+        )
+    if (
+        expiration is not None
+        and expiration.expired_object_delete_marker is not None
+        and rule_filter.tags
+    ):
+        raise S3Error("InvalidRequest", "ExpiredObjectDeleteMarker cannot be specified with Tags.")
+    return LifecycleRule(
+        id=rule_id or new_rule_id(),
+        enabled=_text(status) == "Enabled",
+        filter=rule_filter,
+        expiration=expiration,
+        abort_upload_days=abort_days,
+        noncurrent_expiration=None
+        if noncurrent_node is None
+        else _noncurrent_expiration(noncurrent_node),
+    )
+
+
+def parse_lifecycle_configuration(body: bytes) -> tuple[LifecycleRule, ...]:
+    """The rules of a PutBucketLifecycleConfiguration body, in order (a rule without an
+    ``ID`` gets a random one).
+
+    Raises:
+        S3Error: ``MalformedXML`` (not a LifecycleConfiguration of rules, each with a
+            ``Status`` and exactly one of ``Filter`` and ``Prefix``; an ``Expiration`` with
+            none or both of ``Days`` and ``Date``; a filter of several predicates outside an
+            ``And``; a number or date that is none); ``InvalidArgument`` (a ``Days`` or
+            ``DaysAfterInitiation`` not positive, a ``Date`` not at midnight UTC, an ``ID``
+            longer than 255 characters, two rules with one ``ID``); ``InvalidRequest`` (more
+            than :data:`~storage.lifecycle.MAX_RULES` rules, a rule without action,
+            ``AbortIncompleteMultipartUpload`` with a tag or size filter, bad size bounds,
+            repeated tag keys, a body above :data:`MAX_LIFECYCLE_XML_BYTES`); ``InvalidTag``;
+            ``NotImplemented`` (``Transition``, ``NoncurrentVersionTransition``).
+    """
+    root = parse_xml(body, max_bytes=MAX_LIFECYCLE_XML_BYTES)
+    if root.tag != "LifecycleConfiguration" or not root.children:
+        raise _malformed()
+    if len(root.children) > MAX_RULES:
+        raise S3Error(
+            "InvalidRequest",
+            f"The number of lifecycle rules should not exceed allowed limit of {MAX_RULES} rules",
+        )
+    rules = tuple(_parse_lifecycle_rule(node) for node in root.children)
+    if len({rule.id for rule in rules}) != len(rules):
+        raise S3Error(
+            "InvalidArgument", "Rule ID must be unique. Found same ID for more than one rule"
+        )
+    return rules

@@ -139,7 +139,8 @@ ROWS: list[Row] = [
     R("PUT s3.amazonaws.com/examplebucket?encryption", Op.UNSUPPORTED, "examplebucket", None, subresource="encryption"),
     R("DELETE s3.amazonaws.com/examplebucket?logging", Op.UNSUPPORTED, "examplebucket", None, subresource="logging"),
     R("DELETE s3.amazonaws.com/examplebucket?tagging&versioning", Op.UNSUPPORTED, "examplebucket", None, subresource="versioning"),
-    R("GET s3.amazonaws.com/examplebucket?lifecycle", Op.UNSUPPORTED, "examplebucket", None, subresource="lifecycle"),
+    R("GET s3.amazonaws.com/examplebucket?inventory&id=x", Op.UNSUPPORTED, "examplebucket", None, subresource="inventory"),
+    R("PUT s3.amazonaws.com/examplebucket?lifecycle&policy", Op.UNSUPPORTED, "examplebucket", None, subresource="policy"),
     R("GET s3.amazonaws.com/examplebucket/k?tagging&torrent", Op.UNSUPPORTED, "examplebucket", "k", subresource="torrent"),
     R("POST s3.amazonaws.com/examplebucket/k?restore", Op.UNSUPPORTED, "examplebucket", "k", subresource="restore"),
     R("POST s3.amazonaws.com/examplebucket/k?select&select-type=2", Op.UNSUPPORTED, "examplebucket", "k", subresource="select"),
@@ -179,6 +180,16 @@ ROWS: list[Row] = [
     R("OPTIONS s3.amazonaws.com/examplebucket/k?partNumber=0&uploadId=", Op.CORS_PREFLIGHT, "examplebucket", "k"),
     R("OPTIONS s3.amazonaws.com/examplebucket/k?tagging", Op.CORS_PREFLIGHT, "examplebucket", "k"),
     R("OPTIONS s3.amazonaws.com/examplebucket?cors", Op.CORS_PREFLIGHT, "examplebucket", None),
+    # lifecycle
+    R("GET s3.amazonaws.com/examplebucket?lifecycle", Op.GET_BUCKET_LIFECYCLE, "examplebucket", None),
+    R("GET examplebucket.s3.amazonaws.com/?lifecycle=", Op.GET_BUCKET_LIFECYCLE, "examplebucket", None, virtual_host=True),
+    R("PUT s3.amazonaws.com/examplebucket?lifecycle", Op.PUT_BUCKET_LIFECYCLE, "examplebucket", None),
+    R("PUT examplebucket.s3.amazonaws.com/?lifecycle", Op.PUT_BUCKET_LIFECYCLE, "examplebucket", None, virtual_host=True),
+    R("DELETE s3.amazonaws.com/examplebucket?lifecycle", Op.DELETE_BUCKET_LIFECYCLE, "examplebucket", None),
+    R("DELETE s3.amazonaws.com/examplebucket/?lifecycle=&x-id=DeleteBucketLifecycle", Op.DELETE_BUCKET_LIFECYCLE, "examplebucket", None),
+    R("DELETE examplebucket.s3.amazonaws.com/?lifecycle", Op.DELETE_BUCKET_LIFECYCLE, "examplebucket", None, virtual_host=True),
+    R("DELETE s3.amazonaws.com/examplebucket?lifecycle&tagging", Op.DELETE_BUCKET_LIFECYCLE, "examplebucket", None),
+    R("OPTIONS s3.amazonaws.com/examplebucket?lifecycle", Op.CORS_PREFLIGHT, "examplebucket", None),
 ]
 # fmt: on
 
@@ -249,6 +260,10 @@ def test_without_base_domains_everything_is_path_style() -> None:
         ("HEAD", "/b", "cors", {}, "MethodNotAllowed"),
         ("POST", "/b", "cors", {}, "MethodNotAllowed"),
         ("DELETE", "/b", "acl&cors", {}, "MethodNotAllowed"),
+        ("HEAD", "/b", "lifecycle", {}, "MethodNotAllowed"),
+        ("POST", "/b", "lifecycle", {}, "MethodNotAllowed"),
+        ("PATCH", "/b", "lifecycle", {}, "MethodNotAllowed"),
+        ("DELETE", "/b", "acl&lifecycle", {}, "MethodNotAllowed"),
         ("HEAD", "/b", "tagging", {}, "MethodNotAllowed"),
         ("POST", "/b", "tagging", {}, "MethodNotAllowed"),
         ("PATCH", "/b", "tagging", {}, "MethodNotAllowed"),
@@ -295,6 +310,21 @@ def test_route_errors(
 def test_delete_cors_never_deletes_the_bucket(path: str, query: str, host: str) -> None:
     e = route("DELETE", path, query, Headers([("host", host)]), base_domains=BASES)
     assert (e.op, e.bucket, e.key) == (Op.DELETE_BUCKET_CORS, "b", None)
+
+
+@pytest.mark.parametrize(
+    ("path", "query", "host"),
+    [
+        ("/b", "lifecycle", "localhost"),
+        ("/b/", "lifecycle=", "localhost"),
+        ("/b", "lifecycle=anything", "localhost"),
+        ("/b", "x-id=DeleteBucket&lifecycle", "localhost"),
+        ("/", "lifecycle", "b.s3.amazonaws.com"),
+    ],
+)
+def test_delete_lifecycle_never_deletes_the_bucket(path: str, query: str, host: str) -> None:
+    e = route("DELETE", path, query, Headers([("host", host)]), base_domains=BASES)
+    assert (e.op, e.bucket, e.key) == (Op.DELETE_BUCKET_LIFECYCLE, "b", None)
 
 
 @pytest.mark.parametrize(
