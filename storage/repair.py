@@ -7,7 +7,9 @@ node looks after what it holds, in *passes*, and the placement rule of
 :mod:`storage.repair_plan` says what full redundancy means for each block.
 
 A pass (every ``scan_interval`` seconds, and soon after any membership change: a join, an
-eviction, a member starting to drain):
+eviction, a member starting to drain; on a node holding so much that a pass is long, a pass
+that found nothing to do is followed by an idle wait of at least ``1 / max_duty - 1`` times
+its duration, so such passes take at most ``max_duty`` of the node's time):
 
 1. **Chunks.** The node pages through its silo. For each block address it asks, in one
    batched ``repair.holdings`` call per node, the block's targets, a window of the next
@@ -170,6 +172,8 @@ class RepairConfig:
 
     Attributes:
         scan_interval: time between passes when nothing changes.
+        max_duty: most of the time that passes finding nothing to do may take (a pass costs
+            tens of microseconds per block held: at a million blocks, ~45 s).
         settle_delay: wait after a membership change before the next pass (changes often come
             in bursts).
         bandwidth: most bytes per second this node sends for repair.
@@ -184,6 +188,7 @@ class RepairConfig:
     """
 
     scan_interval: float = 30.0
+    max_duty: float = 0.05
     settle_delay: float = 1.0
     bandwidth: float = 64 * 1024 * 1024
     parallel: int = 4
@@ -208,11 +213,19 @@ class RepairConfig:
                 raise InvalidArgument(f"{name} must be a positive number")
         if self.settle_delay < 0:
             raise InvalidArgument("settle_delay must not be negative")
+        if not (isinstance(self.max_duty, int | float) and 0 < self.max_duty <= 1):
+            raise InvalidArgument("max_duty must be in (0, 1]")
         for name in ("parallel", "page"):
             if getattr(self, name) < 1:
                 raise InvalidArgument(f"{name} must be positive")
         if self.window < 0:
             raise InvalidArgument("window must not be negative")
+
+    def idle_wait(self, pass_seconds: float) -> float:
+        """How long to wait, unless woken, after a pass of ``pass_seconds`` that found
+        nothing to do: ``scan_interval``, or longer so that passes take at most
+        ``max_duty`` of the time."""
+        return max(self.scan_interval, pass_seconds * (1 / self.max_duty - 1))
 
 
 @dataclass(frozen=True)
@@ -411,7 +424,7 @@ class RepairService:
                 if busy:
                     await trio.sleep(self.config.settle_delay)
                     continue
-                with trio.move_on_after(self.config.scan_interval):
+                with trio.move_on_after(self.config.idle_wait(self._n.last_pass_seconds)):
                     await self._wake.wait()
                     await trio.sleep(self.config.settle_delay)
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 from dht.errors import RemoteError
 from dht.membership import Member, MembershipEvent, MemberState
@@ -148,9 +150,51 @@ async def test_a_lone_node_pass_keeps_its_blocks(
     assert stats.under_target == 0
 
 
+def test_long_idle_passes_are_spaced_to_the_duty_cycle() -> None:
+    config = RepairConfig(scan_interval=30.0, max_duty=0.05)
+    assert config.idle_wait(0.9) == 30.0  # short passes: every scan_interval
+    assert config.idle_wait(45.0) == pytest.approx(855.0)  # 45 s of pass per 900 s
+
+
+async def test_the_pass_loop_waits_after_a_long_pass(
+    service: tuple[RepairService, Silo, Registry], autojump_clock: trio.testing.MockClock
+) -> None:
+    """Passes of 10 s finding nothing, with a 30 s interval and a 5% duty cycle: the next
+    pass starts 190 s after the end of the last one, not 30 s."""
+    repair, silo, _ = service
+    repair.config = RepairConfig(scan_interval=30.0, max_duty=0.05)
+    starts: list[float] = []
+
+    async def not_draining(_name: str) -> None:
+        return None  # no silo thread: the clock would jump while waiting for one
+
+    silo.get_setting = not_draining  # type: ignore[method-assign,assignment]
+
+    async def ten_second_pass() -> bool:
+        starts.append(trio.current_time())
+        await trio.sleep(10.0)
+        repair._n.last_pass_seconds = 10.0
+        return False
+
+    repair.repair_now = ten_second_pass  # type: ignore[method-assign]
+    with trio.move_on_after(500.0):
+        await repair.run()
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
+    assert len(gaps) >= 2
+    assert gaps == pytest.approx([200.0] * len(gaps))
+
+
 @pytest.mark.parametrize(
     "settings",
-    [{"scan_interval": 0}, {"bandwidth": -1}, {"parallel": 0}, {"window": -1}, {"page": 0}],
+    [
+        {"scan_interval": 0},
+        {"bandwidth": -1},
+        {"parallel": 0},
+        {"window": -1},
+        {"page": 0},
+        {"max_duty": 0},
+        {"max_duty": 1.5},
+    ],
 )
 def test_config_is_validated(settings: dict[str, Any]) -> None:
     with pytest.raises(InvalidArgument):
