@@ -15,7 +15,9 @@ One request, one pass through five stages, each with one owner:
    HEAD bucket) in a ``public-read`` bucket or a ``public-read`` object. A CORS preflight
    (``OPTIONS``) is neither: browsers send it without credentials, to the URL (presigned
    query included) of the request they mean to make, so it is answered from the bucket's CORS
-   rules alone.
+   rules alone. A form upload (PostObject) is not checked here either: its credentials
+   and policy are fields of the body, verified by the handler
+   (:mod:`interfaces.s3.post_policy`) before the file is stored.
 3. **Body** (:class:`RequestBody`): the ASGI ``http.request`` messages are read one at a
    time, only when the storage layer asks for more (back-pressure: hypercorn stops reading
    the socket while its small queue is full). aws-chunked bodies go through the
@@ -627,7 +629,10 @@ class S3App:
         endpoint = route(method, path, query, headers, base_domains=self.base_domains)
         state.endpoint = endpoint
         preflight = endpoint.op is Op.CORS_PREFLIGHT
-        if preflight:
+        # A form upload is authenticated by its fields (``post_object`` checks them before
+        # it stores a byte): like a preflight, never by the request line or headers.
+        form = endpoint.op is Op.POST_OBJECT
+        if preflight or form:
             auth = _UNSIGNED
         else:
             auth = await self._authenticate(method, path, query, headers, endpoint)
@@ -639,7 +644,7 @@ class S3App:
         )
         if auth.access_key is not None:
             request.owner_name = await self.credentials.name_of(auth.access_key) or ""
-        elif not preflight:
+        elif not (preflight or form):
             await self._authorize_anonymous(request)
         if endpoint.op is Op.UNSUPPORTED:
             subresource = endpoint.subresource or "This operation"

@@ -75,6 +75,10 @@ ERROR_TABLE: Mapping[str, tuple[int, str]] = MappingProxyType(
             "Only the last chunk is allowed to have a size less than 8192 bytes",
         ),
         "InvalidDigest": (400, "The Content-MD5 you specified is not valid."),
+        "IncorrectNumberOfFilesInPostRequest": (
+            400,
+            "POST requires exactly one file upload per request.",
+        ),
         "InvalidPart": (
             400,
             "One or more of the specified parts could not be found. The part may not have "
@@ -84,6 +88,11 @@ ERROR_TABLE: Mapping[str, tuple[int, str]] = MappingProxyType(
         "InvalidPartOrder": (
             400,
             "The list of parts was not in ascending order. Parts must be ordered by part number.",
+        ),
+        "InvalidPolicyDocument": (
+            400,
+            "The content of the form does not meet the conditions specified in the policy "
+            "document.",
         ),
         "InvalidRange": (416, "The requested range is not satisfiable"),
         "InvalidRequest": (400, "Invalid Request"),
@@ -100,10 +109,18 @@ ERROR_TABLE: Mapping[str, tuple[int, str]] = MappingProxyType(
             "The XML you provided was not well-formed or did not validate against our "
             "published schema",
         ),
+        "MalformedPOSTRequest": (
+            400,
+            "The body of your POST request is not well-formed multipart/form-data.",
+        ),
         "MalformedXML": (
             400,
             "The XML you provided was not well-formed or did not validate against our "
             "published schema",
+        ),
+        "MaxPostPreDataLengthExceededError": (
+            400,
+            "Your POST request fields preceding the upload file were too large.",
         ),
         "MetadataTooLarge": (
             400,

@@ -14,8 +14,9 @@ import hashlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TypedDict
-from urllib.parse import quote, unquote_plus
+from urllib.parse import quote, unquote_plus, urlencode, urlsplit, urlunsplit
 
 from storage import errors as storage_errors
 from storage.lifecycle import object_expiry
@@ -23,15 +24,17 @@ from storage.object_records import CANNED_ACLS
 from storage.objects import NULL_VERSION, ObjectInfo, ObjectReader
 from storage.policy import Redundancy
 
-from . import cors, xml
+from . import cors, forms, post_policy, xml
 from .app import PUBLIC_READ_ACLS, Request, Response, S3App, Sink, s3_error_for, xml_response
 from .chunked import stored_content_encoding
 from .conditions import check_read_preconditions, format_http_date
 from .errors import S3Error
 from .etag import ChecksumClaim, check_content_md5, parse_content_md5, quote_etag
-from .names import validate_bucket_name
+from .headers import Headers
+from .names import validate_bucket_name, validate_object_key
 from .ranges import ByteRange, parse_copy_source_range, parse_range
 from .router import CopySource, Op
+from .sigv4 import AuthMethod, AuthResult, PayloadKind
 
 logger = logging.getLogger(__name__)
 
@@ -105,8 +108,8 @@ def _delimiter(req: Request) -> str | None:
     return req.endpoint.param("delimiter") or None
 
 
-def _acl(req: Request) -> str:
-    acl = (req.headers.get("x-amz-acl") or "private").strip()
+def _acl(headers: Headers) -> str:
+    acl = (headers.get("x-amz-acl") or "private").strip()
     if acl not in CANNED_ACLS:
         raise S3Error(
             "InvalidArgument", extra={"ArgumentName": "x-amz-acl", "ArgumentValue": acl[:64]}
@@ -114,10 +117,10 @@ def _acl(req: Request) -> str:
     return acl
 
 
-def _metadata(req: Request) -> dict[str, str]:
+def _metadata(headers: Headers) -> dict[str, str]:
     meta: dict[str, str] = {}
     total = 0
-    for name, value in req.headers:
+    for name, value in headers:
         if name.startswith("x-amz-meta-"):
             short = name.removeprefix("x-amz-meta-")
             total += len(short) + len(value)
@@ -174,8 +177,7 @@ class _ContentHeaders(TypedDict):
     expires: str | None
 
 
-def _content_headers(req: Request) -> _ContentHeaders:
-    h = req.headers
+def _content_headers(h: Headers) -> _ContentHeaders:
     storage_class = h.get("x-amz-storage-class")
     if storage_class is not None and storage_class.strip() not in STORAGE_CLASSES:
         raise S3Error("InvalidStorageClass", extra={"StorageClassRequested": storage_class[:64]})
@@ -359,9 +361,9 @@ def _copy_source(req: Request) -> CopySource:
     return source
 
 
-def _location(req: Request) -> str:
+def _location(req: Request, key: str | None = None) -> str:
     host = req.headers.get("host") or "localhost"
-    path = f"/{quote(req.key, safe='/')}"
+    path = f"/{quote(req.key if key is None else key, safe='/')}"
     if not req.endpoint.virtual_host:
         path = f"/{req.bucket}{path}"
     return f"http://{host}{path}"
@@ -404,7 +406,7 @@ async def create_bucket(app: S3App, req: Request) -> Response:
                 extra={"ArgumentName": REDUNDANCY_HEADER, "ArgumentValue": policy[:64]},
             ) from None
     await app.objects.create_bucket(
-        req.bucket, owner=req.owner, acl=_acl(req), redundancy=redundancy, region=app.region
+        req.bucket, owner=req.owner, acl=_acl(req.headers), redundancy=redundancy, region=app.region
     )
     return Response(200, [("location", f"/{req.bucket}")])
 
@@ -576,13 +578,13 @@ async def put_object(app: S3App, req: Request) -> Response:
     """PutObject: the body streams into the store; digests are verified before the commit."""
     _check_upload_length(app, req)
     if_match, if_none_match = _write_conditions(req)
-    content = _content_headers(req)
+    content = _content_headers(req.headers)
     info = await app.objects.put_object(
         req.bucket,
         req.key,
         req.body,
-        metadata=_metadata(req),
-        acl=_acl(req),
+        metadata=_metadata(req.headers),
+        acl=_acl(req.headers),
         tags=_header_tags(req),
         owner=req.owner,
         if_match=if_match,
@@ -823,8 +825,8 @@ async def copy_object(app: S3App, req: Request) -> Response:
             "location or encryption attributes.",
         )
     if_match, if_none_match = _write_conditions(req)
-    content = _content_headers(req)
-    metadata = _metadata(req)
+    content = _content_headers(req.headers)
+    metadata = _metadata(req.headers)
     tags = _header_tags(req) if tagging_directive == "REPLACE" else None
     check = _SourceCheck(req)
     try:
@@ -836,7 +838,7 @@ async def copy_object(app: S3App, req: Request) -> Response:
             metadata_directive=directive,
             tagging_directive=tagging_directive,
             metadata=metadata,
-            acl=_acl(req),
+            acl=_acl(req.headers),
             tags=tags,
             owner=req.owner,
             if_match=if_match,
@@ -879,7 +881,7 @@ async def _put_acl_request(req: Request) -> str | list[xml.Grant]:
                 "This request does not support content with the x-amz-acl header: specify "
                 "a canned ACL or an AccessControlPolicy, not both",
             )
-        return _acl(req)
+        return _acl(req.headers)
     if not body.strip():
         raise S3Error("MissingSecurityHeader", extra={"MissingHeaderName": "x-amz-acl"})
     return xml.parse_access_control_policy(body)
@@ -1111,12 +1113,12 @@ async def cors_preflight(app: S3App, req: Request) -> Response:
 
 async def create_multipart_upload(app: S3App, req: Request) -> Response:
     """CreateMultipartUpload."""
-    content = _content_headers(req)
+    content = _content_headers(req.headers)
     upload_id = await app.objects.create_multipart_upload(
         req.bucket,
         req.key,
-        metadata=_metadata(req),
-        acl=_acl(req),
+        metadata=_metadata(req.headers),
+        acl=_acl(req.headers),
         tags=_header_tags(req),
         owner=req.owner,
         **content,
@@ -1274,6 +1276,244 @@ async def list_multipart_uploads(app: S3App, req: Request) -> Response:
     return xml_response(body)
 
 
+# -- browser form uploads (PostObject) ------------------------------------------------------
+
+#: Largest size of the form before the file's bytes (fields, part headers, boundaries), as S3.
+MAX_POST_PRE_DATA = 20 * 1024
+#: Largest size of the fields after the file (read and ignored, as S3 does), so that a form
+#: cannot keep the server reading forever once its file is in.
+MAX_POST_AFTER_FILE = 1024 * 1024
+#: Form fields stored as the object's headers, under the header name they stand for.
+_FORM_HEADERS = {
+    "acl": "x-amz-acl",
+    "cache-control": "cache-control",
+    "content-disposition": "content-disposition",
+    "content-encoding": "content-encoding",
+    "content-language": "content-language",
+    "content-type": "content-type",
+    "expires": "expires",
+    "x-amz-storage-class": "x-amz-storage-class",
+    "x-amz-server-side-encryption-customer-algorithm": (
+        "x-amz-server-side-encryption-customer-algorithm"
+    ),
+    "x-amz-object-lock-mode": "x-amz-object-lock-mode",
+    "x-amz-object-lock-retain-until-date": "x-amz-object-lock-retain-until-date",
+}
+
+
+class _Form:
+    """A ``multipart/form-data`` request body as parser events, read one ASGI message at a
+    time (back-pressure: nothing is read before the parser needs it).
+
+    Until the file starts (``before_file``), at most :data:`MAX_POST_PRE_DATA` bytes are
+    parsed, a long preamble included.
+    """
+
+    def __init__(self, req: Request, boundary: bytes) -> None:
+        self._body = req.body
+        self._parser = forms.FormParser(boundary)
+        self.before_file = True
+
+    async def next_event(self) -> forms.Event:
+        """The next parser event, reading the body as needed.
+
+        Raises:
+            S3Error: ``MalformedPOSTRequest``, ``IncompleteBody``,
+                ``MaxPostPreDataLengthExceededError``.
+        """
+        while True:
+            event = self._parser.next_event()
+            if self.before_file and self._parser.consumed > MAX_POST_PRE_DATA:
+                raise S3Error("MaxPostPreDataLengthExceededError")
+            if isinstance(event, forms.PartStart | forms.PartData | forms.PartEnd | forms.FormEnd):
+                return event
+            try:
+                data = await self._body.__anext__()
+            except StopAsyncIteration:
+                data = b""
+            self._parser.receive_data(data)
+
+    async def finish(self) -> None:
+        """Read (and drop) the epilogue, so the body's length is verified."""
+        async for _ in self._body:
+            pass
+
+
+async def _form_fields(form: _Form) -> tuple[dict[str, str], forms.PartStart]:
+    """The fields before the file (names lower-cased) and the file part's start.
+
+    Raises:
+        S3Error: ``MaxPostPreDataLengthExceededError``, ``IncorrectNumberOfFilesInPostRequest``,
+            ``InvalidArgument`` (a repeated field), ``MalformedPOSTRequest``.
+    """
+    fields: dict[str, str] = {}
+    name = ""
+    value = bytearray()
+    while True:
+        event = await form.next_event()
+        if isinstance(event, forms.PartStart):
+            name = event.name.lower()
+            if name == "file":
+                form.before_file = False
+                return fields, event
+            value.clear()
+        elif isinstance(event, forms.PartData):
+            value += event.data
+        elif isinstance(event, forms.PartEnd):
+            if name in fields:  # two values, one checked and another used: refuse both
+                raise S3Error(
+                    "InvalidArgument",
+                    f"The form field '{name}' is given more than once",
+                    extra={"ArgumentName": name[:64]},
+                )
+            try:
+                fields[name] = value.decode("utf-8")
+            except UnicodeDecodeError:
+                raise forms.malformed(f"The form field '{name[:64]}' is not UTF-8.") from None
+        else:
+            raise S3Error("IncorrectNumberOfFilesInPostRequest")
+
+
+class _FormFile:
+    """The ``file`` part's bytes, as an async iterator for the object store.
+
+    The file's size is checked against the policy's ``content-length-range`` and the upload
+    limit as bytes arrive; fields after the file are read and ignored, as by S3 (at most
+    :data:`MAX_POST_AFTER_FILE` bytes of them). The
+    iteration ends only after the closing boundary and the whole body were read: a
+    truncated or malformed body raises instead, so the store commits nothing.
+    """
+
+    def __init__(self, form: _Form, policy: post_policy.PostPolicy, max_size: int) -> None:
+        self._form = form
+        self._policy = policy
+        self._max_size = max_size
+        self._in_file = True
+        self._done = False
+        self.size = 0
+        self._after = 0  # bytes of the fields after the file
+
+    def __aiter__(self) -> _FormFile:
+        return self
+
+    async def __anext__(self) -> bytes:
+        while not self._done:
+            event = await self._form.next_event()
+            if isinstance(event, forms.PartData) and self._in_file:
+                self.size += len(event.data)
+                self._policy.check_size(self.size, final=False)
+                if self.size > self._max_size:
+                    raise S3Error(
+                        "EntityTooLarge",
+                        extra={
+                            "ProposedSize": str(self.size),
+                            "MaxSizeAllowed": str(self._max_size),
+                        },
+                    )
+                return event.data
+            if isinstance(event, forms.PartData):
+                self._after += len(event.data)
+                if self._after > MAX_POST_AFTER_FILE:
+                    raise forms.malformed("Too much data follows the file.")
+            if isinstance(event, forms.PartEnd) and self._in_file:
+                self._in_file = False
+                self._policy.check_size(self.size, final=True)
+            elif isinstance(event, forms.FormEnd):
+                if self._in_file:  # unreachable: a part always ends before the form does
+                    raise forms.malformed()
+                await self._form.finish()
+                self._done = True
+        raise StopAsyncIteration
+
+
+def _form_headers(fields: Mapping[str, str], file: forms.PartStart) -> Headers:
+    """The form fields that stand for PutObject headers, as headers (``acl`` is
+    ``x-amz-acl``; the file part's ``Content-Type`` when the form has none)."""
+    pairs = [(_FORM_HEADERS[n], v) for n, v in fields.items() if n in _FORM_HEADERS]
+    pairs += [(n, v) for n, v in fields.items() if n.startswith("x-amz-meta-")]
+    if "content-type" not in fields and file.content_type is not None:
+        pairs.append(("content-type", file.content_type))
+    return Headers(pairs)
+
+
+def _redirect_url(target: str, bucket: str, key: str, etag: str) -> str | None:
+    """``target`` with ``bucket``, ``key`` and ``etag`` added to its query, or ``None`` if it
+    is not an absolute http(s) URL (S3 then answers as if no redirect was asked for)."""
+    try:
+        parts = urlsplit(target.strip())
+    except ValueError:
+        return None
+    if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
+        return None
+    added = urlencode({"bucket": bucket, "key": key, "etag": etag})
+    return urlunsplit(parts._replace(query=f"{parts.query}&{added}" if parts.query else added))
+
+
+async def post_object(app: S3App, req: Request) -> Response:
+    """PostObject: a browser form upload, authenticated by its signed policy.
+
+    The fields before the file are read (at most :data:`MAX_POST_PRE_DATA` bytes), the
+    signature and policy verified (:mod:`interfaces.s3.post_policy`), then the file streams
+    into the store like a PutObject body. The answer follows ``success_action_redirect``
+    (303) or ``success_action_status`` (200, 201 with a ``PostResponse`` document, or 204).
+    """
+    form = _Form(req, forms.boundary_of(req.headers.get("content-type")))
+    fields, file = await _form_fields(form)
+    claimed = post_policy.claimed_access_key(fields)
+    secret = await app.credentials.lookup(claimed) if claimed else None
+    grant = post_policy.authenticate_form(
+        fields,
+        lambda access_key: secret if access_key == claimed else None,
+        datetime.fromtimestamp(app.clock(), UTC),
+        region=app.region,
+    )
+    post_policy.check_conditions(
+        grant.policy, fields, bucket=req.bucket, signature_version=grant.signature_version
+    )
+    req.auth = AuthResult(
+        grant.access_key,
+        AuthMethod.POST_POLICY,
+        PayloadKind.UNSIGNED,
+        signature_version=grant.signature_version,
+    )
+    req.owner_name = await app.credentials.name_of(grant.access_key) or ""
+    template = fields.get("key")
+    if template is None:
+        raise S3Error(
+            "InvalidArgument",
+            "Bucket POST must contain a field named 'key'. If it is specified, please check "
+            "the order of the fields.",
+            extra={"ArgumentName": "key", "ArgumentValue": ""},
+        )
+    key = template.replace("${filename}", file.filename or "")
+    validate_object_key(key)
+    headers = _form_headers(fields, file)
+    tagging = fields.get("tagging")
+    info = await app.objects.put_object(
+        req.bucket,
+        key,
+        _FormFile(form, grant.policy, app.max_upload_size),
+        metadata=_metadata(headers),
+        acl=_acl(headers),
+        tags=xml.parse_tagging(tagging.encode("utf-8")) if tagging is not None else None,
+        owner=req.owner,
+        release_later=req.release_later,
+        **_content_headers(headers),
+    )
+    etag = quote_etag(info.etag)
+    location = _location(req, key)
+    answer = [("etag", etag), ("location", location)]
+    target = fields.get("success_action_redirect") or fields.get("redirect")
+    redirect = _redirect_url(target, req.bucket, key, etag) if target else None
+    if redirect is not None:
+        return Response(303, [("etag", etag), ("location", redirect)])
+    status = (fields.get("success_action_status") or "").strip()
+    if status == "201":
+        body = xml.post_response(location, req.bucket, key, etag)
+        return Response(201, [*answer, ("content-type", "application/xml")], body)
+    return Response(200 if status == "200" else 204, answer)
+
+
 def _naming_errors(handler: Handler) -> Handler:
     """``handler``, its missing or clashing bucket, key or upload named in the error body.
 
@@ -1316,6 +1556,7 @@ _OPERATIONS: Mapping[Op, Handler] = {
     Op.LIST_OBJECT_VERSIONS: list_object_versions,
     Op.LIST_MULTIPART_UPLOADS: list_multipart_uploads,
     Op.DELETE_OBJECTS: delete_objects,
+    Op.POST_OBJECT: post_object,
     Op.PUT_OBJECT: put_object,
     Op.GET_OBJECT: get_object,
     Op.HEAD_OBJECT: head_object,
@@ -1343,4 +1584,4 @@ _OPERATIONS: Mapping[Op, Handler] = {
 #: The handler of every implemented operation.
 HANDLERS: Mapping[Op, Handler] = {op: _naming_errors(h) for op, h in _OPERATIONS.items()}
 
-__all__ = ["HANDLERS", "MAX_METADATA_BYTES", "REDUNDANCY_HEADER", "Handler"]
+__all__ = ["HANDLERS", "MAX_METADATA_BYTES", "MAX_POST_PRE_DATA", "REDUNDANCY_HEADER", "Handler"]

@@ -33,6 +33,10 @@ against the S3 API reference's request syntax for every supported operation.
    argument, kept in :attr:`Endpoint.query`.
    ``OPTIONS`` on a bucket or an object is a CORS preflight whatever the query: a browser
    sends it to the URL of the request it is about to make, presigned query included.
+   ``POST`` on a bucket without a sub-resource is PostObject (a browser form upload,
+   authenticated by the form, not by the request line or headers); ``POST /bucket?delete``
+   is DeleteObjects, and a bucket sub-resource that has no POST (``uploads``, ``location``,
+   ``versions``, ``list-type``) is ``MethodNotAllowed``.
 4. **Headers** matter only for ``x-amz-copy-source``, which turns PutObject into CopyObject
    and UploadPart into UploadPartCopy.
 
@@ -97,6 +101,7 @@ class Op(enum.Enum):
     LIST_OBJECT_VERSIONS = "ListObjectVersions"
     LIST_MULTIPART_UPLOADS = "ListMultipartUploads"
     DELETE_OBJECTS = "DeleteObjects"
+    POST_OBJECT = "PostObject"
     PUT_OBJECT = "PutObject"
     GET_OBJECT = "GetObject"
     HEAD_OBJECT = "HeadObject"
@@ -227,6 +232,8 @@ BUCKET_ONLY = BUCKET_UNSUPPORTED | {
     "location",
     "versions",
 }
+#: Bucket sub-resources that select a GET operation (no POST operation has them).
+_BUCKET_GET_ONLY = frozenset({"list-type", "location", "uploads", "versions"})
 #: Object sub-resources S3 defines that we do not implement.
 OBJECT_UNSUPPORTED = frozenset(
     {
@@ -335,7 +342,9 @@ def _bucket_endpoint(method: str, params: dict[str, str], base: Endpoint) -> End
     if method == "POST":
         if "delete" in params:
             return make(Op.DELETE_OBJECTS)
-        return make(Op.UNSUPPORTED, subresource="PostObject")
+        if _BUCKET_GET_ONLY & params.keys():  # ``POST /bucket?uploads``: never a form upload
+            raise S3Error("MethodNotAllowed")
+        return make(Op.POST_OBJECT)
     raise S3Error("MethodNotAllowed")
 
 

@@ -133,6 +133,8 @@ class AuthMethod(enum.Enum):
     HEADER = "header"
     QUERY = "query"
     ANONYMOUS = "anonymous"
+    #: A browser form (PostObject): the policy's signature, checked by :mod:`.post_policy`.
+    POST_POLICY = "post-policy"
 
 
 @dataclass(frozen=True)
@@ -444,7 +446,9 @@ def _parse_query(raw_query: str) -> dict[str, str]:
     return out
 
 
-def _parse_credential(value: str, error: str) -> _Credential:
+def parse_credential(value: str, error: str) -> _Credential:
+    """Split a credential (``AKID/YYYYMMDD/region/service/aws4_request``); a malformed one
+    raises the S3 error ``error``."""
     parts = value.split("/")
     if len(parts) != 5 or not all(parts):
         raise S3Error(
@@ -468,9 +472,11 @@ def _parse_credential(value: str, error: str) -> _Credential:
     return _Credential(access_key, date, cred_region, cred_service)
 
 
-def _check_scope(
+def check_scope(
     cred: _Credential, amz_date: str, region: str | None, service: str, error: str
 ) -> None:
+    """Check the credential's scope against the request's date, region and service; a
+    mismatch raises the S3 error ``error``."""
     if cred.date != amz_date[:8]:
         raise S3Error(
             error,
@@ -491,7 +497,9 @@ def _check_scope(
         )
 
 
-def _parse_amz_date(value: str) -> datetime:
+def parse_amz_date(value: str) -> datetime:
+    """Parse an ``X-Amz-Date`` value (``YYYYMMDDTHHMMSSZ``, UTC); raises ``ValueError`` if
+    it is malformed (the caller picks the S3 error)."""
     # ``YYYYMMDDTHHMMSSZ``, parsed by hand: ``strptime`` costs more than the whole HMAC.
     match = _AMZ_DATE_RE.fullmatch(value)
     if match is None:
@@ -617,7 +625,7 @@ def _verify_header(
 ) -> AuthResult:
     error = "AuthorizationHeaderMalformed"
     _, fields = _parse_authorization(authorization)
-    cred = _parse_credential(fields["Credential"], error)
+    cred = parse_credential(fields["Credential"], error)
     signed = _parse_signed_headers(fields["SignedHeaders"], error)
     signature = fields["Signature"]
     if not _SIG_RE.fullmatch(signature):
@@ -625,7 +633,7 @@ def _verify_header(
     amz_date = headers.get("x-amz-date")
     if amz_date is not None:
         try:
-            when = _parse_amz_date(amz_date)
+            when = parse_amz_date(amz_date)
         except ValueError:
             raise S3Error(
                 "AccessDenied", "AWS authentication requires a valid Date or x-amz-date header"
@@ -638,7 +646,7 @@ def _verify_header(
             )
         when = _parse_http_date(http_date)
         amz_date = when.strftime(_AMZ_DATE_FORMAT)
-    _check_scope(cred, amz_date, region, service, error)
+    check_scope(cred, amz_date, region, service, error)
     if abs(now - when) > MAX_SKEW:
         raise S3Error(
             "RequestTimeTooSkewed",
@@ -706,14 +714,14 @@ def _verify_query(
         )
     if query["X-Amz-Algorithm"] != ALGORITHM:
         raise S3Error(error, 'X-Amz-Algorithm only supports "AWS4-HMAC-SHA256"')
-    cred = _parse_credential(query["X-Amz-Credential"], error)
+    cred = parse_credential(query["X-Amz-Credential"], error)
     signed = _parse_signed_headers(query["X-Amz-SignedHeaders"], error)
     signature = query["X-Amz-Signature"]
     if not _SIG_RE.fullmatch(signature):
         raise S3Error(error, "X-Amz-Signature is malformed")
     amz_date = query["X-Amz-Date"]
     try:
-        when = _parse_amz_date(amz_date)
+        when = parse_amz_date(amz_date)
     except ValueError:
         raise S3Error(
             error, "X-Amz-Date must be in the ISO8601 Long Format \"yyyyMMdd'T'HHmmss'Z'\""
@@ -726,7 +734,7 @@ def _verify_query(
         raise S3Error(error, "X-Amz-Expires must be non-negative")
     if expires > MAX_EXPIRES:
         raise S3Error(error, "X-Amz-Expires must be less than a week (in seconds) that is 604800")
-    _check_scope(cred, amz_date, region, service, error)
+    check_scope(cred, amz_date, region, service, error)
     if now < when - MAX_SKEW:
         raise S3Error("AccessDenied", "Request is not valid yet")
     if now > when + timedelta(seconds=expires):
@@ -892,7 +900,7 @@ def _verify_v2_header(
             "AccessDenied", "AWS authentication requires a valid Date or x-amz-date header"
         )
     try:
-        when = _parse_amz_date(date_text.strip())
+        when = parse_amz_date(date_text.strip())
     except ValueError:
         when = _parse_http_date(date_text)
     if abs(now - when) > MAX_SKEW:

@@ -356,6 +356,15 @@ def complete_multipart_upload(location: str, bucket: str, key: str, etag: str) -
     )
 
 
+def post_response(location: str, bucket: str, key: str, etag: str) -> bytes:
+    """The PostResponse body (PostObject with ``success_action_status`` 201)."""
+    return _doc(
+        "PostResponse",
+        [_tag("Location", location), _tag("Bucket", bucket), _tag("Key", key), _tag("ETag", etag)],
+        namespace=False,  # as S3 answers it
+    )
+
+
 def list_parts(
     *,
     bucket: str,

@@ -631,7 +631,7 @@ def test_amz_dates_parse_as_strptime_parses_them(value: str) -> None:
     if len(value) != 16:
         expected = None
     try:
-        got: datetime | None = sigv4._parse_amz_date(value)
+        got: datetime | None = sigv4.parse_amz_date(value)
     except ValueError:
         got = None
     assert got == expected
