@@ -10,13 +10,17 @@ bucket registry and, for each bucket with enabled rules:
   prefix that no shorter one covers, so nested prefixes are read once), works out each
   object's expiry from the listed record (size, tags and last-modified time are all in the
   index entry, so no object is opened), and deletes those whose expiry has passed with
-  :meth:`ObjectStore.delete_object_if`. The condition runs inside the index edit that deletes:
-  the key must still hold the very object judged expired (same ETag and last-modified time)
-  and the rules must still expire it (its tags may have changed). An object written at the
-  key after the listing is therefore never deleted by this scan; the next one judges it.
+  :meth:`ObjectStore.delete_object_if`. The rules it judges by are read afresh after each
+  listing page (a rule removed, disabled or narrowed meanwhile stops acting at once; the
+  scan only started from the rules it found). The condition runs inside the index edit
+  that deletes: the key must still hold the very object judged expired (same ETag and
+  last-modified time) and the rules must still expire it (its tags may have changed). An
+  object written at the key after the listing is therefore never deleted by this scan; the
+  next one judges it.
 * **aborts incomplete multipart uploads** of a rule's prefix initiated more than
   ``DaysAfterInitiation`` days ago (rounded up to midnight UTC, as S3), through
-  :meth:`ObjectStore.abort_multipart_upload`, which releases their parts.
+  :meth:`ObjectStore.abort_multipart_upload`, which releases their parts; each is checked
+  again against the rules read afresh just before its abort.
 
 Every gateway of a network runs one, so several may act on a bucket at once: a deletion that
 lost the race finds the key gone or changed and does nothing; an abort that lost answers
@@ -40,7 +44,7 @@ import trio
 from .errors import InvalidArgument, NoSuchBucket, StorageError
 from .lifecycle import LifecycleRule, object_expiry
 from .objects import ObjectInfo, ObjectStore, UploadInfo
-from .upload_sweeper import abort_uploads
+from .upload_sweeper import abort_quietly, stale_uploads
 
 logger = logging.getLogger(__name__)
 
@@ -160,16 +164,27 @@ class LifecycleWorker:
             logger.warning("lifecycle %s in bucket %s stopped: %s", what, bucket, exc)
             return 0
 
+    async def _current_rules(
+        self, bucket: str, which: Callable[[LifecycleRule], bool]
+    ) -> list[LifecycleRule]:
+        """The bucket's rules as configured now (a fresh read), those ``which`` picks: a rule
+        removed, disabled or narrowed during a scan stops acting at once."""
+        rules = (await self._objects.head_bucket(bucket)).lifecycle or ()
+        return [rule for rule in rules if which(rule)]
+
     async def _expire(self, bucket: str, rules: Sequence[LifecycleRule], now: datetime) -> int:
         expired = 0
         for prefix in covering_prefixes([rule.filter.key_prefix for rule in rules]):
             marker: str | None = None
             while True:
                 page = await self._objects.list_objects(bucket, prefix=prefix, start_after=marker)
+                current = await self._current_rules(bucket, _expires_objects)
                 for info in page.objects:
-                    if _expired(rules, info, now) and await self._delete(bucket, info, rules, now):
+                    if _expired(current, info, now) and await self._delete(
+                        bucket, info, current, now
+                    ):
                         expired += 1
-                if not page.is_truncated or page.next_marker is None:
+                if not current or not page.is_truncated or page.next_marker is None:
                     break
                 marker = page.next_marker
         return expired
@@ -196,15 +211,34 @@ class LifecycleWorker:
         return True
 
     async def _abort(self, bucket: str, rules: Sequence[LifecycleRule], now: datetime) -> int:
-        def stale(upload: UploadInfo) -> bool:
-            times = (rule.upload_abort_time(upload.key, upload.initiated) for rule in rules)
-            return any(t is not None and t <= now for t in times)
+        def stale_under(these: Sequence[LifecycleRule]) -> Callable[[UploadInfo], bool]:
+            def stale(upload: UploadInfo) -> bool:
+                times = (rule.upload_abort_time(upload.key, upload.initiated) for rule in these)
+                return any(t is not None and t <= now for t in times)
 
-        aborted = await abort_uploads(self._objects, bucket, stale)
-        for key, upload_id in aborted:
+            return stale
+
+        aborted = 0
+        for upload in await stale_uploads(self._objects, bucket, stale_under(rules)):
+            current = await self._current_rules(bucket, _aborts_uploads)
+            if not stale_under(current)(upload):
+                continue
+            if not await abort_quietly(self._objects, bucket, upload):
+                continue
+            aborted += 1
             self._aborted += 1
-            logger.info("lifecycle: aborted upload %s of %s/%s", upload_id, bucket, key)
-        return len(aborted)
+            logger.info(
+                "lifecycle: aborted upload %s of %s/%s", upload.upload_id, bucket, upload.key
+            )
+        return aborted
+
+
+def _expires_objects(rule: LifecycleRule) -> bool:
+    return rule.expires_objects
+
+
+def _aborts_uploads(rule: LifecycleRule) -> bool:
+    return rule.aborts_uploads
 
 
 def _expired(rules: Sequence[LifecycleRule], info: ObjectInfo, now: datetime) -> bool:

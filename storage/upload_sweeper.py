@@ -32,7 +32,7 @@ from .objects import ObjectStore, UploadInfo
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SweepStatistics", "UploadSweeper", "abort_uploads", "sweep_interval"]
+__all__ = ["SweepStatistics", "UploadSweeper", "abort_quietly", "stale_uploads", "sweep_interval"]
 
 #: The longest time between two sweeps.
 MAX_INTERVAL = 6 * 3600.0
@@ -110,45 +110,45 @@ class UploadSweeper:
         return aborted
 
     async def _sweep_bucket(self, bucket: str, cutoff: datetime) -> int:
-        aborted = await abort_uploads(self._objects, bucket, lambda u: u.initiated < cutoff)
-        for key, upload_id in aborted:
+        aborted = 0
+        for upload in await stale_uploads(self._objects, bucket, lambda u: u.initiated < cutoff):
+            if not await abort_quietly(self._objects, bucket, upload):
+                continue
+            aborted += 1
             self._aborted += 1
             logger.info(
                 "upload sweep: aborted upload %s of %s/%s (unfinished for over %.0f s)",
-                upload_id,
+                upload.upload_id,
                 bucket,
-                key,
+                upload.key,
                 self._expiry,
             )
-        return len(aborted)
+        return aborted
 
 
-async def abort_uploads(
+async def stale_uploads(
     objects: ObjectStore, bucket: str, stale: Callable[[UploadInfo], bool]
-) -> list[tuple[str, str]]:
-    """Abort the uploads in progress in ``bucket`` that ``stale`` picks; return the
-    ``(key, upload id)`` of those this call aborted.
-
-    Uploads are listed first (every page), then aborted one by one. An abort that lost a race
-    (``NoSuchUpload``: another gateway was first) or meets a completion under way
-    (``Conflict``) is skipped; other storage errors propagate.
-    """
-    picked: list[tuple[str, str]] = []
+) -> list[UploadInfo]:
+    """The uploads in progress in ``bucket`` that ``stale`` picks (every listing page)."""
+    picked: list[UploadInfo] = []
     key_marker: str | None = None
     upload_marker: str | None = None
     while True:
         page = await objects.list_multipart_uploads(
             bucket, key_marker=key_marker, upload_id_marker=upload_marker
         )
-        picked += [(u.key, u.upload_id) for u in page.uploads if stale(u)]
+        picked += [u for u in page.uploads if stale(u)]
         if not page.is_truncated:
-            break
+            return picked
         key_marker, upload_marker = page.next_key_marker, page.next_upload_id_marker
-    aborted = []
-    for key, upload_id in picked:
-        try:
-            await objects.abort_multipart_upload(bucket, key, upload_id)
-        except (NoSuchUpload, Conflict):
-            continue
-        aborted.append((key, upload_id))
-    return aborted
+
+
+async def abort_quietly(objects: ObjectStore, bucket: str, upload: UploadInfo) -> bool:
+    """Abort ``upload``; return whether this call did. An abort that lost a race
+    (``NoSuchUpload``: another gateway was first) or meets a completion under way
+    (``Conflict``) is ``False``; other storage errors propagate."""
+    try:
+        await objects.abort_multipart_upload(bucket, upload.key, upload.upload_id)
+    except (NoSuchUpload, Conflict):
+        return False
+    return True
