@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -1278,6 +1279,8 @@ async def list_multipart_uploads(app: S3App, req: Request) -> Response:
 
 # -- browser form uploads (PostObject) ------------------------------------------------------
 
+#: An HTTP header name (RFC 9110 token).
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 #: Largest size of the form before the file's bytes (fields, part headers, boundaries), as S3.
 MAX_POST_PRE_DATA = 20 * 1024
 #: Largest size of the fields after the file (read and ignored, as S3 does), so that a form
@@ -1426,13 +1429,26 @@ class _FormFile:
         raise StopAsyncIteration
 
 
-def _form_headers(fields: Mapping[str, str], file: forms.PartStart) -> Headers:
+def _form_headers(fields: Mapping[str, str]) -> Headers:
     """The form fields that stand for PutObject headers, as headers (``acl`` is
-    ``x-amz-acl``; the file part's ``Content-Type`` when the form has none)."""
+    ``x-amz-acl``).
+
+    Only fields count, which the policy covers: the file part's own ``Content-Type`` is not
+    one (as in S3, the object is ``binary/octet-stream`` unless the form has a
+    ``Content-Type`` field), or a policy meant for images would let a page through. A
+    metadata name must be an HTTP header name, as a PutObject header's is: it becomes one
+    on every GET.
+    """
     pairs = [(_FORM_HEADERS[n], v) for n, v in fields.items() if n in _FORM_HEADERS]
-    pairs += [(n, v) for n, v in fields.items() if n.startswith("x-amz-meta-")]
-    if "content-type" not in fields and file.content_type is not None:
-        pairs.append(("content-type", file.content_type))
+    for name, value in fields.items():
+        if name.startswith("x-amz-meta-"):
+            if not _HEADER_NAME.fullmatch(name):
+                raise S3Error(
+                    "InvalidArgument",
+                    "User-defined metadata names must be valid HTTP header names.",
+                    extra={"ArgumentName": name[:64], "ArgumentValue": value[:64]},
+                )
+            pairs.append((name, value))
     return Headers(pairs)
 
 
@@ -1487,7 +1503,7 @@ async def post_object(app: S3App, req: Request) -> Response:
         )
     key = template.replace("${filename}", file.filename or "")
     validate_object_key(key)
-    headers = _form_headers(fields, file)
+    headers = _form_headers(fields)
     tagging = fields.get("tagging")
     info = await app.objects.put_object(
         req.bucket,
