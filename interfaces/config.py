@@ -26,6 +26,7 @@ Example::
     listen = "127.0.0.1:9000"            # optional: serve the S3 API from this node
     gateway_key = "/etc/ballast/gateway.key"   # default: data_dir/gateway.key
     incomplete_upload_expiry = "24h"     # multipart uploads unfinished this long are aborted
+    lifecycle_interval = "1h"            # time between two applications of lifecycle rules
     region = "us-east-1"                 # the region clients sign for (default us-east-1)
     domains = ["s3.example.com"]         # BUCKET.s3.example.com is virtual-host addressing
 
@@ -139,6 +140,8 @@ def parse_address(text: str, *, default_port: int | None = None) -> Address:
 DEFAULT_LISTEN = Address("127.0.0.1", 4100)
 #: Multipart uploads left unfinished this long (seconds) are aborted, as MinIO does.
 DEFAULT_UPLOAD_EXPIRY = 24 * 3600.0
+#: Time (seconds) between two applications of the buckets' lifecycle rules.
+DEFAULT_LIFECYCLE_INTERVAL = 3600.0
 #: The S3 region a gateway answers for unless configured (the one SDKs default to).
 DEFAULT_REGION = "us-east-1"
 
@@ -162,6 +165,7 @@ class NodeConfig:
     s3_listen: Address | None = None
     s3_gateway_key: Path | None = None
     s3_incomplete_upload_expiry: float = DEFAULT_UPLOAD_EXPIRY
+    s3_lifecycle_interval: float = DEFAULT_LIFECYCLE_INTERVAL
     s3_region: str = DEFAULT_REGION
     s3_domains: tuple[str, ...] = ()
 
@@ -196,7 +200,14 @@ _ALLOWED = {
     "membership": {"eviction_delay"},
     "repair": {"interval", "bandwidth", "scrub_interval", "scrub_rate", "tombstone_grace"},
     "admin": {"listen"},
-    "s3": {"listen", "gateway_key", "incomplete_upload_expiry", "region", "domains"},
+    "s3": {
+        "listen",
+        "gateway_key",
+        "incomplete_upload_expiry",
+        "lifecycle_interval",
+        "region",
+        "domains",
+    },
 }
 
 
@@ -255,6 +266,7 @@ def parse_config(document: dict[str, Any], *, source: str = "<config>") -> NodeC
             _positive(parse_duration),
             "s3_incomplete_upload_expiry",
         ),
+        ("s3", "lifecycle_interval", _positive(parse_duration), "s3_lifecycle_interval"),
         ("s3", "region", parse_region, "s3_region"),
         ("s3", "domains", parse_domains, "s3_domains"),
     ):

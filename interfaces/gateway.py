@@ -24,7 +24,7 @@ from storage.registers import ClientKeys
 from storage.upload_sweeper import UploadSweeper
 
 from .admin_api import GatewayAdmin
-from .config import DEFAULT_REGION, DEFAULT_UPLOAD_EXPIRY, NodeConfig
+from .config import DEFAULT_LIFECYCLE_INTERVAL, DEFAULT_REGION, DEFAULT_UPLOAD_EXPIRY, NodeConfig
 from .gateway_key import GatewayKey, load_gateway_key
 from .http import serve_app
 from .node import Node, NodeStartError
@@ -56,12 +56,14 @@ async def run_gateway(
     region: str = DEFAULT_REGION,
     domains: Sequence[str] = (),
     upload_expiry: float = DEFAULT_UPLOAD_EXPIRY,
+    lifecycle_interval: float = DEFAULT_LIFECYCLE_INTERVAL,
     task_status: trio.TaskStatus[Gateway] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve S3 from ``node`` until cancelled; report the :class:`Gateway` once listening.
 
     Multipart uploads left unfinished for ``upload_expiry`` seconds are aborted, and buckets'
-    lifecycle rules are applied every hour (:class:`LifecycleWorker`). Requests for
+    lifecycle rules are applied every ``lifecycle_interval`` seconds (:class:`LifecycleWorker`).
+    Requests for
     ``BUCKET.DOMAIN`` (``DOMAIN`` in ``domains``) use virtual-host addressing.
 
     Raises:
@@ -80,7 +82,7 @@ async def run_gateway(
         credentials = CredentialStore(client)
         app = S3App(objects, credentials, region=region, base_domains=domains)
         sweeper = UploadSweeper(objects, expiry=upload_expiry)
-        lifecycle = LifecycleWorker(objects)
+        lifecycle = LifecycleWorker(objects, interval=lifecycle_interval)
         node.gateway = GatewayAdmin(
             objects,
             credentials,
@@ -128,6 +130,7 @@ class ServingNode:
                         region=config.s3_region,
                         domains=config.s3_domains,
                         upload_expiry=config.s3_incomplete_upload_expiry,
+                        lifecycle_interval=config.s3_lifecycle_interval,
                     ),
                     self.node,
                     key,

@@ -43,6 +43,7 @@ listen = "127.0.0.1:9100"
 listen = "127.0.0.1:9000"
 gateway_key = "/etc/ballast/gateway.key"
 incomplete_upload_expiry = "48h"
+lifecycle_interval = "15m"
 region = "eu-west-3"
 domains = ["S3.Example.COM.", "localhost"]
 """
@@ -62,6 +63,7 @@ def test_full_config(tmp_path: Path) -> None:
     assert (config.scrub_interval, config.scrub_rate) == (12 * 3600.0, 4 * 1024**2)
     assert config.tombstone_grace == 2 * 3600.0
     assert config.s3_incomplete_upload_expiry == 48 * 3600.0
+    assert config.s3_lifecycle_interval == 15 * 60.0
     assert config.admin_listen == Address("127.0.0.1", 9100)
     assert config.s3_listen == Address("127.0.0.1", 9000)
     assert config.silo_dir == Path("/var/lib/ballast/silo")
@@ -80,6 +82,7 @@ def test_minimal_config_uses_defaults(tmp_path: Path) -> None:
     assert config.gateway_key_file == Path("d/gateway.key")
     assert config.tombstone_grace == 3600.0
     assert config.s3_incomplete_upload_expiry == 24 * 3600.0
+    assert config.s3_lifecycle_interval == 3600.0
     assert (config.s3_region, config.s3_domains) == ("us-east-1", ())
 
 
@@ -97,6 +100,7 @@ def test_minimal_config_uses_defaults(tmp_path: Path) -> None:
         ('[node]\ndata_dir = "d"\n[membership]\neviction_delay = "soon"\n', "eviction_delay"),
         ('[node]\ndata_dir = "d"\n[repair]\ntombstone_grace = "0s"\n', "tombstone_grace"),
         ('[node]\ndata_dir = "d"\n[s3]\nincomplete_upload_expiry = "x"\n', "incomplete_upload"),
+        ('[node]\ndata_dir = "d"\n[s3]\nlifecycle_interval = "0s"\n', "lifecycle_interval"),
         ("[node\n", "not valid TOML"),
         ("node = 3\n", "[node] must be a table"),
         ('[node]\ndata_dir = "d"\n[s3]\ngateway_key = 5\n', "[s3] gateway_key"),
