@@ -110,8 +110,17 @@ _DETAILED_CODES = frozenset(
 
 #: What an anonymous caller may do, given a public bucket or object.
 ANONYMOUS_READS = frozenset(
-    {Op.GET_OBJECT, Op.HEAD_OBJECT, Op.HEAD_BUCKET, Op.LIST_OBJECTS, Op.LIST_OBJECTS_V2}
+    {
+        Op.GET_OBJECT,
+        Op.HEAD_OBJECT,
+        Op.GET_OBJECT_ATTRIBUTES,
+        Op.HEAD_BUCKET,
+        Op.LIST_OBJECTS,
+        Op.LIST_OBJECTS_V2,
+    }
 )
+#: Anonymous reads of one object: in a private bucket, the object's own ACL decides.
+_OBJECT_READS = frozenset({Op.GET_OBJECT, Op.HEAD_OBJECT, Op.GET_OBJECT_ATTRIBUTES})
 PUBLIC_READ_ACLS = frozenset({"public-read", "public-read-write"})
 #: The ``NotImplemented`` message of unsupported sub-resources that need more than a name.
 UNSUPPORTED_MESSAGES = {
@@ -689,9 +698,9 @@ class S3App:
         # write was refused above without looking).
         info = await self.objects.head_bucket(endpoint.bucket)
         request.public_bucket = info.acl in PUBLIC_READ_ACLS
-        if not request.public_bucket and endpoint.op not in (Op.GET_OBJECT, Op.HEAD_OBJECT):
+        if not request.public_bucket and endpoint.op not in _OBJECT_READS:
             raise S3Error("AccessDenied", resource=request.resource)
-        # GET/HEAD of an object in a private bucket: the handler checks the object's ACL.
+        # Reading an object in a private bucket: the handler checks the object's ACL.
 
     async def _match_cors(self, method: str, headers: Headers, state: _State) -> None:
         """Set ``state.cors`` for a cross-origin request (one with ``Origin``, not a

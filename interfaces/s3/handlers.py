@@ -34,7 +34,7 @@ from .etag import ChecksumClaim, check_content_md5, parse_content_md5, quote_eta
 from .headers import Headers
 from .names import validate_bucket_name, validate_object_key
 from .ranges import ByteRange, parse_copy_source_range, parse_range
-from .router import CopySource, Op
+from .router import CopySource, Op, int_argument
 from .sigv4 import AuthMethod, AuthResult, PayloadKind
 
 logger = logging.getLogger(__name__)
@@ -935,6 +935,90 @@ async def get_bucket_versioning(app: S3App, req: Request) -> Response:
     return xml_response(xml.empty_configuration("VersioningConfiguration"))
 
 
+# -- object attributes ------------------------------------------------------------------------
+
+#: The attributes GetObjectAttributes can return (``x-amz-object-attributes``).
+OBJECT_ATTRIBUTES = frozenset({"ETag", "Checksum", "ObjectParts", "StorageClass", "ObjectSize"})
+
+
+def _requested_attributes(headers: Headers) -> frozenset[str]:
+    """The attributes ``x-amz-object-attributes`` names (comma-separated, possibly repeated).
+
+    Raises:
+        S3Error: ``InvalidArgument`` if it names none, or one S3 does not know.
+    """
+    names = [
+        name.strip()
+        for value in headers.get_all("x-amz-object-attributes")
+        for name in value.split(",")
+    ]
+    wanted = frozenset(name for name in names if name)
+    unknown = sorted(wanted - OBJECT_ATTRIBUTES)
+    if not wanted or unknown:
+        extra = {"ArgumentName": "x-amz-object-attributes"}
+        if unknown:
+            extra["ArgumentValue"] = unknown[0][:64]
+        raise S3Error("InvalidArgument", "Invalid attribute name specified.", extra=extra)
+    return wanted
+
+
+def _object_parts(reader: ObjectReader, marker: int, max_parts: int) -> xml.ObjectParts | None:
+    """The ``ObjectParts`` of a multipart object: the page of parts after ``marker`` (only
+    the count when the part sizes were not recorded); ``None`` for other objects.
+
+    Raises:
+        Corrupt: the recorded part sizes do not add up to the object.
+    """
+    info, sizes = reader.info, reader.record.part_sizes
+    if info.parts_count is None:
+        return None
+    if sizes is None:
+        return xml.ObjectParts(info.parts_count)
+    if len(sizes) != info.parts_count or sum(sizes) != info.size:
+        raise storage_errors.Corrupt(f"the part sizes of {info.key!r} do not match the object")
+    after = list(enumerate(sizes, start=1))[marker:]
+    page = after[:max_parts]
+    truncated = len(after) > len(page)
+    return xml.ObjectParts(
+        info.parts_count,
+        page,
+        part_number_marker=marker,
+        max_parts=max_parts,
+        is_truncated=truncated,
+        next_part_number_marker=page[-1][0] if truncated and page else None,
+    )
+
+
+async def get_object_attributes(app: S3App, req: Request) -> Response:
+    """GetObjectAttributes: the attributes ``x-amz-object-attributes`` asks for, without the
+    body; readable by whoever may GetObject."""
+    wanted = _requested_attributes(req.headers)
+    marker = int_argument(
+        "x-amz-part-number-marker", req.headers.get("x-amz-part-number-marker"), 0
+    )
+    max_parts = int_argument(
+        "x-amz-max-parts", req.headers.get("x-amz-max-parts"), 1000, maximum=1000
+    )
+    reader = await _open_readable(app, req)
+    info = reader.info
+    checksum = None
+    if "Checksum" in wanted and info.checksum is not None:
+        claim = ChecksumClaim(*info.checksum)
+        checksum = (claim.algorithm, claim.b64)
+    body = xml.get_object_attributes(
+        etag=info.etag if "ETag" in wanted else None,
+        checksum=checksum,
+        object_parts=_object_parts(reader, marker, max_parts) if "ObjectParts" in wanted else None,
+        storage_class=info.storage_class if "StorageClass" in wanted else None,
+        object_size=info.size if "ObjectSize" in wanted else None,
+    )
+    headers = [
+        ("content-type", "application/xml"),
+        ("last-modified", format_http_date(info.last_modified)),
+    ]
+    return Response(200, headers, body)
+
+
 # -- configurations Ballast does not keep ----------------------------------------------------
 
 #: What S3 answers for a configuration never set on a bucket: a 404 error code, or the
@@ -1583,6 +1667,7 @@ _OPERATIONS: Mapping[Op, Handler] = {
     Op.GET_OBJECT_TAGGING: get_object_tagging,
     Op.PUT_OBJECT_TAGGING: put_object_tagging,
     Op.DELETE_OBJECT_TAGGING: delete_object_tagging,
+    Op.GET_OBJECT_ATTRIBUTES: get_object_attributes,
     Op.CREATE_MULTIPART_UPLOAD: create_multipart_upload,
     Op.UPLOAD_PART: upload_part,
     Op.UPLOAD_PART_COPY: upload_part_copy,

@@ -15,12 +15,13 @@ against the S3 API reference's request syntax for every supported operation.
    object level. ``/bucket/`` is bucket level.
 3. **Sub-resources.** Query parameters that select an operation (``uploads``, ``uploadId``,
    ``location``, ``versions``, ``list-type``, ``delete``, ``acl``, ``cors``, ``tagging``,
-   ``lifecycle``, ``versioning`` for GET, ``partNumber`` for PUT) decide the endpoint together
-   with the method: ``acl`` is GET or PUT only (``DELETE /bucket?acl`` is ``MethodNotAllowed``,
-   never a deletion), ``cors`` and ``lifecycle`` GET, PUT or DELETE (``DELETE /bucket?cors`` is
-   DeleteBucketCors, never DeleteBucket), and ``tagging`` GET, PUT or DELETE on a bucket or
-   an object (``DELETE /bucket?tagging`` is DeleteBucketTagging, ``DELETE /bucket/key?tagging``
-   DeleteObjectTagging: never a deletion). Configurations Ballast does not keep
+   ``lifecycle``, ``versioning`` and ``attributes`` for GET, ``partNumber`` for PUT) decide
+   the endpoint together with the method: ``acl`` is GET or PUT only (``DELETE /bucket?acl``
+   is ``MethodNotAllowed``, never a deletion), ``cors`` and ``lifecycle`` GET, PUT or DELETE
+   (``DELETE /bucket?cors`` is DeleteBucketCors, never DeleteBucket), ``tagging`` GET, PUT or
+   DELETE on a bucket or an object (``DELETE /bucket?tagging`` is DeleteBucketTagging,
+   ``DELETE /bucket/key?tagging`` DeleteObjectTagging: never a deletion), and ``attributes``
+   GET on an object (GetObjectAttributes). Configurations Ballast does not keep
    (``policy``, ``encryption``, ``website``, …) route for GET (answered as S3 answers a
    bucket where they were never set) and, where S3 has one, DELETE (nothing to remove).
    Sub-resources we know but do not implement for the method (PUT ``policy``, PUT
@@ -112,6 +113,7 @@ class Op(enum.Enum):
     GET_OBJECT_TAGGING = "GetObjectTagging"
     PUT_OBJECT_TAGGING = "PutObjectTagging"
     DELETE_OBJECT_TAGGING = "DeleteObjectTagging"
+    GET_OBJECT_ATTRIBUTES = "GetObjectAttributes"
     CREATE_MULTIPART_UPLOAD = "CreateMultipartUpload"
     UPLOAD_PART = "UploadPart"
     UPLOAD_PART_COPY = "UploadPartCopy"
@@ -171,25 +173,7 @@ class Endpoint:
         Raises:
             S3Error: ``InvalidArgument`` if it is not an integer >= ``minimum``.
         """
-        text = self.param(name)
-        if text is None:
-            return default
-        stripped = text.strip()
-        digits = stripped.removeprefix("-")
-        if not (digits.isascii() and digits.isdigit()) or len(digits) > 18:
-            raise S3Error(
-                "InvalidArgument",
-                f"Provided {name} not an integer or within integer range",
-                extra={"ArgumentName": name, "ArgumentValue": text[:64]},
-            )
-        value = int(stripped)
-        if value < minimum:
-            raise S3Error(
-                "InvalidArgument",
-                f"Argument {name} must be an integer >= {minimum}",
-                extra={"ArgumentName": name, "ArgumentValue": text[:64]},
-            )
-        return value if maximum is None else min(value, maximum)
+        return int_argument(name, self.param(name), default, minimum=minimum, maximum=maximum)
 
     @property
     def name(self) -> str:
@@ -234,7 +218,8 @@ BUCKET_ONLY = BUCKET_UNSUPPORTED | {
 }
 #: Bucket sub-resources that select a GET operation (no POST operation has them).
 _BUCKET_GET_ONLY = frozenset({"list-type", "location", "uploads", "versions"})
-#: Object sub-resources S3 defines that we do not implement.
+#: Object sub-resources S3 defines that we do not implement (for the methods
+#: ``_OBJECT_CONFIG_OPS`` does not route).
 OBJECT_UNSUPPORTED = frozenset(
     {
         "attributes",
@@ -246,6 +231,35 @@ OBJECT_UNSUPPORTED = frozenset(
         "torrent",
     }
 )
+
+
+def int_argument(
+    name: str, text: str | None, default: int, *, minimum: int = 0, maximum: int | None = None
+) -> int:
+    """Argument ``name`` (a query parameter or header) as an integer, clamped to ``maximum``,
+    or ``default`` when ``text`` is ``None``.
+
+    Raises:
+        S3Error: ``InvalidArgument`` if it is not an integer >= ``minimum``.
+    """
+    if text is None:
+        return default
+    stripped = text.strip()
+    digits = stripped.removeprefix("-")
+    if not (digits.isascii() and digits.isdigit()) or len(digits) > 18:
+        raise S3Error(
+            "InvalidArgument",
+            f"Provided {name} not an integer or within integer range",
+            extra={"ArgumentName": name, "ArgumentValue": text[:64]},
+        )
+    value = int(stripped)
+    if value < minimum:
+        raise S3Error(
+            "InvalidArgument",
+            f"Argument {name} must be an integer >= {minimum}",
+            extra={"ArgumentName": name, "ArgumentValue": text[:64]},
+        )
+    return value if maximum is None else min(value, maximum)
 
 
 def route(
@@ -366,7 +380,11 @@ def _object_endpoint(
             "InvalidRequest",
             f"{bucket_only[0]!r} is a sub-resource of buckets, not of objects",
         )
-    unsupported = sorted(OBJECT_UNSUPPORTED & params.keys())
+    unsupported = sorted(
+        name
+        for name in OBJECT_UNSUPPORTED & params.keys()
+        if method not in _OBJECT_CONFIG_OPS.get(name, {})
+    )
     if unsupported and method in ("GET", "PUT", "DELETE", "POST", "HEAD"):
         return make(Op.UNSUPPORTED, subresource=unsupported[0])
     config = _config_op(_OBJECT_CONFIG_OPS, method, params)
@@ -456,6 +474,8 @@ _OBJECT_CONFIG_OPS: dict[str, dict[str, Op]] = {
         "PUT": Op.PUT_OBJECT_TAGGING,
         "DELETE": Op.DELETE_OBJECT_TAGGING,
     },
+    # GET only: ``PUT /b/k?attributes`` and the like are ``OBJECT_UNSUPPORTED``.
+    "attributes": {"GET": Op.GET_OBJECT_ATTRIBUTES},
 }
 
 

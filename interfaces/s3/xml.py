@@ -163,6 +163,22 @@ class PartInfo:
 
 
 @dataclass(frozen=True)
+class ObjectParts:
+    """The ``ObjectParts`` of GetObjectAttributes for a multipart object.
+
+    ``parts`` is one page of ``(part number, size)``, or ``None`` when the part sizes are
+    unknown: then only the part count is given.
+    """
+
+    total: int
+    parts: Sequence[tuple[int, int]] | None = None
+    part_number_marker: int = 0
+    max_parts: int = 1000
+    is_truncated: bool = False
+    next_part_number_marker: int | None = None
+
+
+@dataclass(frozen=True)
 class UploadInfo:
     """One in-progress multipart upload in ListMultipartUploads."""
 
@@ -401,6 +417,50 @@ def list_parts(
             items,
         ],
     )
+
+
+def get_object_attributes(
+    *,
+    etag: str | None = None,
+    checksum: tuple[str, str] | None = None,
+    object_parts: ObjectParts | None = None,
+    storage_class: str | None = None,
+    object_size: int | None = None,
+) -> bytes:
+    """The GetObjectAttributesResponse body: only the attributes given (not ``None``).
+
+    Args:
+        etag: the ETag, unquoted (as S3 returns it here).
+        checksum: ``(algorithm, base64 digest)`` of the whole object, e.g. ``("CRC32", ...)``.
+        object_parts: the parts of a multipart object.
+        storage_class: the storage class.
+        object_size: the object's size in bytes.
+    """
+    body = [_tag("ETag", etag)]
+    if checksum is not None:
+        algorithm, digest = checksum
+        # Ballast stores one checksum of the whole object, never one composed of the parts'.
+        body.append(
+            f"<Checksum>{_tag('Checksum' + algorithm, digest)}"
+            f"{_tag('ChecksumType', 'FULL_OBJECT')}</Checksum>"
+        )
+    if object_parts is not None:
+        p = object_parts
+        body.append("<ObjectParts>" + _tag("PartsCount", p.total))
+        if p.parts is not None:
+            body += [
+                _tag("PartNumberMarker", p.part_number_marker),
+                _tag("NextPartNumberMarker", p.next_part_number_marker),
+                _tag("MaxParts", p.max_parts),
+                _tag("IsTruncated", p.is_truncated),
+                *(
+                    f"<Part>{_tag('PartNumber', number)}{_tag('Size', size)}</Part>"
+                    for number, size in p.parts
+                ),
+            ]
+        body.append("</ObjectParts>")
+    body += [_tag("StorageClass", storage_class), _tag("ObjectSize", object_size)]
+    return _doc("GetObjectAttributesResponse", body)
 
 
 def list_multipart_uploads(

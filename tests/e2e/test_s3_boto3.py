@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import http.client
 import io
+import json
 import os
 import random
 import shutil
@@ -846,6 +847,135 @@ def test_part_number_without_recorded_part_sizes(s3_server: S3Server, s3: Any, b
     assert (got["ContentRange"], got["PartsCount"]) == ("bytes 0-7/8", 1)
 
 
+ALL_ATTRIBUTES = ["ETag", "Checksum", "ObjectParts", "StorageClass", "ObjectSize"]
+
+
+def _attributes(s3: Any, bucket: str, key: str, names: list[str], **kwargs: Any) -> Any:
+    got = s3.get_object_attributes(Bucket=bucket, Key=key, ObjectAttributes=names, **kwargs)
+    got.pop("ResponseMetadata")
+    return got
+
+
+def test_get_object_attributes_of_a_single_part_object(s3: Any, bucket: str) -> None:
+    data = random.Random(5).randbytes(100_000)
+    crc = base64.b64encode(zlib.crc32(data).to_bytes(4, "big")).decode()
+    s3.put_object(Bucket=bucket, Key="dir/one part", Body=data, ChecksumAlgorithm="CRC32")
+    head = s3.head_object(Bucket=bucket, Key="dir/one part")
+    got = _attributes(s3, bucket, "dir/one part", ALL_ATTRIBUTES)
+    assert got == {
+        "LastModified": head["LastModified"],
+        "ETag": _md5(data).strip('"'),  # unquoted, as S3 returns it here
+        "Checksum": {"ChecksumCRC32": crc, "ChecksumType": "FULL_OBJECT"},
+        "StorageClass": "STANDARD",
+        "ObjectSize": len(data),
+    }
+    assert "VersionId" not in got
+    # only what was asked for
+    only = _attributes(s3, bucket, "dir/one part", ["ObjectSize", "ETag"], VersionId="null")
+    assert only == {
+        "LastModified": head["LastModified"],
+        "ETag": got["ETag"],
+        "ObjectSize": 100_000,
+    }
+    with pytest.raises(ClientError) as info:
+        _attributes(s3, bucket, "dir/one part", ["ETag"], VersionId="3HL4kqtJlcpXroDTDmJ")
+    assert (_code(info), _status(info)) == ("NoSuchVersion", 404)
+
+
+def test_get_object_attributes_pages_through_parts(s3: Any, bucket: str) -> None:
+    parts = [b"a" * (5 * MiB + 1), b"b" * (5 * MiB), b"c" * (5 * MiB), b"last"]
+    etag = _multipart_object(s3, bucket, "mp", parts)
+    sizes = [{"PartNumber": n, "Size": len(p)} for n, p in enumerate(parts, start=1)]
+    got = _attributes(s3, bucket, "mp", ["ObjectParts", "ETag", "ObjectSize"])
+    assert (got["ETag"], got["ObjectSize"]) == (etag.strip('"'), sum(map(len, parts)))
+    assert got["ObjectParts"] == {
+        "TotalPartsCount": 4,
+        "PartNumberMarker": 0,
+        "MaxParts": 1000,
+        "IsTruncated": False,
+        "Parts": sizes,
+    }
+    seen, marker = [], 0
+    while True:
+        page = _attributes(s3, bucket, "mp", ["ObjectParts"], MaxParts=3, PartNumberMarker=marker)[
+            "ObjectParts"
+        ]
+        assert (page["TotalPartsCount"], page["MaxParts"]) == (4, 3)
+        assert page["PartNumberMarker"] == marker
+        seen += page["Parts"]
+        if not page["IsTruncated"]:
+            assert "NextPartNumberMarker" not in page
+            break
+        assert page["NextPartNumberMarker"] == page["Parts"][-1]["PartNumber"]
+        marker = page["NextPartNumberMarker"]
+    assert (seen, marker) == (sizes, 3)
+    beyond = _attributes(s3, bucket, "mp", ["ObjectParts"], PartNumberMarker=4)["ObjectParts"]
+    assert (beyond["IsTruncated"], "Parts" in beyond) == (False, False)
+    # MaxParts above 1000 is clamped, as in ListParts
+    assert (
+        _attributes(s3, bucket, "mp", ["ObjectParts"], MaxParts=5000)["ObjectParts"]["MaxParts"]
+        == 1000
+    )
+    # no whole-object checksum is stored for a multipart object: none is returned
+    assert _attributes(s3, bucket, "mp", ["Checksum"]).keys() == {"LastModified"}
+    # an object not written by a multipart upload has no parts
+    s3.put_object(Bucket=bucket, Key="plain", Body=b"plain")
+    assert _attributes(s3, bucket, "plain", ["ObjectParts"]).keys() == {"LastModified"}
+
+
+def test_get_object_attributes_without_recorded_part_sizes(
+    s3_server: S3Server, s3: Any, bucket: str
+) -> None:
+    """Multipart objects completed before part sizes were recorded: the part count only."""
+    index = s3_server.run(s3_server.objects.bucket_index, bucket)
+
+    def forget_part_sizes(current: bytes | None) -> bytes:
+        assert current is not None
+        return replace(ObjectRecord.unpack(current), part_sizes=None).pack()
+
+    _multipart_object(s3, bucket, "mp", [b"a" * (5 * MiB), b"b" * 10])
+    s3_server.run(index.update, b"mp", forget_part_sizes)
+    got = _attributes(s3, bucket, "mp", ["ObjectParts", "ObjectSize"], MaxParts=1)
+    assert got["ObjectParts"] == {"TotalPartsCount": 2}
+    assert got["ObjectSize"] == 5 * MiB + 10
+
+
+def test_get_object_attributes_errors(s3_server: S3Server, s3: Any, bucket: str) -> None:
+    s3.put_object(Bucket=bucket, Key="k", Body=b"x")
+    with pytest.raises(ClientError) as info:
+        _attributes(s3, bucket, "missing", ["ETag"])
+    assert (_code(info), _status(info)) == ("NoSuchKey", 404)
+    assert _error(info)["Key"] == "missing"
+    with pytest.raises(ClientError) as info:
+        _attributes(s3, "e2e-no-such-bucket", "k", ["ETag"])
+    assert (_code(info), _status(info)) == ("NoSuchBucket", 404)
+    for names in (["ETag", "Size"], ["etag"], [], [" "]):
+        with pytest.raises(ClientError) as info:
+            _attributes(s3, bucket, "k", names)
+        assert (_code(info), _status(info)) == ("InvalidArgument", 400), names
+        assert _error(info)["Message"] == "Invalid attribute name specified."
+        assert _error(info)["ArgumentName"] == "x-amz-object-attributes"
+    for header, value in (("x-amz-max-parts", "-1"), ("x-amz-part-number-marker", "two")):
+        client = s3_server.client(s3={"addressing_style": "path"})
+        _add_header(client, "GetObjectAttributes", header, value)
+        with pytest.raises(ClientError) as info:
+            _attributes(client, bucket, "k", ["ObjectParts"])
+        assert (_code(info), _error(info)["ArgumentName"]) == ("InvalidArgument", header)
+
+
+def test_get_object_attributes_anonymously(s3_server: S3Server, s3: Any, bucket: str) -> None:
+    """Anyone may ask exactly when anyone may GetObject: public objects, not private ones."""
+    s3.put_object(Bucket=bucket, Key="closed", Body=b"closed")
+    s3.put_object(Bucket=bucket, Key="open", Body=b"open", ACL="public-read")
+    anonymous = s3_server.client(signature_version=UNSIGNED, s3={"addressing_style": "path"})
+    for key in ("closed", "missing"):
+        with pytest.raises(ClientError) as info:
+            _attributes(anonymous, bucket, key, ["ETag"])
+        assert (_code(info), _status(info)) == ("AccessDenied", 403), key
+    got = _attributes(anonymous, bucket, "open", ["ETag", "ObjectSize"])
+    assert (got["ETag"], got["ObjectSize"]) == (_md5(b"open").strip('"'), 4)
+
+
 def _part(i: int, size: int) -> bytes:
     return random.Random(i).randbytes(size)
 
@@ -1418,6 +1548,24 @@ def test_awscli(s3_server: S3Server, bucket: str, tmp_path: Path) -> None:
     source.write_bytes(random.Random(11).randbytes(12 * MiB + 7))
     aws("s3", "cp", "--only-show-errors", str(source), f"s3://{bucket}/cli/up.bin")
     assert "up.bin" in aws("s3", "ls", f"s3://{bucket}/cli/")
+    attributes = json.loads(
+        aws(
+            "s3api",
+            "get-object-attributes",
+            "--bucket",
+            bucket,
+            "--key",
+            "cli/up.bin",
+            "--object-attributes",
+            "ETag",
+            "ObjectParts",
+            "ObjectSize",
+        )
+    )
+    assert attributes["ObjectSize"] == 12 * MiB + 7
+    parts = attributes["ObjectParts"]
+    assert sum(p["Size"] for p in parts["Parts"]) == 12 * MiB + 7
+    assert attributes["ETag"].endswith(f"-{parts['TotalPartsCount']}")
     aws("s3", "cp", "--only-show-errors", f"s3://{bucket}/cli/up.bin", str(tmp_path / "down.bin"))
     assert (tmp_path / "down.bin").read_bytes() == source.read_bytes()
     aws("s3", "rm", "--recursive", f"s3://{bucket}/cli/")

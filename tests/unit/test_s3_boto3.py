@@ -149,6 +149,17 @@ OPERATIONS: list[tuple[str, dict[str, Any], Op]] = [
     ("get_object_tagging", {"Bucket": "bucket", "Key": "k"}, Op.GET_OBJECT_TAGGING),
     ("delete_object_tagging", {"Bucket": "bucket", "Key": "k"}, Op.DELETE_OBJECT_TAGGING),
     (
+        "get_object_attributes",
+        {
+            "Bucket": "bucket",
+            "Key": "dir/a b",
+            "ObjectAttributes": ["ETag", "ObjectParts"],
+            "MaxParts": 2,
+            "PartNumberMarker": 1,
+        },
+        Op.GET_OBJECT_ATTRIBUTES,
+    ),
+    (
         "put_bucket_tagging",
         {"Bucket": "bucket", "Tagging": {"TagSet": [{"Key": "a", "Value": "b"}]}},
         Op.PUT_BUCKET_TAGGING,

@@ -169,6 +169,85 @@ def test_multipart_bodies() -> None:
     assert parsed["Uploads"][0]["UploadId"] == "VXBsb2Fk"
 
 
+def _attributes(body: bytes) -> dict[str, Any]:
+    """The GetObjectAttributes fields boto3 reads from ``body`` (no response metadata)."""
+    parsed = boto_parse("GetObjectAttributes", body)
+    parsed.pop("ResponseMetadata", None)
+    return parsed
+
+
+def test_get_object_attributes_every_attribute() -> None:
+    body = xml.get_object_attributes(
+        etag="3858f62230ac3c915f300c664312c11f-9",
+        checksum=("CRC32", "i9aeUg=="),
+        object_parts=xml.ObjectParts(
+            9,
+            [(3, 5242880), (4, 17)],
+            part_number_marker=2,
+            max_parts=2,
+            is_truncated=True,
+            next_part_number_marker=4,
+        ),
+        storage_class="STANDARD",
+        object_size=41943057,
+    )
+    root = ElementTree.fromstring(body)
+    ns = "{" + xml.S3_NAMESPACE + "}"
+    assert root.tag == ns + "GetObjectAttributesResponse"
+    # the order of the S3 API reference's response syntax
+    assert [child.tag.removeprefix(ns) for child in root] == [
+        "ETag",
+        "Checksum",
+        "ObjectParts",
+        "StorageClass",
+        "ObjectSize",
+    ]
+    parsed = _attributes(body)
+    assert parsed["ETag"] == "3858f62230ac3c915f300c664312c11f-9"
+    assert parsed["Checksum"] == {"ChecksumCRC32": "i9aeUg==", "ChecksumType": "FULL_OBJECT"}
+    assert parsed["ObjectParts"] == {
+        "TotalPartsCount": 9,
+        "PartNumberMarker": 2,
+        "NextPartNumberMarker": 4,
+        "MaxParts": 2,
+        "IsTruncated": True,
+        "Parts": [{"PartNumber": 3, "Size": 5242880}, {"PartNumber": 4, "Size": 17}],
+    }
+    assert (parsed["StorageClass"], parsed["ObjectSize"]) == ("STANDARD", 41943057)
+
+
+@pytest.mark.parametrize("algorithm", ["CRC32", "CRC32C", "CRC64NVME", "SHA1", "SHA256"])
+def test_get_object_attributes_checksum_names(algorithm: str) -> None:
+    parsed = _attributes(xml.get_object_attributes(checksum=(algorithm, "AAAA")))
+    assert parsed == {"Checksum": {f"Checksum{algorithm}": "AAAA", "ChecksumType": "FULL_OBJECT"}}
+
+
+def test_get_object_attributes_only_what_is_given() -> None:
+    assert _attributes(xml.get_object_attributes(object_size=0)) == {"ObjectSize": 0}
+    assert _attributes(xml.get_object_attributes(etag="a&b")) == {"ETag": "a&b"}
+    assert _attributes(xml.get_object_attributes()) == {}
+
+
+def test_get_object_attributes_parts() -> None:
+    last_page = xml.ObjectParts(3, [(3, 20)], part_number_marker=2, max_parts=1000)
+    parsed = _attributes(xml.get_object_attributes(object_parts=last_page))
+    assert parsed["ObjectParts"] == {
+        "TotalPartsCount": 3,
+        "PartNumberMarker": 2,
+        "MaxParts": 1000,
+        "IsTruncated": False,
+        "Parts": [{"PartNumber": 3, "Size": 20}],
+    }
+    beyond = xml.ObjectParts(3, [], part_number_marker=7, max_parts=5)
+    parsed = _attributes(xml.get_object_attributes(object_parts=beyond))
+    assert parsed["ObjectParts"]["IsTruncated"] is False
+    assert "Parts" not in parsed["ObjectParts"]
+    # part sizes not recorded: the count alone
+    unknown = xml.ObjectParts(3)
+    parsed = _attributes(xml.get_object_attributes(object_parts=unknown))
+    assert parsed["ObjectParts"] == {"TotalPartsCount": 3}
+
+
 def test_copy_results() -> None:
     parsed = boto_parse("CopyObject", xml.copy_object_result('"e"', WHEN))
     assert parsed["CopyObjectResult"]["ETag"] == '"e"'
