@@ -1498,32 +1498,34 @@ class ObjectStore:
         Raises:
             NoSuchBucket.
         """
+        _key_bytes(key)
+
+        async def delete(cfg: BucketConfig) -> bool:
+            return await self._delete(cfg, key, release_later, condition)
+
+        return await self._on_bucket(bucket, delete)
+
+    async def _delete(
+        self,
+        cfg: BucketConfig,
+        key: str,
+        later: ReleaseLater | None,
+        condition: Callable[[ObjectInfo], bool] | None = None,
+    ) -> bool:
         raw_key = _key_bytes(key)
 
         def delete(current: bytes | None) -> None:
-            if current is None:
-                raise _NoChange
-            if not condition(_object_info(bucket, key, ObjectRecord.unpack(current))):
+            if condition is not None and (
+                current is None
+                or not condition(_object_info(cfg.name, key, ObjectRecord.unpack(current)))
+            ):
                 raise _NoChange
             return None
 
-        async def run(cfg: BucketConfig) -> bool:
-            try:
-                old, _ = await self._index_update(cfg, raw_key, delete)
-            except _NoChange:
-                return False
-            if old is None:
-                return False
-            self._counts["objects_deleted"] += 1
-            record = ObjectRecord.unpack(old)
-            await self._release_record(cfg, raw_key, record, frozenset(), release_later)
-            return True
-
-        return await self._on_bucket(bucket, run)
-
-    async def _delete(self, cfg: BucketConfig, key: str, later: ReleaseLater | None) -> bool:
-        raw_key = _key_bytes(key)
-        old, _ = await self._index_update(cfg, raw_key, lambda _current: None)
+        try:
+            old, _ = await self._index_update(cfg, raw_key, delete)
+        except _NoChange:
+            return False
         if old is None:
             return False
         self._counts["objects_deleted"] += 1
