@@ -346,6 +346,8 @@ class RepairService:
         self._n = _Counters()
         self._pass_lock = trio.Lock()
         self._wake = trio.Event()
+        #: How long the last pass took if it found nothing to do, else 0 (see ``run``).
+        self._idle_pass_seconds = 0.0
         self._geometry: dict[BlockAddress, tuple[int, int]] = {}
         self._send_at = 0.0
         self._cpu = trio.CapacityLimiter(1)
@@ -424,7 +426,7 @@ class RepairService:
                 if busy:
                     await trio.sleep(self.config.settle_delay)
                     continue
-                with trio.move_on_after(self.config.idle_wait(self._n.last_pass_seconds)):
+                with trio.move_on_after(self.config.idle_wait(self._idle_pass_seconds)):
                     await self._wake.wait()
                     await trio.sleep(self.config.settle_delay)
 
@@ -558,6 +560,10 @@ class RepairService:
             n.bytes_to_move = tally.bytes_to_move
             if tally.work:
                 n.repair_seconds += n.last_pass_seconds
+            # Only a pass that found nothing to do stretches the wait before the next one: a
+            # pass that found work and failed (a copy timed out) is long for want of peers,
+            # not of CPU, and is retried after ``scan_interval`` as always.
+            self._idle_pass_seconds = 0.0 if tally.work else n.last_pass_seconds
             # Passes repeat at once only while they get somewhere: a failure that persists
             # (a full target, an unreachable acceptor) waits for the next interval or event.
             return self._progress() > before or self._stale_view

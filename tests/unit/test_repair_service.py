@@ -173,7 +173,7 @@ async def test_the_pass_loop_waits_after_a_long_pass(
     async def ten_second_pass() -> bool:
         starts.append(trio.current_time())
         await trio.sleep(10.0)
-        repair._n.last_pass_seconds = 10.0
+        repair._idle_pass_seconds = 10.0
         return False
 
     repair.repair_now = ten_second_pass  # type: ignore[method-assign]
