@@ -90,7 +90,10 @@ def parse_duration(text: str | int | float) -> float:
     match = _DURATION.match(text)
     if not match:
         raise ConfigError(f"cannot read duration {text!r} (expected e.g. '30s', '500ms')")
-    return float(match.group(1)) * _SECONDS[match.group(2) or ""]
+    seconds = float(match.group(1)) * _SECONDS[match.group(2) or ""]
+    if not math.isfinite(seconds):
+        raise ConfigError(f"duration {text!r} is too long")
+    return seconds
 
 
 def parse_region(text: object) -> str:

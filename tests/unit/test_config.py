@@ -101,6 +101,7 @@ def test_minimal_config_uses_defaults(tmp_path: Path) -> None:
         ('[node]\ndata_dir = "d"\n[repair]\ntombstone_grace = "0s"\n', "tombstone_grace"),
         ('[node]\ndata_dir = "d"\n[s3]\nincomplete_upload_expiry = "x"\n', "incomplete_upload"),
         ('[node]\ndata_dir = "d"\n[s3]\nlifecycle_interval = "0s"\n', "lifecycle_interval"),
+        (f'[node]\ndata_dir = "d"\n[s3]\nlifecycle_interval = "{"9" * 400}s"\n', "too long"),
         ("[node\n", "not valid TOML"),
         ("node = 3\n", "[node] must be a table"),
         ('[node]\ndata_dir = "d"\n[s3]\ngateway_key = 5\n', "[s3] gateway_key"),
