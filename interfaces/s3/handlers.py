@@ -307,6 +307,15 @@ async def _expiration_headers(app: S3App, bucket: str, info: ObjectInfo) -> list
     return [("x-amz-expiration", value)]
 
 
+async def _answer_with_expiration(
+    app: S3App, req: Request, info: ObjectInfo, body: bytes
+) -> Response:
+    """A 200 XML answer about the object ``info`` just written, with its
+    ``x-amz-expiration`` when a lifecycle rule expires it."""
+    expiration = await _expiration_headers(app, req.bucket, info)
+    return Response(200, [("content-type", "application/xml"), *expiration], body)
+
+
 def _check_copy_size(size: int) -> None:
     if size > MAX_COPY_SOURCE_SIZE:
         raise S3Error(
@@ -852,7 +861,8 @@ async def copy_object(app: S3App, req: Request) -> Response:
         if check.opened:
             raise  # about the destination
         raise _source_error(exc, source) from exc  # the source is opened first
-    return xml_response(xml.copy_object_result(quote_etag(info.etag), info.last_modified))
+    body = xml.copy_object_result(quote_etag(info.etag), info.last_modified)
+    return await _answer_with_expiration(app, req, info, body)
 
 
 # -- access control lists and versioning ----------------------------------------------------
@@ -1288,7 +1298,7 @@ async def complete_multipart_upload(app: S3App, req: Request) -> Response:
         release_later=req.release_later,
     )
     body = xml.complete_multipart_upload(_location(req), req.bucket, req.key, quote_etag(info.etag))
-    return xml_response(body)
+    return await _answer_with_expiration(app, req, info, body)
 
 
 async def abort_multipart_upload(app: S3App, req: Request) -> Response:

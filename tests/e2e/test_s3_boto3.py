@@ -2585,6 +2585,23 @@ def test_objects_a_rule_expires_carry_x_amz_expiration(s3: Any, bucket: str) -> 
     got = s3.get_object(Bucket=bucket, Key="logs/a.log")
     assert got["Expiration"] == expected
     got["Body"].read()
+    copied = s3.copy_object(
+        Bucket=bucket, Key="logs/b.log", CopySource={"Bucket": bucket, "Key": "logs/a.log"}
+    )
+    b_modified = s3.head_object(Bucket=bucket, Key="logs/b.log")["LastModified"]
+    assert copied["Expiration"] == _expiration(b_modified, 30, "old logs")
+    upload = s3.create_multipart_upload(Bucket=bucket, Key="logs/c.log")["UploadId"]
+    part = s3.upload_part(
+        Bucket=bucket, Key="logs/c.log", UploadId=upload, PartNumber=1, Body=b"part"
+    )
+    done = s3.complete_multipart_upload(
+        Bucket=bucket,
+        Key="logs/c.log",
+        UploadId=upload,
+        MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": part["ETag"]}]},
+    )
+    c_modified = s3.head_object(Bucket=bucket, Key="logs/c.log")["LastModified"]
+    assert done["Expiration"] == _expiration(c_modified, 30, "old logs")
     # A date rule that needs a tag: only the tagged object has it.
     s3.put_object(Bucket=bucket, Key="tmp/t", Body=b"x", Tagging="class=tmp")
     s3.put_object(Bucket=bucket, Key="tmp/u", Body=b"x")
