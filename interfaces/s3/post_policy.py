@@ -53,7 +53,9 @@ from .sigv4 import (
     derive_signing_key,
     parse_amz_date,
     parse_credential,
+    secret_for,
     sign,
+    sign_v2,
 )
 
 #: Fields no condition needs to name (besides ``x-ignore-*``).
@@ -246,13 +248,6 @@ def _required(fields: Mapping[str, str], name: str) -> str:
     return value
 
 
-def _secret(access_key: str, lookup_secret: SecretLookup) -> str:
-    secret = lookup_secret(access_key)
-    if secret is None:
-        raise S3Error("InvalidAccessKeyId", extra={"AWSAccessKeyId": access_key})
-    return secret
-
-
 def _verify_v4(
     fields: Mapping[str, str], policy_text: str, lookup_secret: SecretLookup, region: str | None
 ) -> str:
@@ -275,7 +270,7 @@ def _verify_v4(
         ) from None
     check_scope(credential, amz_date, region, "s3", "InvalidArgument")
     claimed = _required(fields, "x-amz-signature")
-    secret = _secret(credential.access_key, lookup_secret)
+    secret = secret_for(credential.access_key, lookup_secret)
     key = derive_signing_key(secret, credential.date, credential.region, credential.service)
     expected = sign(key, policy_text)
     if not hmac.compare_digest(expected.encode(), claimed.strip().encode("utf-8", "replace")):
@@ -286,9 +281,7 @@ def _verify_v4(
 def _verify_v2(fields: Mapping[str, str], policy_text: str, lookup_secret: SecretLookup) -> str:
     access_key = _required(fields, "awsaccesskeyid")
     claimed = _required(fields, "signature")
-    secret = _secret(access_key, lookup_secret)
-    digest = hmac.digest(secret.encode("utf-8"), policy_text.encode("utf-8"), "sha1")
-    expected = base64.b64encode(digest)
+    expected = sign_v2(secret_for(access_key, lookup_secret), policy_text)
     if not hmac.compare_digest(expected, claimed.strip().encode("utf-8", "replace")):
         raise S3Error("SignatureDoesNotMatch")
     return access_key

@@ -517,7 +517,8 @@ def _parse_signed_headers(value: str, error: str) -> list[str]:
     return names
 
 
-def _secret_for(access_key: str, lookup_secret: SecretLookup) -> str:
+def secret_for(access_key: str, lookup_secret: SecretLookup) -> str:
+    """The secret of ``access_key``; an unknown key raises ``InvalidAccessKeyId``."""
     secret = lookup_secret(access_key)
     if secret is None:
         raise S3Error("InvalidAccessKeyId", extra={"AWSAccessKeyId": access_key})
@@ -672,7 +673,7 @@ def _verify_header(
             "There were headers present in the request which were not signed",
             extra={"HeadersNotSigned": ", ".join(unsigned_amz)},
         )
-    secret = _secret_for(cred.access_key, lookup_secret)
+    secret = secret_for(cred.access_key, lookup_secret)
     key = derive_signing_key(secret, cred.date, cred.region, cred.service)
     block = canonical_headers(headers, signed)
     query = canonical_query(raw_query)
@@ -751,7 +752,7 @@ def _verify_query(
     kind = _payload_kind(claim)
     if kind.streaming:
         raise S3Error("InvalidRequest", "Streaming payloads require header authentication")
-    secret = _secret_for(cred.access_key, lookup_secret)
+    secret = secret_for(cred.access_key, lookup_secret)
     key = derive_signing_key(secret, cred.date, cred.region, cred.service)
     block = canonical_headers(headers, signed)
     cquery = canonical_query(raw_query, exclude=("X-Amz-Signature",))
@@ -857,6 +858,13 @@ def _v2_amz_headers(pairs: Iterable[tuple[str, str]]) -> str:
     return "".join(f"{name}:{','.join(grouped[name])}\n" for name in sorted(grouped))
 
 
+def sign_v2(secret: str, string_to_sign: str) -> bytes:
+    """The SigV2 signature of ``string_to_sign``: base64 of its HMAC-SHA1 under ``secret``."""
+    return base64.b64encode(
+        hmac.digest(secret.encode("utf-8"), string_to_sign.encode("utf-8"), "sha1")
+    )
+
+
 def _v2_check(
     method: str,
     resources: list[str],
@@ -867,9 +875,7 @@ def _v2_check(
 ) -> None:
     ok = False
     for resource in resources:
-        string = f"{method}\n{head}\n{amz}{resource}"
-        digest = hmac.digest(secret.encode("utf-8"), string.encode("utf-8"), "sha1")
-        expected = base64.b64encode(digest)
+        expected = sign_v2(secret, f"{method}\n{head}\n{amz}{resource}")
         ok |= hmac.compare_digest(expected, claimed.encode("utf-8", "replace"))
     if not ok:
         raise S3Error("SignatureDoesNotMatch")
@@ -905,7 +911,7 @@ def _verify_v2_header(
         when = _parse_http_date(date_text)
     if abs(now - when) > MAX_SKEW:
         raise S3Error("RequestTimeTooSkewed")
-    secret = _secret_for(access_key, lookup_secret)
+    secret = secret_for(access_key, lookup_secret)
     head = "\n".join(
         (
             (headers.get("content-md5") or "").strip(),
@@ -937,7 +943,7 @@ def _verify_v2_query(
         )
     if len(expires) > 12 or now.timestamp() > int(expires):
         raise S3Error("AccessDenied", "Request has expired", extra={"Expires": expires[:32]})
-    secret = _secret_for(access_key, lookup_secret)
+    secret = secret_for(access_key, lookup_secret)
     head = "\n".join(
         (
             (headers.get("content-md5") or query.get("content-md5") or "").strip(),
