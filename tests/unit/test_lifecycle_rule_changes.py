@@ -1,4 +1,5 @@
-"""Review: lifecycle worker deletions against rules that no longer exist."""
+"""The lifecycle worker acts only on the rules a bucket has now: a rule removed, disabled
+or narrowed while a scan is under way stops acting at once."""
 
 from __future__ import annotations
 
@@ -6,10 +7,11 @@ from typing import Any
 
 import pytest
 
+from storage.lifecycle import LifecycleFilter, LifecycleRule
 from storage.lifecycle_worker import LifecycleWorker
 from storage.objects import ListPage
 from tests.unit.test_lifecycle_worker import ONE_DAY_EXPIRY, days_rule, keys, new_store, put
-from tests.unit.test_upload_sweeper import Clock
+from tests.unit.test_upload_sweeper import Clock, one_piece
 
 
 async def test_rules_removed_after_the_listing_delete_nothing(
@@ -59,11 +61,8 @@ async def test_rule_disabled_after_the_listing_deletes_nothing(
 async def test_abort_rule_removed_after_the_upload_listing_aborts_nothing(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The same for AbortIncompleteMultipartUpload: the uploads listed under the rules of
-    the scan's start are aborted even though the rule is gone (the upload's parts are
-    released: the client's hours-long upload is lost)."""
-    from storage.lifecycle import LifecycleFilter, LifecycleRule
-    from tests.unit.test_upload_sweeper import one_piece
+    """The same for AbortIncompleteMultipartUpload: an upload listed under the rules of the
+    scan's start is not aborted once the rule is gone (its parts would be released)."""
 
     clock = Clock()
     rule = LifecycleRule("uploads", True, LifecycleFilter(), abort_upload_days=1)
@@ -87,9 +86,9 @@ async def test_abort_rule_removed_after_the_upload_listing_aborts_nothing(
 async def test_rules_removed_while_an_earlier_bucket_is_scanned_delete_nothing(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The scan reads every bucket's rules once, at its start, then works through the
-    buckets one by one (each a full listing). A configuration removed while the scan is
-    still on an earlier bucket is applied anyway, possibly hours later."""
+    """The scan lists the buckets once, at its start, then works through them one by one.
+    A configuration removed while the scan is still on an earlier bucket is not applied to
+    the later one."""
     clock = Clock()
     store = await new_store(clock, days_rule(prefix=""))  # bucket "bkt"
     await store.create_bucket("aaa", owner="alice")  # scanned first (sorted by name)
