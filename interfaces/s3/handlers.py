@@ -646,23 +646,37 @@ def _part_span(reader: ObjectReader, part: int) -> tuple[int, int]:
             multipart object of several parts whose sizes were not recorded.
         Corrupt: the recorded part sizes do not add up to the object.
     """
-    info, record = reader.info, reader.record
+    info = reader.info
     count = 1 if info.parts_count is None else info.parts_count
     if part > count:
         raise S3Error("InvalidPartNumber")
-    sizes = record.part_sizes
-    if info.parts_count is None or (sizes is None and count == 1):
-        return 0, info.size - 1
-    if sizes is None:
+    if _recorded_part_sizes(reader) is None:
+        if count == 1:
+            return 0, info.size - 1
         raise S3Error(
             "NotImplemented",
             "The part boundaries of this object were not recorded when it was written: "
             "read it whole or by byte range",
         )
-    span = record.part_range(part)
-    if span is None or len(sizes) != count or sum(sizes) != info.size:
+    span = reader.record.part_range(part)
+    if span is None:
         raise storage_errors.Corrupt(f"the part sizes of {info.key!r} do not match the object")
     return span
+
+
+def _recorded_part_sizes(reader: ObjectReader) -> tuple[int, ...] | None:
+    """The part sizes of a multipart object; ``None`` for other objects, and for multipart
+    objects completed before part sizes were recorded.
+
+    Raises:
+        Corrupt: the recorded part sizes do not add up to the object.
+    """
+    info, sizes = reader.info, reader.record.part_sizes
+    if info.parts_count is None or sizes is None:
+        return None
+    if len(sizes) != info.parts_count or sum(sizes) != info.size:
+        raise storage_errors.Corrupt(f"the part sizes of {info.key!r} do not match the object")
+    return sizes
 
 
 def _read_plan(req: Request, reader: ObjectReader) -> _ReadPlan:
@@ -979,13 +993,12 @@ def _object_parts(reader: ObjectReader, marker: int, max_parts: int) -> xml.Obje
     Raises:
         Corrupt: the recorded part sizes do not add up to the object.
     """
-    info, sizes = reader.info, reader.record.part_sizes
+    info = reader.info
     if info.parts_count is None:
         return None
+    sizes = _recorded_part_sizes(reader)
     if sizes is None:
         return xml.ObjectParts(info.parts_count)
-    if len(sizes) != info.parts_count or sum(sizes) != info.size:
-        raise storage_errors.Corrupt(f"the part sizes of {info.key!r} do not match the object")
     after = list(enumerate(sizes, start=1))[marker:]
     page = after[:max_parts]
     truncated = len(after) > len(page)
