@@ -226,7 +226,7 @@ def primitive_floor() -> tuple[dict[str, float], dict[str, float]]:
 
     PUT (``replicas=3``, the gateway's node among the holders): the request's checks (MD5
     for the ETag, the payload's SHA-256 and CRC-32 that boto3 sends), sealing, the address
-    (BLAKE2b) and its check by the two other holders, and the secure channel to them
+    (BLAKE3) and its check by the two other holders, and the secure channel to them
     (the frame codec's encode + decode, twice). GET from the gateway's own node: the silo's file
     checksum and unsealing. No interpreter, socket, disk or scheduling cost is included:
     this is a floor, not an estimate. Measured with the allocator settings the nodes run
@@ -256,7 +256,7 @@ def primitive_floor() -> tuple[dict[str, float], dict[str, float]]:
         "sha256": _cpu_ms(lambda: hashlib.sha256(data).digest()),
         "crc32": _cpu_ms(lambda: native.crc32(data)),
         "seal": _cpu_ms(lambda: seal(data)),
-        "blake2b x3": 3 * _cpu_ms(lambda: chunk_address(sealed.ciphertext)),
+        "address x3": 3 * _cpu_ms(lambda: chunk_address(sealed.ciphertext)),
         "channel x2": 2 * _cpu_ms(channel),
         "file crc32 x3": 3 * _cpu_ms(lambda: native.crc32(sealed.ciphertext)),
     }

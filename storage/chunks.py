@@ -10,16 +10,27 @@ Every stored thing is verifiable from its address alone, so a reader detects a n
 altered bytes without trusting it:
 
 * **Replicated chunk** (``Redundancy(replicas=r)``): the stored payload is the ciphertext and
-  ``address = BLAKE2b-256(b"ballast-chunk\\0" + ciphertext)``. Each replica holds the same bytes.
+  ``address = BLAKE3-256(b"ballast-chunk\\0" + ciphertext)``. Each replica holds the same bytes.
 * **Erasure-coded chunk** (``Redundancy(data=k, parity=m)``): the ciphertext is split into ``k``
   data fragments and ``m`` parity fragments (native Reed-Solomon). A *manifest* lists ``k``,
-  ``m``, the ciphertext length and the BLAKE2b-256 of every fragment;
+  ``m``, the ciphertext length and the BLAKE3-256 of every fragment;
   ``address = BLAKE2b-256(b"ballast-manifest\\0" + manifest)``. Fragment ``i`` is stored on its
   own node together with the manifest, so a reader fetching any fragment first checks the
   manifest against the address, then the fragment against the manifest: a bad fragment is
   identified individually and another holder is asked instead.
 
 The two domain-separation prefixes make a replicated chunk and a manifest unable to collide.
+
+Hashes: every byte of every chunk is hashed at least three times on a replicated write (the
+writer's address, each holder's check), so the bulk hashes are BLAKE3, which runs ~7x as fast
+as ``hashlib``'s BLAKE2b here (0.12 against 0.87 ms of CPU per MiB, with the GIL released);
+the manifest, a few hundred bytes, keeps BLAKE2b. Chunks written before the switch are
+addressed with BLAKE2b-256 (same prefix) and their manifests, version 1, list BLAKE2b-256
+fragment hashes: they stay valid. A replica matches its address under either hash
+(:func:`is_replica_of`; the second is computed only when the first does not match, so a
+valid new chunk costs one BLAKE3), and a manifest's version says which hash its fragments
+use. Either way a holder must find a second preimage of a 256-bit hash to pass off other
+bytes.
 
 Stored format of a sealed chunk (unchanged since the first version): ``nonce (24 bytes) |
 Poly1305 MAC (16) | XSalsa20 ciphertext``, i.e. exactly what PyNaCl's ``SecretBox.encrypt``
@@ -50,6 +61,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import blake3
 import msgpack
 import nacl.secret
 import nacl.utils
@@ -72,20 +84,36 @@ MAC_BYTES = nacl.secret.SecretBox.MACBYTES
 SEAL_OVERHEAD = NONCE_BYTES + MAC_BYTES
 _CHUNK_DOMAIN = b"ballast-chunk\0"
 _MANIFEST_DOMAIN = b"ballast-manifest\0"
-_MANIFEST_VERSION = 1
+#: Manifest versions: 1 lists BLAKE2b-256 fragment hashes, 2 (written now) BLAKE3-256 ones.
+_MANIFEST_VERSION = 2
+_LEGACY_MANIFEST_VERSION = 1
 _POLY1305_KEY_BYTES = 32
 _STREAM_SKIP = 32  # keystream bytes before the message's: the Poly1305 key
 
 
 def chunk_address(ciphertext: bytes | bytearray | memoryview) -> BlockAddress:
-    """Return the address of a replicated chunk: BLAKE2b-256 of its stored bytes."""
+    """Return the address of a new replicated chunk: BLAKE3-256 of a prefix and its bytes."""
+    digest = blake3.blake3(_CHUNK_DOMAIN)
+    digest.update(ciphertext)
+    return BlockAddress(digest.digest(BLOCK_ADDRESS_BYTES))
+
+
+def _legacy_chunk_address(ciphertext: bytes | bytearray | memoryview) -> BlockAddress:
+    """The address replicated chunks had before BLAKE3: BLAKE2b-256 of the same input."""
     digest = hashlib.blake2b(_CHUNK_DOMAIN, digest_size=BLOCK_ADDRESS_BYTES)
     digest.update(ciphertext)
     return BlockAddress(digest.digest())
 
 
-def _fragment_hash(fragment: bytes | memoryview) -> bytes:
-    return hashlib.blake2b(fragment, digest_size=BLOCK_ADDRESS_BYTES).digest()
+def is_replica_of(address: BlockAddress, payload: bytes | bytearray | memoryview) -> bool:
+    """True if ``payload`` is the replicated chunk at ``address`` (either address hash)."""
+    return chunk_address(payload) == address or _legacy_chunk_address(payload) == address
+
+
+def _fragment_hash(fragment: bytes | memoryview, manifest_version: int) -> bytes:
+    if manifest_version == _LEGACY_MANIFEST_VERSION:
+        return hashlib.blake2b(fragment, digest_size=BLOCK_ADDRESS_BYTES).digest()
+    return blake3.blake3(fragment).digest(BLOCK_ADDRESS_BYTES)
 
 
 @dataclass(frozen=True)
@@ -216,7 +244,7 @@ _box, _open = (
 
 def verify_replica(address: BlockAddress, payload: bytes | bytearray | memoryview) -> None:
     """Raise :class:`Corrupt` unless ``payload`` is the replicated chunk at ``address``."""
-    if chunk_address(payload) != address:
+    if not is_replica_of(address, payload):
         raise Corrupt(f"replica of {address.hex()[:16]} does not match its address")
 
 
@@ -228,11 +256,13 @@ class Manifest:
     parity: int
     size: int
     fragment_hashes: tuple[bytes, ...]
+    #: Says which hash ``fragment_hashes`` are (see the module docstring).
+    version: int = _MANIFEST_VERSION
 
     def to_bytes(self) -> bytes:
         """Encode canonically (the address is computed over exactly these bytes)."""
         packed: bytes = msgpack.packb(
-            [_MANIFEST_VERSION, self.data, self.parity, self.size, list(self.fragment_hashes)],
+            [self.version, self.data, self.parity, self.size, list(self.fragment_hashes)],
             use_bin_type=True,
         )
         return packed
@@ -245,7 +275,7 @@ class Manifest:
             version, data, parity, size, hashes = fields
         except (ValueError, TypeError, msgpack.UnpackException) as error:
             raise Corrupt("malformed chunk manifest") from error
-        if version != _MANIFEST_VERSION:
+        if version not in (_MANIFEST_VERSION, _LEGACY_MANIFEST_VERSION) or type(version) is not int:
             raise Corrupt(f"unknown chunk manifest version {version!r}")
         if not all(isinstance(v, int) and not isinstance(v, bool) for v in (data, parity, size)):
             raise Corrupt("chunk manifest fields must be integers")
@@ -255,7 +285,9 @@ class Manifest:
             raise Corrupt("chunk manifest lists the wrong number of fragments")
         if not all(isinstance(h, bytes) and len(h) == BLOCK_ADDRESS_BYTES for h in hashes):
             raise Corrupt("chunk manifest fragment hashes are malformed")
-        return cls(data=data, parity=parity, size=size, fragment_hashes=tuple(hashes))
+        return cls(
+            data=data, parity=parity, size=size, fragment_hashes=tuple(hashes), version=version
+        )
 
     def address(self) -> BlockAddress:
         """The chunk's address: BLAKE2b-256 of the encoded manifest."""
@@ -303,7 +335,7 @@ def encode_fragments(
         data=data,
         parity=parity,
         size=view.nbytes,
-        fragment_hashes=tuple(_fragment_hash(f) for f in fragments),
+        fragment_hashes=tuple(_fragment_hash(f, _MANIFEST_VERSION) for f in fragments),
     )
     return EncodedChunk(manifest=manifest, fragments=fragments)
 
@@ -324,7 +356,7 @@ def verify_fragment(manifest: Manifest, index: int, fragment: bytes | memoryview
         raise Corrupt(
             f"fragment {index} has {len(fragment)} bytes, expected {manifest.fragment_size}"
         )
-    if _fragment_hash(fragment) != manifest.fragment_hashes[index]:
+    if _fragment_hash(fragment, manifest.version) != manifest.fragment_hashes[index]:
         raise Corrupt(f"fragment {index} does not match its manifest")
 
 

@@ -7,6 +7,6 @@ from typing import NewType
 #: Every block, mutable or immutable, is addressed by 32 bytes.
 BLOCK_ADDRESS_BYTES = 32
 
-#: The 32-byte address of a block: BLAKE2b-256 of the stored payload for immutable blocks,
-#: derived from the owner key and a name or salt for mutable ones.
+#: The 32-byte address of a block: a 256-bit hash of the stored payload for immutable blocks
+#: (see :mod:`storage.chunks`), derived from the owner key and a name or salt for mutable ones.
 BlockAddress = NewType("BlockAddress", bytes)

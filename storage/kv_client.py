@@ -22,7 +22,7 @@ Chunks (immutable, content-addressed)
     and no transport encryption, and is verified all the same), hedges to the next when it
     is late (see "Hedging") or on any failure, and authenticates each answer by unsealing
     it (the Poly1305 tag under the chunk's own random key, which no holder knows, proves
-    every byte); only an answer that does not open is hashed (``chunk_address``) to tell a
+    every byte); only an answer that does not open is hashed (``is_replica_of``) to tell a
     holder that served bad bytes — logged with the node id, counted (``corrupt_replies``),
     another holder is used — from a wrong key in the reference (``Corrupt``, no holder
     blamed). *Fragments*: it asks ``k``
@@ -152,6 +152,7 @@ from .chunks import (
     chunk_address,
     decode_verified_fragments,
     encode_fragments,
+    is_replica_of,
     seal,
     unseal,
     verify_fragment,
@@ -620,7 +621,7 @@ def _open_replica(payload: bytes, address: BlockAddress, key: bytes) -> bytes | 
     try:
         return unseal(payload, key)
     except Corrupt as exc:
-        if chunk_address(payload) != address:
+        if not is_replica_of(address, payload):
             return None
         return exc
 

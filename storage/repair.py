@@ -96,7 +96,7 @@ from dht.errors import RemoteError, RpcError
 from dht.ids import Contact, NodeId
 from dht.membership import Member, MembershipEvent, MemberState
 
-from .chunks import Manifest, chunk_address, rebuild_fragments, verify_fragment, verify_manifest
+from .chunks import Manifest, is_replica_of, rebuild_fragments, verify_fragment, verify_manifest
 from .errors import Conflict, Corrupt, InvalidArgument, NotFound, StorageError, Unavailable
 from .ids import BLOCK_ADDRESS_BYTES, BlockAddress
 from .kv_service import ACCEPTOR_RECORD_FORMAT, pack_fragment_record, unpack_fragment_record
@@ -1175,7 +1175,7 @@ class RepairService:
             if not isinstance(payload, bytes):
                 logger.warning("repair: %s answered kv.get with no payload bytes", contact)
                 continue
-            if chunk_address(payload) == address:
+            if is_replica_of(address, payload):
                 return payload
             logger.error("repair: %s served a bad copy of %s", contact, address.hex()[:16])
         raise Unavailable(1, 0, "no verified copy found")

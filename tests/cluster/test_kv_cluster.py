@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import itertools
 import logging
 import os
@@ -29,7 +30,7 @@ from dht.ids import Contact, NodeId
 from dht.overlay import Overlay
 from dht.rpc import RpcNode
 from storage.api import ChunkRef
-from storage.chunks import chunk_address
+from storage.chunks import chunk_address, seal
 from storage.errors import Conflict, Corrupt, NotFound, Unavailable
 from storage.ids import BlockAddress
 from storage.kv_client import KVClient
@@ -277,6 +278,34 @@ async def test_a_node_serving_altered_bytes_is_detected_by_the_reader(
         assert client.statistics().corrupt_replies == before + 1
         assert registries[liar.index].tampered >= 1
         assert liar.identity.node_id.hex() in caplog.text
+
+
+async def test_replicas_with_blake2b_addresses_are_still_stored_and_read(
+    cluster_factory: ClusterFactory,
+) -> None:
+    """Chunks written before BLAKE3 (BLAKE2b-256 addresses) are accepted by holders, e.g. when
+    repair copies them, and read back; other bytes under such an address are refused."""
+    cluster = await cluster_factory(3)
+    client = await cluster.client(0)
+    data = _stream(300_000, 5)
+    sealed = seal(data)
+    ciphertext = bytes(sealed.ciphertext)
+    legacy = BlockAddress(hashlib.blake2b(b"ballast-chunk\0" + ciphertext, digest_size=32).digest())
+    for index, node in enumerate(cluster.nodes):
+        sender = cluster.nodes[(index + 1) % len(cluster.nodes)].rpc
+        assert sender is not None
+        args = {"address": legacy, "payload": ciphertext, "replicas": 3}
+        assert await sender.call(node.contact, "kv.put", args, timeout=5) == {"stored": True}
+    altered = bytearray(ciphertext)
+    altered[7] ^= 0x01
+    sender = cluster.nodes[0].rpc
+    assert sender is not None
+    args = {"address": legacy, "payload": bytes(altered), "replicas": 3}
+    with pytest.raises(RemoteError) as refused:
+        await sender.call(cluster.nodes[1].contact, "kv.put", args, timeout=5)
+    assert refused.value.code == "invalid"
+    ref = ChunkRef(address=legacy, key=sealed.key, size=len(data), redundancy=REPLICATED)
+    assert await client.get_chunk(ref) == data
 
 
 async def test_a_wrong_key_is_the_references_fault_not_the_holders(

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import itertools
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import blake3
+import msgpack
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -173,6 +176,70 @@ def test_replica_verification() -> None:
     tampered[-1] ^= 0x01  # always a different byte (replacing it could be a no-op)
     with pytest.raises(Corrupt):
         chunks.verify_replica(address, bytes(tampered))
+
+
+def test_replica_address_is_blake3_256_of_the_domain_and_the_ciphertext() -> None:
+    ciphertext = chunks.seal(PATTERN).ciphertext
+    expected = blake3.blake3(b"ballast-chunk\0" + bytes(ciphertext)).digest()
+    assert chunks.chunk_address(ciphertext) == expected
+    assert chunks.chunk_address(memoryview(ciphertext)) == expected
+
+
+def test_replicas_addressed_before_blake3_still_verify() -> None:
+    """A chunk written with a BLAKE2b-256 address stays readable and repairable."""
+    ciphertext = bytes(chunks.seal(PATTERN).ciphertext)
+    legacy = BlockAddress(hashlib.blake2b(b"ballast-chunk\0" + ciphertext, digest_size=32).digest())
+    assert legacy != chunks.chunk_address(ciphertext)
+    assert chunks.is_replica_of(legacy, ciphertext)
+    chunks.verify_replica(legacy, ciphertext)
+    tampered = bytearray(ciphertext)
+    tampered[100] ^= 0x01
+    assert not chunks.is_replica_of(legacy, bytes(tampered))
+    with pytest.raises(Corrupt):
+        chunks.verify_replica(legacy, bytes(tampered))
+    # neither hash of other bytes names the chunk
+    assert not chunks.is_replica_of(chunks.chunk_address(ciphertext), bytes(tampered))
+
+
+def test_new_manifests_list_blake3_fragment_hashes() -> None:
+    encoded = chunks.encode_fragments(chunks.seal(PATTERN).ciphertext, 4, 2)
+    assert encoded.manifest.version == 2
+    for fragment, digest in zip(encoded.fragments, encoded.manifest.fragment_hashes, strict=True):
+        assert digest == blake3.blake3(fragment).digest()
+    decoded = chunks.verify_manifest(encoded.address, encoded.manifest.to_bytes())
+    assert decoded == encoded.manifest
+
+
+def test_version_1_manifests_with_blake2b_fragment_hashes_still_verify_and_rebuild() -> None:
+    """Erasure-coded chunks written before BLAKE3 decode and repair as before."""
+    ciphertext = chunks.seal(PATTERN).ciphertext
+    fragments = chunks.encode_fragments(ciphertext, 4, 2).fragments
+    legacy = chunks.Manifest(
+        data=4,
+        parity=2,
+        size=len(ciphertext),
+        fragment_hashes=tuple(hashlib.blake2b(f, digest_size=32).digest() for f in fragments),
+        version=1,
+    )
+    manifest = chunks.verify_manifest(legacy.address(), legacy.to_bytes())
+    assert manifest.version == 1
+    chosen = {i: fragments[i] for i in (1, 2, 4, 5)}
+    assert bytes(chunks.decode_verified_fragments(manifest, chosen)) == bytes(ciphertext)
+    rebuilt = chunks.rebuild_fragments(manifest, chosen, [0, 3])
+    assert rebuilt == {0: bytes(fragments[0]), 3: bytes(fragments[3])}
+    # the version decides the hash: the same fragments under a version-2 label do not match
+    relabelled = chunks.Manifest(
+        data=4, parity=2, size=len(ciphertext), fragment_hashes=legacy.fragment_hashes
+    )
+    with pytest.raises(Corrupt, match="fragment 0"):
+        chunks.verify_fragment(relabelled, 0, fragments[0])
+
+
+@pytest.mark.parametrize("version", [0, 3, True, 2.0, "2", None])
+def test_unknown_manifest_versions_are_corrupt(version: object) -> None:
+    raw = msgpack.packb([version, 1, 0, 4, [bytes(32)]], use_bin_type=True)
+    with pytest.raises(Corrupt, match="version"):
+        chunks.Manifest.from_bytes(raw)
 
 
 def test_every_four_of_six_fragments_rebuild_the_chunk() -> None:
