@@ -76,6 +76,7 @@ from storage.hash_lane import HashLane
 from storage.objects import ObjectStore, ReleaseLater
 
 from . import cors, xml
+from .activity import RequestActivity
 from .chunked import NEED_DATA, ChunkedDecoder, Data, EndOfMessage, Trailers, decoder_for_request
 from .credentials import CredentialStore
 from .errors import ERROR_TABLE, S3Error, from_storage_error
@@ -506,7 +507,7 @@ class S3App:
         self.clock = clock
         self.max_upload_size = MAX_UPLOAD_SIZE
         self._requests = 0
-        self._in_flight = 0
+        self.activity = RequestActivity()
         self._by_class = [0, 0, 0, 0, 0, 0]  # index: status // 100
         self._by_operation: dict[tuple[str, str], int] = {}
         self._aborted = 0
@@ -517,7 +518,7 @@ class S3App:
         """The counters since this app was created."""
         return S3Statistics(
             requests=self._requests,
-            in_flight=self._in_flight,
+            in_flight=self.activity.in_flight,
             responses_2xx=self._by_class[2],
             responses_3xx=self._by_class[3],
             responses_4xx=self._by_class[4],
@@ -559,7 +560,7 @@ class S3App:
             await send(message)
 
         self._requests += 1
-        self._in_flight += 1
+        self.activity.started()
         try:
             try:
                 response = await self._process(
@@ -574,10 +575,14 @@ class S3App:
                     counting_send, failure.error, request_id, method, state
                 )
         finally:
-            self._in_flight -= 1
+            self.activity.ended()
             if state.body is not None:
                 self._bytes_received += state.body.size
-            if state.release_later:  # the client has its answer: give the space back now
+            if state.release_later:
+                # The client has its answer: give the space back once the requests that
+                # follow have been served (bounded; see interfaces.s3.activity).
+                with trio.CancelScope(shield=True):
+                    await self.activity.wait_until_quiet(trio.current_time())
                 await self.objects.release(state.release_later)
         self._by_class[min(max(status // 100, 0), 5)] += 1
         op_name = state.endpoint.name if state.endpoint else "?"
