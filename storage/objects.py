@@ -866,6 +866,8 @@ class ObjectStore:
     ) -> None:
         """Release the chunks of the record dropped at ``raw_key``, except those whose
         address is in ``keep`` (now, or through ``later``)."""
+        if not record.chunks and record.chunk_list is None:
+            return  # an empty object: nothing to release
         dropped = _Dropped(record, keep, cfg, raw_key)
         if later is not None:
             later.add(dropped)

@@ -173,3 +173,17 @@ async def test_under_endless_requests_a_release_runs_at_its_deadline(
         assert objects.statistics().chunks_released == 1
         assert trio.current_time() - answered_at == pytest.approx(2.0)
         nursery.cancel_scope.cancel()
+
+
+async def test_an_overwrite_of_an_empty_object_has_nothing_to_release_and_does_not_wait(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """An empty object has no chunk: replacing it drops nothing, so its request ends with
+    its answer (no quiet period, no waiting turn taken)."""
+    app, objects = _app()
+    await _setup(app, objects)
+    assert await _put(app, "empty", b"") == 200
+    began = trio.current_time()
+    assert await _put(app, "empty", b"y" * 100) == 200
+    assert objects.statistics().chunks_released == 0
+    assert trio.current_time() == began
