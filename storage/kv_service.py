@@ -37,7 +37,7 @@ crashes the node.
 What is durable when
 ~~~~~~~~~~~~~~~~~~~~
 * ``kv.put`` answers only after the silo has the block on disk (fsynced), and only after
-  verifying it: a replica must hash to its address (``is_replica_of``); a fragment's
+  verifying it: a replica must hash to its address (``verify_replica``); a fragment's
   manifest must hash to the address and the fragment must match the manifest's hash for its
   index. Hashing large payloads runs in worker threads under a limiter. A node therefore
   never stores bytes a reader would reject. (A replica this node's own client puts, through
@@ -121,7 +121,7 @@ from dht.contracts import HandlerRegistry
 from dht.errors import RemoteError
 from dht.ids import Contact, NodeId
 
-from .chunks import is_replica_of, verify_fragment, verify_manifest
+from .chunks import verify_fragment, verify_manifest, verify_replica
 from .errors import Corrupt, InvalidArgument, NoSpace, NotFound, PermissionDenied, StorageError
 from .ids import BLOCK_ADDRESS_BYTES, BlockAddress
 from .paxos import (
@@ -433,9 +433,10 @@ class BlockService:
         record: bytes
         try:
             if fragment is None:
-                from_peer = self._own_id is None or caller.node_id != self._own_id
-                if from_peer and not await self._is_replica_of(address, payload):
-                    raise Corrupt(f"replica does not hash to {address.hex()[:16]}")
+                if self._own_id is None or caller.node_id != self._own_id:
+                    await self._hash_check(
+                        len(payload), functools.partial(verify_replica, address, payload)
+                    )
                 record = payload
             else:
                 manifest_bytes = _bytes_field(args, "manifest")
@@ -459,13 +460,6 @@ class BlockService:
         self._blocks_stored += 1
         self._bytes_stored += len(payload)
         return {"stored": True}
-
-    async def _is_replica_of(self, address: BlockAddress, payload: bytes) -> bool:
-        if len(payload) >= HASH_IN_THREAD_BYTES:
-            return await trio.to_thread.run_sync(
-                is_replica_of, address, payload, limiter=self._limiter
-            )
-        return is_replica_of(address, payload)
 
     async def _held_fragments(self, address: BlockAddress) -> list[int]:
         keys = await self._silo.list_blocks(after=BlockKey(address, None), limit=64)
