@@ -83,15 +83,14 @@ async def test_steady_requests_defer_every_waiter_to_its_own_deadline_and_no_lat
         assert at - since[index] == pytest.approx(2.0)
 
 
-def _app() -> tuple[S3App, ObjectStore]:
+async def _app() -> tuple[S3App, ObjectStore]:
+    """An app on an in-memory store, with a key and the bucket ``bkt``."""
     store = FakeBlockStore()
     objects = ObjectStore(store)
-    return S3App(objects, CredentialStore(store), clock=lambda: NOW), objects
-
-
-async def _setup(app: S3App, objects: ObjectStore) -> None:
+    app = S3App(objects, CredentialStore(store), clock=lambda: NOW)
     await app.credentials.add_key(ACCESS_KEY, SECRET, "activity")
     await objects.create_bucket("bkt", owner=ACCESS_KEY)
+    return app, objects
 
 
 async def _put(
@@ -129,8 +128,7 @@ async def _put(
 async def test_an_overwrite_releases_the_old_chunks_after_the_requests_in_flight(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    app, objects = _app()
-    await _setup(app, objects)
+    app, objects = await _app()
     assert await _put(app, "obj", b"first" * 1000) == 200
     body_arrives = trio.Event()
     answered = trio.Event()
@@ -152,8 +150,7 @@ async def test_an_overwrite_releases_the_old_chunks_after_the_requests_in_flight
 async def test_under_endless_requests_a_release_runs_at_its_deadline(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    app, objects = _app()
-    await _setup(app, objects)
+    app, objects = await _app()
     assert await _put(app, "obj", b"first" * 1000) == 200
     never = trio.Event()
     answered = trio.Event()
@@ -180,8 +177,7 @@ async def test_an_overwrite_of_an_empty_object_has_nothing_to_release_and_does_n
 ) -> None:
     """An empty object has no chunk: replacing it drops nothing, so its request ends with
     its answer (no quiet period, no waiting turn taken)."""
-    app, objects = _app()
-    await _setup(app, objects)
+    app, objects = await _app()
     assert await _put(app, "empty", b"") == 200
     began = trio.current_time()
     assert await _put(app, "empty", b"y" * 100) == 200
