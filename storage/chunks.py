@@ -275,7 +275,7 @@ class Manifest:
             version, data, parity, size, hashes = fields
         except (ValueError, TypeError, msgpack.UnpackException) as error:
             raise Corrupt("malformed chunk manifest") from error
-        if version not in (_MANIFEST_VERSION, _LEGACY_MANIFEST_VERSION) or type(version) is not int:
+        if type(version) is not int or version not in (_MANIFEST_VERSION, _LEGACY_MANIFEST_VERSION):
             raise Corrupt(f"unknown chunk manifest version {version!r}")
         if not all(isinstance(v, int) and not isinstance(v, bool) for v in (data, parity, size)):
             raise Corrupt("chunk manifest fields must be integers")
